@@ -1,0 +1,62 @@
+"""What this machine has: torch-npu installed, CANN present, torch already imported.
+
+Everything here must run before ``import torch`` (the package's ``__init__`` calls
+:func:`prepare_torch_import` first), so it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Mapping, MutableMapping, Optional
+
+AUTOLOAD_VAR = "TORCH_DEVICE_BACKEND_AUTOLOAD"
+
+# CANN's set_env.sh exports these; a toolkit installed in the default place has no variable.
+_CANN_ENV_VARS = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH", "ASCEND_AICPU_PATH")
+_CANN_DEFAULT_DIRS = ("/usr/local/Ascend/ascend-toolkit/latest", "/usr/local/Ascend/cann")
+
+
+def torch_npu_installed() -> bool:
+    """True when the torch_npu distribution is on the path (found without importing it)."""
+    try:
+        return importlib.util.find_spec("torch_npu") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def cann_home(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """The CANN toolkit directory, or None on a machine without CANN."""
+    for var in _CANN_ENV_VARS:
+        path = environ.get(var)
+        if path and os.path.isdir(path):
+            return path
+    for path in _CANN_DEFAULT_DIRS:
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def should_disable_backend_autoload(
+    environ: Mapping[str, str], torch_imported: bool, npu_installed: bool, cann_dir: Optional[str]
+) -> bool:
+    """Decide whether to set TORCH_DEVICE_BACKEND_AUTOLOAD=0 before torch is imported.
+
+    torch auto-loads the torch_npu backend entry point at ``import torch``; without CANN that
+    import fails and takes ``import torch`` down with it. Only then is autoload turned off: never
+    when the user chose a value, never when CANN is there (the user wants torch_npu), and never
+    once torch is imported (too late to matter).
+    """
+    return not torch_imported and AUTOLOAD_VAR not in environ and npu_installed and cann_dir is None
+
+
+def prepare_torch_import(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Make ``import torch`` work on a machine with torch-npu but no CANN. Returns True if set."""
+    torch_imported = "torch" in sys.modules
+    if torch_imported or AUTOLOAD_VAR in environ:
+        return False  # skip the filesystem probes: the answer cannot be yes
+    if should_disable_backend_autoload(environ, torch_imported, torch_npu_installed(), cann_home(environ)):
+        environ[AUTOLOAD_VAR] = "0"
+        return True
+    return False
