@@ -1,0 +1,143 @@
+"""The checks the NPU applies to npu_moe_update_expert, enforced at trace time.
+
+On the device these fail as ACLNN error 561002 with the reason buried in the plog. Here every
+failure names the parameter, the limit and the value it got. The order is the kernel's tiling
+order, so the first message a user sees is the one the NPU would have logged.
+
+Sizes may be SymInts (dynamic batch): they are only ever tested through ``torch._check``, which
+records a runtime assert or a range guard instead of specialising the graph on the value.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from torchair_plugin import limits
+from torchair_plugin.schema import OP_NAME
+
+
+def _fail_message(parameter: str, limit: str, got) -> str:
+    return f"{OP_NAME}: {parameter} must be {limit}, got {got}"
+
+
+def _check(condition, parameter: str, limit: str, got) -> None:
+    torch._check(condition, lambda: _fail_message(parameter, limit, got))
+
+
+def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
+    return " or ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def _check_dtype(name: str, tensor: Optional[torch.Tensor], allowed: Sequence[torch.dtype]) -> None:
+    if tensor is not None:
+        got = str(tensor.dtype).replace("torch.", "")
+        _check(tensor.dtype in allowed, f"{name}.dtype", _dtype_names(allowed), got)
+
+
+def _check_range(parameter: str, value, low: int, high: int, *, low_open: bool = False) -> None:
+    """Check ``low <(=) value <= high`` and describe the interval the way the kernel docs do."""
+    low_ok = value > low if low_open else value >= low
+    interval = f"{'(' if low_open else '['}{low}, {high}]"
+    _check(low_ok, parameter, f"in {interval}", value)
+    _check(value <= high, parameter, f"in {interval}", value)
+
+
+def check_attributes(local_rank_id: int, world_size: int, balance_mode: int) -> None:
+    """The Int attrs: balance_mode first, then (mode 0 only) world_size and local_rank_id."""
+    _check(balance_mode in limits.BALANCE_MODES, "balance_mode", "0 or 1", balance_mode)
+    if balance_mode == 0:
+        _check_range("world_size", world_size, limits.MIN_WORLD_SIZE, limits.MAX_WORLD_SIZE)
+        _check(
+            0 <= local_rank_id < world_size,
+            "local_rank_id",
+            f"in [0, world_size={world_size})",
+            local_rank_id,
+        )
+
+
+def check_optional_inputs(expert_scales, pruning_threshold, active_mask) -> None:
+    """Pruning needs both expert_scales and pruning_threshold; active_mask only works with them."""
+    has_scales, has_threshold = expert_scales is not None, pruning_threshold is not None
+    _check(
+        has_scales == has_threshold,
+        "expert_scales and pruning_threshold",
+        "given together (pruning needs both)",
+        f"expert_scales={'given' if has_scales else 'None'}, "
+        f"pruning_threshold={'given' if has_threshold else 'None'}",
+    )
+    _check(
+        active_mask is None or (has_scales and has_threshold),
+        "active_mask",
+        "None unless expert_scales and pruning_threshold are given (the NPU applies it only "
+        "when pruning)",
+        "a tensor",
+    )
+
+
+def check_update_expert_args(
+    expert_ids: torch.Tensor,
+    eplb_table: torch.Tensor,
+    expert_scales: Optional[torch.Tensor] = None,
+    pruning_threshold: Optional[torch.Tensor] = None,
+    active_mask: Optional[torch.Tensor] = None,
+    local_rank_id: int = -1,
+    world_size: int = -1,
+    balance_mode: int = 0,
+) -> None:
+    """Every check of the NPU's tiling, in its order. Raises RuntimeError naming the culprit."""
+    check_attributes(local_rank_id, world_size, balance_mode)
+
+    _check_dtype("expert_ids", expert_ids, limits.EXPERT_IDS_DTYPES)
+    _check_dtype("eplb_table", eplb_table, limits.EPLB_TABLE_DTYPES)
+    _check_dtype("expert_scales", expert_scales, limits.EXPERT_SCALES_DTYPES)
+    _check_dtype("pruning_threshold", pruning_threshold, limits.PRUNING_THRESHOLD_DTYPES)
+    _check_dtype("active_mask", active_mask, limits.ACTIVE_MASK_DTYPES)
+
+    _check(expert_ids.dim() == 2, "expert_ids.dim()", "2 (BS, K)", expert_ids.dim())
+    bs, k = expert_ids.shape
+    _check_range("BS = expert_ids.size(0)", bs, 0, limits.MAX_BS, low_open=True)
+    _check_range("K = expert_ids.size(1)", k, 0, limits.MAX_K, low_open=True)
+
+    _check(eplb_table.dim() == 2, "eplb_table.dim()", "2 (moe_expert_num, F)", eplb_table.dim())
+    num_experts, f = eplb_table.shape
+    _check_range("moe_expert_num = eplb_table.size(0)", num_experts, 0, limits.MAX_EXPERTS, low_open=True)
+    _check(num_experts >= k, "moe_expert_num = eplb_table.size(0)", f">= K={k}", num_experts)
+    f_max = world_size + 1 if balance_mode == 0 else limits.MODE1_MAX_F
+    f_limit = f"world_size+1={f_max}" if balance_mode == 0 else f"{f_max} (balance_mode 1)"
+    _check(f > 1, "F = eplb_table.size(1)", f"in (1, {f_limit}]", f)
+    _check(f <= f_max, "F = eplb_table.size(1)", f"in (1, {f_limit}]", f)
+
+    # Sizes are compared one _check at a time: a Python `and` on SymBools would guard on them.
+    if expert_scales is not None:
+        scales_shape = tuple(expert_scales.shape)
+        _check(expert_scales.dim() == 2, "expert_scales.dim()", "2 (BS, K)", expert_scales.dim())
+        _check(expert_scales.size(0) == bs, "expert_scales.shape", f"(BS, K) = ({bs}, {k})", scales_shape)
+        _check(expert_scales.size(1) == k, "expert_scales.shape", f"(BS, K) = ({bs}, {k})", scales_shape)
+    if pruning_threshold is not None:
+        threshold_shape = tuple(pruning_threshold.shape)
+        expected = f"(K,) or (1, K) with K={k}"
+        _check(pruning_threshold.dim() in (1, 2), "pruning_threshold.shape", expected, threshold_shape)
+        if pruning_threshold.dim() == 2:
+            _check(pruning_threshold.size(0) == 1, "pruning_threshold.shape", expected, threshold_shape)
+        _check(pruning_threshold.size(-1) == k, "pruning_threshold.shape", expected, threshold_shape)
+    if active_mask is not None:
+        mask_shape = tuple(active_mask.shape)
+        _check(active_mask.dim() == 1, "active_mask.shape", f"(BS,) = ({bs},)", mask_shape)
+        _check(active_mask.size(0) == bs, "active_mask.shape", f"(BS,) = ({bs},)", mask_shape)
+    check_optional_inputs(expert_scales, pruning_threshold, active_mask)
+
+    for name, tensor in (
+        ("eplb_table", eplb_table),
+        ("expert_scales", expert_scales),
+        ("pruning_threshold", pruning_threshold),
+        ("active_mask", active_mask),
+    ):
+        if tensor is not None:
+            _check(
+                tensor.device == expert_ids.device,
+                f"{name}.device",
+                f"expert_ids' device ({expert_ids.device})",
+                tensor.device,
+            )

@@ -1,0 +1,213 @@
+"""Deciding what to install for npu_moe_update_expert, given what is already there, and doing it.
+
+This is the only module that registers anything with torch. ``import torchair_plugin`` calls
+:func:`register` once; it is idempotent (a second call, a reload of the package, two threads at
+once: all return the same :class:`Registration`) and atomic (every torch registration goes through
+one ``torch.library.Library``; if any step fails the library is destroyed, which removes all of
+them and restores whatever was there before).
+
+The decision (:func:`plan_registration`) is a pure function of the observed :class:`OpState` and
+the user's :class:`Options`, so every combination is tested without an NPU:
+
+==============================  ===========================================================
+op absent (no torch_npu, or a   define the schema; reference kernels for CPU and CUDA (and
+torch_npu without the op)       PrivateUse1 when torch_npu is loaded); the validating fake
+op native, with a meta          keep every native device kernel; replace the unchecked meta by
+                                the validating fake, unless ``TORCHAIR_PLUGIN_NATIVE_FAKE=1``;
+                                reference kernels only for devices with no kernel at all
+op native, without a meta       as above, and the validating fake is installed (no opt-out:
+                                there is nothing native to keep)
+==============================  ===========================================================
+
+The GE converter is registered with torchair independently of the above (see
+``torchair_plugin._converter_hook``): torchair importable or not only decides whether that
+happens now, later (when torchair is imported), or never.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, Optional, Tuple
+
+import torch
+
+from torchair_plugin import _environment, schema
+from torchair_plugin.fake import npu_moe_update_expert_fake
+from torchair_plugin.reference import npu_moe_update_expert_reference
+
+NATIVE_FAKE_ENV = "TORCHAIR_PLUGIN_NATIVE_FAKE"
+DEVICE_KEYS = ("CPU", "CUDA")
+NPU_KEY = "PrivateUse1"
+# A kernel registered under one of these already serves every device: adding ours would shadow it.
+_COMPOSITE_KEYS = ("CompositeExplicitAutograd", "CompositeImplicitAutograd")
+
+PLUGIN = "torchair_plugin"
+NATIVE = "native"
+ABSENT = "absent"
+
+
+@dataclass(frozen=True)
+class OpState:
+    """What the dispatcher holds for the op before the plugin touches it."""
+
+    schema_exists: bool
+    kernel_keys: FrozenSet[str] = frozenset()  # dispatch keys with a kernel (Meta included)
+    torch_npu_loaded: bool = False
+
+
+@dataclass(frozen=True)
+class Options:
+    keep_native_fake: bool = False
+
+    @classmethod
+    def from_environ(cls, environ=os.environ) -> "Options":
+        return cls(keep_native_fake=environ.get(NATIVE_FAKE_ENV, "") not in ("", "0"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    define_schema: bool
+    install_fake: bool
+    reference_keys: Tuple[str, ...]
+
+
+def plan_registration(state: OpState, options: Options) -> Plan:
+    """What to install. Never replaces a native device kernel; see the module docstring."""
+    if not state.schema_exists:
+        keys = DEVICE_KEYS + ((NPU_KEY,) if state.torch_npu_loaded else ())
+        return Plan(define_schema=True, install_fake=True, reference_keys=keys)
+    if any(key in state.kernel_keys for key in _COMPOSITE_KEYS):
+        missing: Tuple[str, ...] = ()
+    else:
+        candidates = DEVICE_KEYS + ((NPU_KEY,) if state.torch_npu_loaded else ())
+        missing = tuple(key for key in candidates if key not in state.kernel_keys)
+    has_native_meta = "Meta" in state.kernel_keys
+    return Plan(
+        define_schema=False,
+        install_fake=not (has_native_meta and options.keep_native_fake),
+        reference_keys=missing,
+    )
+
+
+def probe_op_state(qualname: str = schema.QUALNAME) -> OpState:
+    try:
+        torch._C._dispatch_find_schema_or_throw(qualname, "")
+    except RuntimeError:
+        return OpState(schema_exists=False, torch_npu_loaded="torch_npu" in sys.modules)
+    keys = frozenset(
+        key
+        for key in ("CPU", "CUDA", NPU_KEY, "Meta") + _COMPOSITE_KEYS
+        if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
+    )
+    return OpState(schema_exists=True, kernel_keys=keys, torch_npu_loaded="torch_npu" in sys.modules)
+
+
+@dataclass
+class Registration:
+    """Where each piece of the op comes from after registration; the CLI prints it."""
+
+    qualname: str
+    state: OpState
+    plan: Plan
+    library: Optional[torch.library.Library] = field(repr=False, default=None)
+
+    def sources(self) -> Dict[str, object]:
+        kernels = {}
+        for key in DEVICE_KEYS + (NPU_KEY,):
+            if key in self.plan.reference_keys:
+                kernels[key] = PLUGIN + " (reference kernel)"
+            elif key in self.state.kernel_keys:
+                kernels[key] = NATIVE
+            elif any(k in self.state.kernel_keys for k in _COMPOSITE_KEYS):
+                kernels[key] = NATIVE + " (composite)"
+            else:
+                kernels[key] = ABSENT
+        if self.plan.install_fake:
+            fake = PLUGIN + " (validating fake kernel)"
+        else:
+            fake = NATIVE + f" (kept: {NATIVE_FAKE_ENV}=1)"
+        return {
+            "op": self.qualname,
+            "schema": PLUGIN if self.plan.define_schema else NATIVE,
+            "fake": fake,
+            "kernels": kernels,
+        }
+
+
+def apply_plan(plan: Plan, qualname: str = schema.QUALNAME) -> torch.library.Library:
+    """Install ``plan`` through one Library; on any failure remove everything it added."""
+    namespace, name = qualname.split("::")
+    library = torch.library.Library(namespace, "FRAGMENT")
+    try:
+        if plan.define_schema:
+            library.define(name + schema.SCHEMA)
+        for key in plan.reference_keys:
+            library.impl(name, npu_moe_update_expert_reference, key)
+        if plan.install_fake:
+            # allow_override: a native meta (torch_npu's, unchecked) is shadowed, not removed;
+            # destroying the library brings it back.
+            torch.library.register_fake(qualname, npu_moe_update_expert_fake, lib=library)
+    except Exception:
+        library._destroy()
+        raise
+    return library
+
+
+_lock = threading.RLock()
+
+
+def _registry_entry(qualname: str):
+    # The simple registry entry is a per-process singleton that outlives reloads of this
+    # module, so it is where the registration is remembered (reload must not register twice).
+    return torch._library.simple_registry.singleton.find(qualname)
+
+
+def current_registration(qualname: str = schema.QUALNAME) -> Optional[Registration]:
+    return getattr(_registry_entry(qualname), "_torchair_plugin_registration", None)
+
+
+def _import_native_op_provider() -> None:
+    """On an Ascend machine, let torch_npu register its op before the plugin looks.
+
+    With CANN present, ``import torch`` normally auto-loads torch_npu already; if the user turned
+    autoload off, importing it here keeps the order right (a later ``import torch_npu`` would
+    otherwise find the schema defined by the plugin and fail).
+    """
+    if "torch_npu" in sys.modules or not _environment.torch_npu_installed():
+        return
+    if _environment.cann_home() is None:
+        return
+    try:
+        import torch_npu  # noqa: F401
+    except Exception:  # a broken torch_npu install: proceed as without it, doctor reports it
+        pass
+
+
+def register(qualname: str = schema.QUALNAME, options: Optional[Options] = None) -> Registration:
+    """Install the op's pieces once per process and return where each came from."""
+    with _lock:
+        existing = current_registration(qualname)
+        if existing is not None:
+            return existing
+        if qualname == schema.QUALNAME:
+            _import_native_op_provider()
+        state = probe_op_state(qualname)
+        plan = plan_registration(state, options or Options.from_environ())
+        library = apply_plan(plan, qualname)
+        registration = Registration(qualname, state, plan, library)
+        _registry_entry(qualname)._torchair_plugin_registration = registration
+        return registration
+
+
+def unregister(qualname: str = schema.QUALNAME) -> None:
+    """Remove everything :func:`register` added (native pieces come back). Mostly for tests."""
+    with _lock:
+        registration = current_registration(qualname)
+        if registration is None:
+            return
+        if registration.library is not None:
+            registration.library._destroy()
+        del _registry_entry(qualname)._torchair_plugin_registration
