@@ -23,6 +23,8 @@ def _fail_message(parameter: str, limit: str, got) -> str:
 
 
 def _check(condition, parameter: str, limit: str, got) -> None:
+    if condition is True:  # concrete and satisfied: skip torch._check's machinery (hot path)
+        return
     torch._check(condition, lambda: _fail_message(parameter, limit, got))
 
 
@@ -31,17 +33,32 @@ def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
 
 
 def _check_dtype(name: str, tensor: Optional[torch.Tensor], allowed: Sequence[torch.dtype]) -> None:
-    if tensor is not None:
+    if tensor is not None and tensor.dtype not in allowed:
         got = str(tensor.dtype).replace("torch.", "")
-        _check(tensor.dtype in allowed, f"{name}.dtype", _dtype_names(allowed), got)
+        _check(False, f"{name}.dtype", _dtype_names(allowed), got)
 
 
 def _check_range(parameter: str, value, low: int, high: int, *, low_open: bool = False) -> None:
-    """Check ``low <(=) value <= high`` and describe the interval the way the kernel docs do."""
+    """Check ``low <(=) value <= high``, described the way the kernel docs write intervals."""
     low_ok = value > low if low_open else value >= low
-    interval = f"{'(' if low_open else '['}{low}, {high}]"
-    _check(low_ok, parameter, f"in {interval}", value)
-    _check(value <= high, parameter, f"in {interval}", value)
+    if low_ok is True and value <= high:
+        return
+    interval = f"in {'(' if low_open else '['}{low}, {high}]"
+    _check(low_ok, parameter, interval, value)
+    _check(value <= high, parameter, interval, value)
+
+
+def _check_shape(name: str, tensor: torch.Tensor, expected: tuple, expected_text: str) -> None:
+    """``tensor.shape == expected``, each size through _check (they may be symbolic)."""
+    got = tensor.shape
+    rank_ok = len(got) == len(expected)
+    sizes_ok = [g == e for g, e in zip(got, expected)] if rank_ok else []
+    if rank_ok and all(ok is True for ok in sizes_ok):
+        return
+    limit = f"{expected_text} = {tuple(expected)}"
+    _check(rank_ok, f"{name}.shape", limit, tuple(got))
+    for ok in sizes_ok:
+        _check(ok, f"{name}.shape", limit, tuple(got))
 
 
 def check_attributes(local_rank_id: int, world_size: int, balance_mode: int) -> None:
@@ -49,31 +66,29 @@ def check_attributes(local_rank_id: int, world_size: int, balance_mode: int) -> 
     _check(balance_mode in limits.BALANCE_MODES, "balance_mode", "0 or 1", balance_mode)
     if balance_mode == 0:
         _check_range("world_size", world_size, limits.MIN_WORLD_SIZE, limits.MAX_WORLD_SIZE)
-        _check(
-            0 <= local_rank_id < world_size,
-            "local_rank_id",
-            f"in [0, world_size={world_size})",
-            local_rank_id,
-        )
+        if not 0 <= local_rank_id < world_size:
+            _check(False, "local_rank_id", f"in [0, world_size={world_size})", local_rank_id)
 
 
 def check_optional_inputs(expert_scales, pruning_threshold, active_mask) -> None:
     """Pruning needs both expert_scales and pruning_threshold; active_mask only works with them."""
     has_scales, has_threshold = expert_scales is not None, pruning_threshold is not None
-    _check(
-        has_scales == has_threshold,
-        "expert_scales and pruning_threshold",
-        "given together (pruning needs both)",
-        f"expert_scales={'given' if has_scales else 'None'}, "
-        f"pruning_threshold={'given' if has_threshold else 'None'}",
-    )
-    _check(
-        active_mask is None or (has_scales and has_threshold),
-        "active_mask",
-        "None unless expert_scales and pruning_threshold are given (the NPU applies it only "
-        "when pruning)",
-        "a tensor",
-    )
+    if has_scales != has_threshold:
+        _check(
+            False,
+            "expert_scales and pruning_threshold",
+            "given together (pruning needs both)",
+            f"expert_scales={'given' if has_scales else 'None'}, "
+            f"pruning_threshold={'given' if has_threshold else 'None'}",
+        )
+    if active_mask is not None and not has_scales:
+        _check(
+            False,
+            "active_mask",
+            "None unless expert_scales and pruning_threshold are given (the NPU applies it only "
+            "when pruning)",
+            "a tensor",
+        )
 
 
 def check_update_expert_args(
@@ -103,31 +118,29 @@ def check_update_expert_args(
     _check(eplb_table.dim() == 2, "eplb_table.dim()", "2 (moe_expert_num, F)", eplb_table.dim())
     num_experts, f = eplb_table.shape
     _check_range("moe_expert_num = eplb_table.size(0)", num_experts, 0, limits.MAX_EXPERTS, low_open=True)
-    _check(num_experts >= k, "moe_expert_num = eplb_table.size(0)", f">= K={k}", num_experts)
+    experts_ok = num_experts >= k
+    if experts_ok is not True:
+        _check(experts_ok, "moe_expert_num = eplb_table.size(0)", f">= K={k}", num_experts)
     f_max = world_size + 1 if balance_mode == 0 else limits.MODE1_MAX_F
-    f_limit = f"world_size+1={f_max}" if balance_mode == 0 else f"{f_max} (balance_mode 1)"
-    _check(f > 1, "F = eplb_table.size(1)", f"in (1, {f_limit}]", f)
-    _check(f <= f_max, "F = eplb_table.size(1)", f"in (1, {f_limit}]", f)
+    f_low_ok, f_high_ok = f > 1, f <= f_max
+    if f_low_ok is not True or f_high_ok is not True:
+        f_limit = f"world_size+1={f_max}" if balance_mode == 0 else f"{f_max} (balance_mode 1)"
+        _check(f_low_ok, "F = eplb_table.size(1)", f"in (1, {f_limit}]", f)
+        _check(f_high_ok, "F = eplb_table.size(1)", f"in (1, {f_limit}]", f)
 
     # Sizes are compared one _check at a time: a Python `and` on SymBools would guard on them.
     if expert_scales is not None:
-        scales_shape = tuple(expert_scales.shape)
-        _check(expert_scales.dim() == 2, "expert_scales.dim()", "2 (BS, K)", expert_scales.dim())
-        _check(expert_scales.size(0) == bs, "expert_scales.shape", f"(BS, K) = ({bs}, {k})", scales_shape)
-        _check(expert_scales.size(1) == k, "expert_scales.shape", f"(BS, K) = ({bs}, {k})", scales_shape)
+        _check_shape("expert_scales", expert_scales, (bs, k), "(BS, K)")
     if pruning_threshold is not None:
-        threshold_shape = tuple(pruning_threshold.shape)
-        expected = f"(K,) or (1, K) with K={k}"
-        _check(pruning_threshold.dim() in (1, 2), "pruning_threshold.shape", expected, threshold_shape)
         if pruning_threshold.dim() == 2:
-            _check(pruning_threshold.size(0) == 1, "pruning_threshold.shape", expected, threshold_shape)
-        _check(pruning_threshold.size(-1) == k, "pruning_threshold.shape", expected, threshold_shape)
+            _check_shape("pruning_threshold", pruning_threshold, (1, k), "(K,) or (1, K)")
+        else:
+            _check_shape("pruning_threshold", pruning_threshold, (k,), "(K,) or (1, K)")
     if active_mask is not None:
-        mask_shape = tuple(active_mask.shape)
-        _check(active_mask.dim() == 1, "active_mask.shape", f"(BS,) = ({bs},)", mask_shape)
-        _check(active_mask.size(0) == bs, "active_mask.shape", f"(BS,) = ({bs},)", mask_shape)
+        _check_shape("active_mask", active_mask, (bs,), "(BS,)")
     check_optional_inputs(expert_scales, pruning_threshold, active_mask)
 
+    device = expert_ids.device
     for name, tensor in (
         ("eplb_table", eplb_table),
         ("expert_scales", expert_scales),
@@ -135,9 +148,4 @@ def check_update_expert_args(
         ("active_mask", active_mask),
     ):
         if tensor is not None:
-            _check(
-                tensor.device == expert_ids.device,
-                f"{name}.device",
-                f"expert_ids' device ({expert_ids.device})",
-                tensor.device,
-            )
+            _check(tensor.device == device, f"{name}.device", f"expert_ids' device ({device})", tensor.device)

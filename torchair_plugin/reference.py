@@ -11,8 +11,11 @@ Semantics are the kernel's (see docs/op.md and shared/docs/op-semantics.md):
   NPU's vector unit takes it, a binary tree over adjacent pairs (AscendC ReduceSum), and an
   inactive token (active_mask False) has every expert pruned;
 - without pruning inputs the mask is all True (the NPU leaves it unwritten).
-Before reading the table it checks the values that would read out of bounds on the NPU
-(expert ids, replica counts), so bad data raises ValueError instead of returning garbage.
+Values that would read out of bounds on the NPU (expert ids, replica counts of the experts in
+use) raise ValueError naming the culprit instead of returning garbage. On CPU the gathers' own
+bounds checks detect them for free (an invalid count is mapped to an out-of-range index), and the
+precise diagnosis runs only then; on other devices an out-of-range gather is a fatal device
+assert, so the values are checked first (one host sync).
 """
 
 from __future__ import annotations
@@ -26,33 +29,56 @@ from torchair_plugin.checks import check_update_expert_args
 from torchair_plugin.schema import OP_NAME
 
 
-@functools.lru_cache(maxsize=64)
-def _replica_base(num_experts: int, f: int, device: torch.device) -> torch.Tensor:
-    """Flat offset of each expert's first replica, ``e * F + 1``, reused across calls."""
-    return torch.arange(1, num_experts * f, f, dtype=torch.int32, device=device)
+# Integer division is not vectorised on CPU (~20 ns an element): both modes look the replica up
+# in small tables computed once per shape instead. They are cached per device and read-only.
+# A count of 0 maps to _INVALID, far below any valid flat index, so the table gather rejects it.
+_INVALID = -(2**30)
 
 
 @functools.lru_cache(maxsize=64)
-def _token_rows(bs: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(bs, dtype=torch.int32, device=device).view(bs, 1)
+def _mode0_lookup(
+    num_experts: int, f: int, world_size: int, local_rank_id: int, device: torch.device
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(e * F for every expert, slot by count): slot[c] = rank // ceil(ws / c) + 1, c in [0, F)."""
+    row_starts = torch.arange(0, num_experts * f, f, dtype=torch.int32, device=device)
+    slot_by_count = [_INVALID] + [local_rank_id // -(-world_size // c) + 1 for c in range(1, f)]
+    return row_starts, torch.tensor(slot_by_count, dtype=torch.int32, device=device)
 
 
-def _check_expert_ids(flat_ids: torch.Tensor, num_experts: int) -> None:
-    low, high = (v.item() for v in torch.aminmax(flat_ids))
-    if low < 0 or high >= num_experts:
-        bad = ((flat_ids < 0) | (flat_ids >= num_experts)).nonzero()[0].item()
+@functools.lru_cache(maxsize=16)
+def _mode1_lookup(bs: int, f: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(token rows as a (BS, 1) column, i % c + 1 stored at c * BS + i for c in [0, F))."""
+    rows = torch.arange(bs, dtype=torch.int32)
+    counts = torch.arange(f, dtype=torch.int32).clamp_(min=1).view(f, 1)
+    slot = (rows % counts + 1)
+    slot[0] = _INVALID
+    return rows.view(bs, 1).to(device), slot.view(-1).to(device)
+
+
+def _map_to_physical(table, flat_ids, counts, bs, k, f, local_rank_id, world_size, balance_mode):
+    """balanced_expert_ids as a flat int32 tensor; IndexError if a value is out of range."""
+    num_experts = counts.size(0)
+    if balance_mode == 0:
+        # One replica per expert for the whole rank: choose it per expert, then gather per token.
+        row_starts, slot_by_count = _mode0_lookup(num_experts, f, world_size, local_rank_id, table.device)
+        chosen = row_starts + slot_by_count.index_select(0, counts)
+        return table.index_select(0, chosen).index_select(0, flat_ids)
+    rows, slot_by_count_and_row = _mode1_lookup(bs, f, table.device)
+    token_counts = counts.index_select(0, flat_ids).view(bs, k)
+    slot = slot_by_count_and_row.index_select(0, torch.add(rows, token_counts, alpha=bs).view(-1))
+    return table.index_select(0, torch.add(slot, flat_ids, alpha=f))  # e * F + (i % count + 1)
+
+
+def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> None:
+    """ValueError for an expert id out of range, or a used expert whose count is not in [1, F-1]."""
+    num_experts = counts.size(0)
+    bad_ids = ((flat_ids < 0) | (flat_ids >= num_experts)).nonzero()
+    if bad_ids.numel():
+        at = bad_ids[0].item()
         raise ValueError(
             f"{OP_NAME}: expert_ids values must be in [0, moe_expert_num={num_experts}), "
-            f"got {flat_ids[bad].item()} at flat index {bad}"
+            f"got {flat_ids[at].item()} at flat index {at}"
         )
-
-
-def _check_counts(counts: torch.Tensor, flat_ids: torch.Tensor, f: int) -> None:
-    """Replica counts of the experts in use must be in [1, F-1] (row = count + count ids)."""
-    low, high = (v.item() for v in torch.aminmax(counts))
-    if low >= 1 and high <= f - 1:
-        return
-    # Rare path: only a referenced expert with a bad count would read out of bounds.
     used = torch.zeros_like(counts, dtype=torch.bool)
     used[flat_ids.long()] = True
     bad_rows = (used & ((counts < 1) | (counts > f - 1))).nonzero()
@@ -64,24 +90,29 @@ def _check_counts(counts: torch.Tensor, flat_ids: torch.Tensor, f: int) -> None:
         )
 
 
-def _pairwise_row_sum(values: torch.Tensor) -> torch.Tensor:
-    """Row sums as a binary tree over adjacent pairs, zero-padded to a power of two."""
-    width = values.size(1)
+def _pairwise_token_sums(scales: torch.Tensor) -> torch.Tensor:
+    """Per-token float32 sums, (BS,), as a binary tree over adjacent pairs, zero-padded.
+
+    Works on the transposed view so that every tree level is one add of two row blocks.
+    """
+    columns = scales.t()
+    width = columns.size(0)
     padded = 1 << (width - 1).bit_length()
     if padded != width:
-        values = torch.nn.functional.pad(values, (0, padded - width))
-    while values.size(1) > 1:
-        values = values[:, 0::2] + values[:, 1::2]
-    return values
+        columns = torch.nn.functional.pad(columns, (0, 0, 0, padded - width))
+    while columns.size(0) > 1:
+        columns = columns[0::2] + columns[1::2]
+    return columns.reshape(-1)
 
 
 def _pruned_mask(expert_scales, pruning_threshold, active_mask) -> torch.Tensor:
     scales = expert_scales.to(torch.float32)
-    products = pruning_threshold.reshape(1, -1) * _pairwise_row_sum(scales)
-    keep = scales >= products
+    sums = _pairwise_token_sums(scales)
     if active_mask is not None:
-        keep &= active_mask.view(-1, 1)
-    return keep
+        # An inactive token keeps no expert: a NaN product compares False for every s[j]. This
+        # costs one op on (BS,) instead of an AND over (BS, K).
+        sums = sums.masked_fill(active_mask.logical_not(), float("nan"))
+    return scales >= pruning_threshold.reshape(1, -1) * sums.view(-1, 1)
 
 
 def npu_moe_update_expert_reference(
@@ -99,24 +130,21 @@ def npu_moe_update_expert_reference(
         local_rank_id, world_size, balance_mode,
     )
     bs, k = expert_ids.shape
-    num_experts, f = eplb_table.shape
+    f = eplb_table.size(1)
     table = eplb_table.contiguous().view(-1)
     flat_ids = expert_ids.reshape(-1)
-    counts = eplb_table[:, 0]
-    _check_expert_ids(flat_ids, num_experts)
-    _check_counts(counts, flat_ids, f)
-
-    if balance_mode == 0:
-        # One replica per expert for the whole rank: choose it per expert, then gather per token.
-        ceil_ranks_per_replica = torch.div(counts + (world_size - 1), counts, rounding_mode="floor")
-        chosen = _replica_base(num_experts, f, table.device) + local_rank_id // ceil_ranks_per_replica
-        balanced = table.index_select(0, chosen).index_select(0, flat_ids)
+    counts = eplb_table.select(1, 0)
+    mapping = (table, flat_ids, counts, bs, k, f, local_rank_id, world_size, balance_mode)
+    if table.device.type == "cpu":
+        try:
+            balanced = _map_to_physical(*mapping)
+        except IndexError:
+            _check_values(flat_ids, counts, f)
+            # Only experts nobody routes to have bad counts: harmless, as on the NPU.
+            balanced = _map_to_physical(*mapping[:2], counts.clamp(1, f - 1), *mapping[3:])
     else:
-        token_counts = counts.index_select(0, flat_ids).view(bs, k)
-        replica = torch.remainder(_token_rows(bs, table.device), token_counts)
-        # e * F + 1 + (i % count), the "+ 1" carried by starting the flat table at offset 1.
-        flat_index = torch.add(replica, flat_ids.view(bs, k), alpha=f).view(-1)
-        balanced = table[1:].index_select(0, flat_index)
+        _check_values(flat_ids, counts, f)
+        balanced = _map_to_physical(*mapping[:2], counts.clamp(1, f - 1), *mapping[3:])
     balanced = balanced.view(bs, k).to(expert_ids.dtype)
 
     if expert_scales is None:

@@ -1,0 +1,118 @@
+"""The reference kernel (through torch.ops, as users call it) against the independent golden."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+import torchair_plugin
+from torchair_plugin.reference import npu_moe_update_expert_reference
+
+from golden import golden_update_expert
+from strategies import update_expert_inputs
+
+op = torch.ops.npu.npu_moe_update_expert.default
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def assert_matches_golden(expert_ids, table, kwargs, device="cpu"):
+    moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    balanced, mask = op(expert_ids.to(device), table.to(device), **moved)
+    want_ids, want_mask = golden_update_expert(expert_ids, table, **kwargs)
+    assert balanced.dtype == expert_ids.dtype and mask.dtype == torch.bool
+    assert balanced.shape == expert_ids.shape == mask.shape
+    assert balanced.cpu().tolist() == want_ids
+    assert mask.cpu().tolist() == want_mask
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(update_expert_inputs())
+def test_matches_golden_over_the_whole_range(case):
+    assert_matches_golden(*case)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@settings(max_examples=100, deadline=None)
+@given(update_expert_inputs())
+def test_cuda_matches_golden(case):
+    assert_matches_golden(*case, device="cuda")
+
+
+def table_of(rows, f):
+    return torch.tensor([row + [0] * (f - len(row)) for row in rows], dtype=torch.int32)
+
+
+def test_mode0_uses_ceil_division_and_groups_ranks_contiguously():
+    # world_size 8, count 5: ceil(8/5) = 2 ranks per replica, replicas 1..4 used, 5 never.
+    table = table_of([[5, 10, 11, 12, 13, 14]], 9)
+    ids = torch.zeros(1, 1, dtype=torch.int32)
+    chosen = [op(ids, table, local_rank_id=r, world_size=8)[0].item() for r in range(8)]
+    assert chosen == [10, 10, 11, 11, 12, 12, 13, 13]
+
+
+def test_mode1_uses_the_token_row_not_the_flat_index():
+    table = table_of([[3, 7, 8, 9], [1, 0]], 4)
+    ids = torch.zeros(4, 2, dtype=torch.int64)
+    balanced, _ = op(ids, table, balance_mode=1)
+    assert balanced.tolist() == [[7, 7], [8, 8], [9, 9], [7, 7]]
+
+
+def test_pruning_keeps_equality_and_applies_active_mask():
+    table = table_of([[1, 0], [1, 1], [1, 2], [1, 3]], 2)
+    ids = torch.arange(4, dtype=torch.int32).repeat(2, 1)
+    scales = torch.tensor([[0.5, 0.25, 0.125, 0.125]] * 2, dtype=torch.bfloat16)
+    threshold = torch.tensor([[0.5, 0.25, 0.125, 0.1250001]])
+    _, mask = op(ids, table, expert_scales=scales, pruning_threshold=threshold,
+                 active_mask=torch.tensor([True, False]), balance_mode=1)
+    assert mask.tolist() == [[True, True, True, False], [False] * 4]
+
+
+def test_mask_is_all_true_without_pruning_inputs():
+    table = table_of([[2, 4, 5], [1, 0]], 3)
+    _, mask = op(torch.zeros(3, 2, dtype=torch.int32), table, balance_mode=1)
+    assert mask.all()
+
+
+def test_non_contiguous_inputs_give_the_contiguous_answer():
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randint(0, 100, (16, 6), generator=gen, dtype=torch.int32)
+    table[:, 0] = torch.randint(1, 6, (16,), generator=gen)
+    ids = torch.randint(0, 16, (8, 4), generator=gen, dtype=torch.int32)
+    scales = torch.rand(8, 4, generator=gen)
+    kwargs = dict(pruning_threshold=torch.full((4,), 0.2), balance_mode=1)
+    want = op(ids, table, expert_scales=scales, **kwargs)
+    wide_table = torch.zeros(16, 12, dtype=torch.int32)
+    wide_table[:, ::2] = table
+    got = op(ids.t().contiguous().t(), wide_table[:, ::2], expert_scales=scales.t().contiguous().t(), **kwargs)
+    assert not wide_table[:, ::2].is_contiguous()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_python_function_and_op_agree():
+    table = table_of([[2, 4, 5], [1, 3]], 3)
+    ids = torch.tensor([[0, 1], [1, 0]], dtype=torch.int32)
+    direct = npu_moe_update_expert_reference(ids, table, local_rank_id=1, world_size=2)
+    wrapped = torchair_plugin.npu_moe_update_expert(ids, table, local_rank_id=1, world_size=2)
+    assert torch.equal(direct[0], wrapped[0]) and direct[0].tolist() == [[5, 3], [3, 5]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_out_of_range_expert_id_is_a_clear_error(device):
+    table = table_of([[1, 0], [1, 1]], 2).to(device)
+    ids = torch.tensor([[0, 2]], dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match=r"expert_ids values must be in \[0, moe_expert_num=2\), got 2"):
+        op(ids, table, balance_mode=1)
+    with pytest.raises(ValueError, match="got -1"):
+        op(-ids.abs().clamp(max=1), table, balance_mode=1)
+
+
+@pytest.mark.parametrize("count", [0, -3, 3])
+def test_bad_replica_count_of_a_used_expert_is_a_clear_error(count):
+    table = table_of([[1, 0, 0], [count, 1, 2]], 3)
+    ids = torch.tensor([[1]], dtype=torch.int32)
+    with pytest.raises(ValueError, match=rf"eplb_table\[1, 0\].*\[1, F-1=2\], got {count}"):
+        op(ids, table, balance_mode=1)
+
+
+def test_bad_count_of_an_unused_expert_is_not_read():
+    table = table_of([[1, 7, 0], [0, 1, 2]], 3)
+    assert op(torch.zeros(2, 1, dtype=torch.int32), table, balance_mode=1)[0].tolist() == [[7], [7]]
