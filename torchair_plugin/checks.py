@@ -18,8 +18,18 @@ from torchair_plugin import limits
 from torchair_plugin.schema import OP_NAME
 
 
+def _show(value) -> str:
+    """A value for a message: symbolic sizes are shown with the concrete size they stand for."""
+    if isinstance(value, torch.SymInt):
+        hint = value.node.hint
+        return str(value) if hint is None else f"{hint} (symbolic {value})"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_show(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
 def _fail_message(parameter: str, limit: str, got) -> str:
-    return f"{OP_NAME}: {parameter} must be {limit}, got {got}"
+    return f"{OP_NAME}: {parameter} must be {limit}, got {_show(got)}"
 
 
 def _check(condition, parameter: str, limit: str, got) -> None:
