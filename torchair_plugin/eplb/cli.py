@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from torchair_plugin import limits
 from torchair_plugin.eplb.io import load_eplb_table, load_routing
 from torchair_plugin.eplb.load_report import format_report, load_report
 from torchair_plugin.eplb.planner import plan_placement
@@ -55,6 +56,8 @@ def _inputs(args):
         if args.world_size not in (None, routing.shape[0]):
             raise ValueError(f"--world-size {args.world_size} disagrees with {args.routing}'s {routing.shape[0]} ranks")
         world_size = routing.shape[0]
+    if world_size < limits.MIN_WORLD_SIZE:  # balance_mode 0 needs it: say so before planning anything
+        raise ValueError(f"world_size must be >= {limits.MIN_WORLD_SIZE}, got {world_size}")
     table = load_eplb_table(args.table, world_size) if args.table else None
     num_experts = table.shape[0] if table is not None else args.experts
     if routing is None:
