@@ -38,7 +38,7 @@ def test_issue_figures_for_the_greedy():
     assert _true_balancedness(greedy_table(_zipf(1.5), 32, 9), _zipf(1.5), 32, 1) == pytest.approx(0.849, abs=5e-4)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     num_ranks=st.integers(2, 8),
     slots_per_rank=st.integers(1, 6),
