@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torchair_plugin import validate_eplb_table
+from torchair_plugin.eplb import (
+    PADDING,
+    table_from_log2phy,
+    table_from_phy2log,
+    table_from_vllm,
+    table_to_log2phy,
+    table_to_phy2log,
+)
+
+
+@st.composite
+def placements(draw):
+    """(phy2log [P], world_size): every expert on 1..world_size slots, P divisible by world_size."""
+    world_size = draw(st.integers(1, 8))
+    num_experts = draw(st.integers(1, 12))
+    counts = draw(st.lists(st.integers(1, world_size), min_size=num_experts, max_size=num_experts))
+    while sum(counts) % world_size:  # terminates: all counts at world_size sum to a multiple
+        counts[next(e for e, c in enumerate(counts) if c < world_size)] += 1
+    return np.array(draw(st.permutations(np.repeat(np.arange(num_experts), counts).tolist()))), world_size
+
+
+@settings(max_examples=60, deadline=None)
+@given(placements())
+def test_phy2log_round_trip(placement):
+    phy2log, world_size = placement
+    table = table_from_phy2log(phy2log, world_size)
+    assert table.dtype == torch.int32
+    assert table.shape[1] == max(2, int(table[:, 0].max()) + 1)  # smallest F
+    assert table_to_phy2log(table, world_size).tolist() == phy2log.tolist()
+    # Replicas in ascending physical id, padding documented.
+    for row in table.tolist():
+        assert row[1 : 1 + row[0]] == sorted(row[1 : 1 + row[0]])
+        assert all(v == PADDING for v in row[1 + row[0] :])
+
+
+@settings(max_examples=60, deadline=None)
+@given(placements(), st.randoms(use_true_random=False))
+def test_log2phy_and_vllm_round_trip_keep_replica_order(placement, rng):
+    phy2log, world_size = placement
+    table = table_from_phy2log(phy2log, world_size)
+    log2phy, counts = table_to_log2phy(table, world_size)
+    # Shuffle each expert's replicas: the order is meaningful (mode 0) and must survive.
+    for e, c in enumerate(counts.tolist()):
+        order = list(range(c))
+        rng.shuffle(order)
+        log2phy[e, :c] = log2phy[e, :c][order]
+    rebuilt = table_from_log2phy(log2phy.numpy(), counts.numpy(), world_size)
+    assert torch.equal(table_to_log2phy(rebuilt, world_size)[0], log2phy)
+    width = int(counts.max()) + 2  # vLLM's map is wider than the largest count
+    vllm_map, vllm_counts = table_to_log2phy(rebuilt, world_size, width=width)
+    assert vllm_map.shape == (counts.shape[0], width)
+    assert torch.equal(table_from_vllm(vllm_map, vllm_counts.tolist(), world_size), rebuilt)
+
+
+def test_layer_stacks_share_one_f_and_round_trip():
+    phy2log = np.array([[0, 1, 2, 0], [0, 1, 2, 2], [0, 1, 2, 1]])
+    tables = table_from_phy2log(phy2log, 2)
+    assert tables.shape == (3, 3, 3)
+    assert torch.equal(table_to_phy2log(tables, 2), torch.from_numpy(phy2log))
+    log2phy, logcnt = table_to_log2phy(tables, 2)
+    assert log2phy.shape == (3, 3, 2) and logcnt.shape == (3, 3)
+    assert torch.equal(table_from_log2phy(log2phy, logcnt, 2), tables)
+    assert torch.equal(table_from_vllm(log2phy, logcnt, 2), tables)
+    for layer in tables:
+        validate_eplb_table(layer, 2)
+
+
+def test_fixed_f_keeps_shapes_stable():
+    table = table_from_phy2log([0, 1, 2, 3], 4, num_columns=5)
+    assert table.shape == (4, 5)
+    assert (table[:, 2:] == PADDING).all()
+    assert torch.equal(table_to_phy2log(table, 4), torch.arange(4))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: table_from_phy2log([0, 1, 4, 0], 2, num_logical=3), r"phy2log\[2\] must be a logical expert id in \[0, 3\), got 4"),
+        (lambda: table_from_phy2log([0, -1, 1, 0], 2), r"phy2log\[1\]"),
+        (lambda: table_from_phy2log([0, 2, 2, 0], 2), "logical expert 1 has no physical slot"),
+        (lambda: table_from_phy2log([[0, 1, 2, 1], [0, 1, 3, 2]], 2, num_logical=3), r"phy2log\[1\]\[2\] must be a logical expert id in \[0, 3\), got 3"),
+        (lambda: table_from_phy2log([0, 1, 2], 2), "divisible by world_size=2"),
+        (lambda: table_from_phy2log([0.0, 1.0], 2), "phy2log must hold integers, got dtype float64"),
+        (lambda: table_from_phy2log([True, False], 2), "phy2log must hold integers"),
+        (lambda: table_from_phy2log([[[0, 1]]], 2), "phy2log must have 1 or 2 dimensions"),
+        (lambda: table_from_phy2log([0, 1], 0), "world_size must be a positive int"),
+        (lambda: table_from_phy2log([0, 0, 1, 1], 2, num_columns=2), r"num_columns must be an int in \[max replica count \+ 1 = 3, world_size \+ 1 = 3\]"),
+        (lambda: table_from_phy2log([0, 0, 1, 1], 2, num_columns=4), r"num_columns must be an int in \[max replica count \+ 1 = 3, world_size \+ 1 = 3\]"),
+        (lambda: table_from_phy2log([0, 0, 0, 1], 2), "must be in \\[1, min\\(world_size=2"),
+        (lambda: table_from_log2phy([[0, 1], [2, -1]], [2, 0], 2), r"logcnt\[1\] .* must be in \[1, log2phy.shape\[-1\]=2\], got 0"),
+        (lambda: table_from_log2phy([[0, 1], [2, -1]], [2, 3], 2), r"logcnt\[1\]"),
+        (lambda: table_from_log2phy([[0, 1], [2, -1]], [2], 2), r"logcnt.shape must be \(2,\)"),
+        (lambda: table_from_log2phy([[0, 5], [2, -1]], [2, 1], 3), r"eplb_table\[0, 2\] .* got 5"),
+        (lambda: table_from_log2phy([[[0, 1], [2, -1]], [[0, 1], [1, -1]]], [[2, 1], [2, 1]], 3), "layer 1: physical expert 1 appears more than once"),
+        (lambda: table_from_log2phy([[0.5]], [1], 1), "log2phy must hold integers"),
+        (lambda: table_from_vllm([[0, -1]], [2], 2), r"eplb_table\[0, 2\] \(replica 2 of logical expert 0\) must be a physical expert id in \[0, sum of counts=2\), got -1"),
+        (lambda: table_from_vllm([[0, 1]], [[2]], 2), "logical_replica_count must have 1 dimensions"),
+        (lambda: table_to_phy2log(torch.tensor([[1, 0]], dtype=torch.int64), 1), "eplb_table.dtype must be int32"),
+        (lambda: table_to_phy2log([[1, 0]], 1), "eplb_table must be a torch.Tensor"),
+        (lambda: table_to_log2phy(torch.tensor([[2, 0, 1]], dtype=torch.int32), 2, width=1), "width must be an int >= the largest replica count 2"),
+    ],
+)
+def test_bad_input_names_what_and_where(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -1,0 +1,56 @@
+"""EPLB tools for npu_moe_update_expert: build and convert eplb_tables, plan placements from
+load, and report what the op does to the load of every rank.
+
+- ``tables``: builders from phy2log, DeepSeek log2phy/logcnt, vLLM maps (and per-layer stacks),
+  inverses; all validated.
+- ``planner``: ``plan_placement`` modelling balance_mode 0's and 1's real splits.
+- ``workload``: synthetic skewed routing, per-expert load from routing.
+- ``load_report``: tokens per physical expert and per rank through the op itself.
+- ``io``: routing and table files; ``plot``: PNG chart (matplotlib optional); ``cli``: ``balance``.
+"""
+
+from torchair_plugin.eplb.io import load_eplb_table, load_routing
+from torchair_plugin.eplb.load_report import (
+    SCENARIOS,
+    LoadReport,
+    ScenarioLoad,
+    format_report,
+    load_report,
+    source_expert_tokens,
+)
+from torchair_plugin.eplb.planner import Placement, balancedness, expected_loads, plan_placement, replica_shares
+from torchair_plugin.eplb.plot import plot_rank_loads
+from torchair_plugin.eplb.tables import (
+    PADDING,
+    table_from_log2phy,
+    table_from_phy2log,
+    table_from_vllm,
+    table_to_log2phy,
+    table_to_phy2log,
+)
+from torchair_plugin.eplb.workload import expert_load, skewed_routing
+
+__all__ = [
+    "PADDING",
+    "SCENARIOS",
+    "LoadReport",
+    "Placement",
+    "ScenarioLoad",
+    "balancedness",
+    "expected_loads",
+    "expert_load",
+    "format_report",
+    "load_eplb_table",
+    "load_report",
+    "load_routing",
+    "plan_placement",
+    "plot_rank_loads",
+    "replica_shares",
+    "skewed_routing",
+    "source_expert_tokens",
+    "table_from_log2phy",
+    "table_from_phy2log",
+    "table_from_vllm",
+    "table_to_log2phy",
+    "table_to_phy2log",
+]
