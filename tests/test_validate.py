@@ -1,0 +1,59 @@
+"""validate_eplb_table / validate_expert_ids / validate_active_mask: the values the NPU never checks."""
+
+import pytest
+import torch
+
+from torchair_plugin import validate_active_mask, validate_eplb_table, validate_expert_ids
+
+
+def table(rows, f=None):
+    f = f or max(len(r) for r in rows)
+    return torch.tensor([r + [-1] * (f - len(r)) for r in rows], dtype=torch.int32)
+
+
+GOOD = table([[2, 0, 3], [1, 1], [1, 2]])  # 4 physical experts on 2 ranks
+
+
+def test_a_good_table_returns_its_physical_expert_count():
+    assert validate_eplb_table(GOOD, world_size=2) == 4
+
+
+@pytest.mark.parametrize(
+    "bad,world_size,message",
+    [
+        (GOOD.long(), 2, r"eplb_table.dtype must be int32, got torch.int64"),
+        (GOOD[0], 2, r"eplb_table.shape must be \(moe_expert_num >= 1, F >= 2\), got \(3,\)"),
+        (table([[0, 0], [1, 1]]), 2, r"eplb_table\[0, 0\] \(replica count of logical expert 0\) must be in \[1, min\(world_size=2, F-1=1\)\], got 0"),
+        (table([[3, 0, 1, 2], [1, 3]]), 2, r"eplb_table\[0, 0\].*must be in \[1, min\(world_size=2, F-1=3\)\], got 3"),
+        (table([[1, 0], [1, 1], [1, 2]]), 2, r"sum of replica counts .* divisible by world_size=2.*got 3"),
+        (table([[2, 0, 4], [1, 1], [1, 2]]), 2, r"eplb_table\[0, 2\] \(replica 2 of logical expert 0\) must be a physical expert id in \[0, sum of counts=4\), got 4"),
+        (table([[2, 0, -1], [1, 1], [1, 2]]), 2, r"eplb_table\[0, 2\].*got -1"),
+        (table([[2, 0, 1], [1, 1], [1, 2]]), 2, r"physical expert 1 appears more than once in eplb_table, at \[0, 2\] and \[1, 1\]"),
+        (torch.ones(1025, 2, dtype=torch.int32), 1, r"sum of replica counts must be <= 1024, got 1025"),
+        (GOOD, 0, r"world_size must be a positive int, got 0"),
+        ([[1, 0]], 1, r"eplb_table must be a torch.Tensor, got list"),
+    ],
+)
+def test_bad_tables_name_the_first_offender(bad, world_size, message):
+    with pytest.raises(ValueError, match=message):
+        validate_eplb_table(bad, world_size=world_size)
+
+
+def test_padding_is_not_read():
+    padded = table([[1, 0, 12345], [1, 1, -7]])
+    assert validate_eplb_table(padded, world_size=2) == 2
+
+
+def test_expert_ids():
+    validate_expert_ids(torch.tensor([[0, 2]]), moe_expert_num=3)
+    with pytest.raises(ValueError, match=r"expert_ids\[1, 0\] must be in \[0, moe_expert_num=3\), got 3"):
+        validate_expert_ids(torch.tensor([[0, 2], [3, 1]]), moe_expert_num=3)
+
+
+def test_active_mask_must_be_a_true_prefix():
+    assert validate_active_mask(torch.tensor([True, True, False])) == 2
+    assert validate_active_mask(torch.tensor([True, True])) is None
+    with pytest.raises(ValueError, match=r"active_mask\[1\] is False but active_mask\[3\] is True"):
+        validate_active_mask(torch.tensor([True, False, False, True]))
+    with pytest.raises(ValueError, match="1-D bool"):
+        validate_active_mask(torch.tensor([1, 0]))
