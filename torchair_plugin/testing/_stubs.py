@@ -95,7 +95,11 @@ static void torchair_plugin_stub_called(const char *name) {
 
 
 class StubError(RuntimeError):
-    """The stubs cannot be built here; the message says what to install or fix."""
+    """Building the stubs failed (a bug here or a broken toolchain): the message says where."""
+
+
+class MissingTool(StubError):
+    """A tool the stubs need (C compiler, binutils) is not installed; the message says which."""
 
 
 def is_c_identifier(name: str) -> bool:
@@ -130,7 +134,7 @@ def _run_tool(argv: Sequence[str]) -> str:
     try:
         proc = subprocess.run(argv, check=True, capture_output=True, text=True)
     except FileNotFoundError as exc:
-        raise StubError(
+        raise MissingTool(
             f"{argv[0]} not found: install binutils (it comes with gcc, e.g. `apt-get install gcc`)"
         ) from exc
     except subprocess.CalledProcessError as exc:
@@ -359,7 +363,7 @@ def ensure_stubs(
         return cached
     cc = cc or find_c_compiler()
     if cc is None:
-        raise StubError("no C compiler found (tried $CC, cc, gcc): install gcc, e.g. `apt-get install gcc`")
+        raise MissingTool("no C compiler found (tried $CC, cc, gcc): install gcc, e.g. `apt-get install gcc`")
     plan = plan_stubs(modules)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))

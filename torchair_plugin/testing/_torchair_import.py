@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import importlib.abc
+import importlib.machinery
 import importlib.metadata
 import os
 import sys
@@ -33,7 +34,9 @@ INSTALL_TORCH_NPU = "pip install torch-npu==2.13.0 protobuf"
 
 
 class CannLessUnavailable(RuntimeError):
-    """torchair cannot be imported here; the message says what to install."""
+    """A prerequisite is missing (torch-npu, protobuf, a C compiler, binutils), or torch_npu is
+    already imported; the message says what to install. Tests skip on this, never on other
+    errors (those are bugs to see)."""
 
 
 class Mode(enum.Enum):
@@ -52,24 +55,35 @@ def decide_mode(cann_dir: Optional[str], npu_installed: bool) -> Mode:
 
 
 def current_mode() -> Mode:
+    """This process's mode: the one import_torchair chose, else what it would choose now."""
+    if _mode is not None:
+        return _mode
     return decide_mode(_environment.cann_home(), _environment.torch_npu_installed())
 
 
-class _BlockTorchNpu(importlib.abc.MetaPathFinder):
+class _BlockTorchNpu(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Make ``import torch_npu`` fail cleanly, before any of its submodules runs.
 
     ``sys.modules["torch_npu"] = None`` is not enough: torchair tests
-    ``'torch_npu' in sys.modules`` and then uses the entry.
+    ``'torch_npu' in sys.modules`` and then uses the entry. The spec is still found (so
+    ``importlib.util.find_spec("torch_npu")`` keeps saying it is installed); loading it fails
+    before a module object reaches ``sys.modules``.
     """
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname == "torch_npu" or fullname.startswith("torch_npu."):
-            raise ImportError(
-                f"{fullname} is not importable in this process: it needs CANN, and "
-                "torchair_plugin.testing runs torchair on CANN-less stubs",
-                name=fullname,
-            )
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         return None
+
+    def create_module(self, spec):
+        raise ImportError(
+            f"{spec.name} is not importable in this process: it needs CANN, and "
+            "torchair_plugin.testing runs torchair on CANN-less stubs",
+            name=spec.name,
+        )
+
+    def exec_module(self, module):  # never reached: create_module raises
+        raise ImportError(module.__name__)
 
 
 class _Loaded:
@@ -83,6 +97,7 @@ class _Loaded:
 
 _lock = threading.RLock()
 _torchair: Optional[ModuleType] = None
+_mode: Optional[Mode] = None
 _loaded: Optional[_Loaded] = None
 
 
@@ -124,7 +139,7 @@ def _import_cann_less() -> ModuleType:
             npu_version = "unknown"
         try:
             state.stubs = _stubs.ensure_stubs(_native_modules(torchair_dir), npu_version, torch.__version__)
-        except _stubs.StubError as exc:
+        except _stubs.MissingTool as exc:
             raise CannLessUnavailable(str(exc)) from exc
         state.libraries = _stubs.preload(state.stubs)
 
@@ -140,7 +155,7 @@ def _import_cann_less() -> ModuleType:
         except ImportError as exc:
             if exc.name in ("google", "google.protobuf") or "protobuf" in str(exc):
                 raise CannLessUnavailable(f"torchair needs protobuf: {INSTALL_TORCH_NPU}") from exc
-            raise CannLessUnavailable(f"import torchair failed on CANN-less stubs: {exc}") from exc
+            raise RuntimeError(f"import torchair failed on CANN-less stubs: {exc}") from exc
         state.undo.extend(_interception.apply(torchair))
     except BaseException:
         for undo in reversed(state.undo):
@@ -164,11 +179,12 @@ def _import_native() -> ModuleType:
 
 def import_torchair() -> ModuleType:
     """Return ``torchair``, importable for GE lowering (see the module docstring)."""
-    global _torchair
+    global _torchair, _mode
     with _lock:
         if _torchair is None:
             mode = current_mode()
             if mode is Mode.UNAVAILABLE:
                 raise CannLessUnavailable(f"torch-npu is not installed (torchair ships inside it): {INSTALL_TORCH_NPU}")
             _torchair = _import_native() if mode is Mode.NATIVE else _import_cann_less()
+            _mode = mode
         return _torchair
