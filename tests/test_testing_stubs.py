@@ -1,29 +1,23 @@
 """torchair_plugin.testing._stubs: symbol validation, securec, planning, the cache."""
 
 import ctypes
-import glob
 import os
 import shutil
 import threading
 
 import pytest
 
-from torchair_plugin.testing import _stubs
+from torchair_plugin.testing import CannLessUnavailable, _stubs
+from torchair_plugin.testing._torchair_import import native_modules
 
 needs_cc = pytest.mark.skipif(_stubs.find_c_compiler() is None, reason="no C compiler: install gcc")
 
 
 def _torchair_modules():
-    import importlib.util
-
-    spec = importlib.util.find_spec("torch_npu")
-    if spec is None:
-        pytest.skip("torch-npu is not installed: pip install torch-npu==2.13.0 protobuf")
-    core = os.path.join(list(spec.submodule_search_locations)[0], "dynamo", "torchair", "core")
-    modules = sorted(glob.glob(os.path.join(core, "*.so")))
-    if not modules:
-        pytest.skip(f"this torch-npu has no torchair native modules under {core}")
-    return modules
+    try:
+        return native_modules()
+    except CannLessUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize(

@@ -216,7 +216,10 @@ def _resolve(soname: str, rpath: Sequence[str]) -> Optional[str]:
         candidate = os.path.join(directory, soname)
         if os.path.isfile(candidate):
             return candidate
-    return _loader_path(soname)
+    found = _loader_path(soname)
+    if found is not None and os.path.isfile(os.path.join(os.path.dirname(found), _ALL_SYMBOLS_LIB)):
+        return None  # one of our own stubs, preloaded earlier in this process: still missing
+    return found
 
 
 @dataclass(frozen=True)

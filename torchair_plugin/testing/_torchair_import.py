@@ -65,15 +65,19 @@ class _BlockTorchNpu(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Make ``import torch_npu`` fail cleanly, before any of its submodules runs.
 
     ``sys.modules["torch_npu"] = None`` is not enough: torchair tests
-    ``'torch_npu' in sys.modules`` and then uses the entry. The spec is still found (so
-    ``importlib.util.find_spec("torch_npu")`` keeps saying it is installed); loading it fails
-    before a module object reaches ``sys.modules``.
+    ``'torch_npu' in sys.modules`` and then uses the entry. The real spec is still found, with
+    its location (so ``importlib.util.find_spec("torch_npu")`` keeps answering where torch-npu
+    is installed); only its loader is replaced, and loading fails before a module object
+    reaches ``sys.modules``.
     """
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == "torch_npu" or fullname.startswith("torch_npu."):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
+        if fullname != "torch_npu" and not fullname.startswith("torch_npu."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None:
+            spec.loader = self
+        return spec
 
     def create_module(self, spec):
         raise ImportError(
@@ -110,8 +114,9 @@ def _torch_npu_dir() -> str:
     return list(spec.submodule_search_locations)[0]
 
 
-def _native_modules(torchair_dir: str) -> List[str]:
-    core = os.path.join(torchair_dir, "core")
+def native_modules() -> List[str]:
+    """torchair's native extension modules in the installed torch-npu (the stubs' input)."""
+    core = os.path.join(_torch_npu_dir(), "dynamo", "torchair", "core")
     modules = sorted(os.path.join(core, f) for f in os.listdir(core) if f.endswith(".so"))
     if not modules:
         raise CannLessUnavailable(f"no native modules under {core}: is torch-npu installed completely?")
@@ -132,13 +137,12 @@ def _import_cann_less() -> ModuleType:
     state = _Loaded()
     try:
         dynamo_dir = os.path.join(_torch_npu_dir(), "dynamo")
-        torchair_dir = os.path.join(dynamo_dir, "torchair")
         try:
             npu_version = importlib.metadata.version("torch-npu")
         except importlib.metadata.PackageNotFoundError:
             npu_version = "unknown"
         try:
-            state.stubs = _stubs.ensure_stubs(_native_modules(torchair_dir), npu_version, torch.__version__)
+            state.stubs = _stubs.ensure_stubs(native_modules(), npu_version, torch.__version__)
         except _stubs.MissingTool as exc:
             raise CannLessUnavailable(str(exc)) from exc
         state.libraries = _stubs.preload(state.stubs)

@@ -2,8 +2,9 @@
 
 Contract of :func:`normalize` (and of :func:`to_text` / :func:`to_json` built on it):
 
-- ops in topological order (ties keep torchair's own order); each op renamed ``<Type>_<k>``,
-  ``k`` counting ops of that type in that order, so names never carry torchair's global counters;
+- ops in a canonical topological order (the same whatever order or names torchair gave them);
+  each op renamed ``<Type>_<k>``, ``k`` counting ops of that type in that order, so names
+  never carry torchair's global counters;
 - every input as ``producer:index`` in the new names, with its dtype and shape;
 - shapes as lists of ints, ``-1`` for a dynamic dim (symbolic sizes, whatever their name);
 - attrs sorted by name; torchair-internal attrs (name starting with ``_``) left out;
@@ -18,6 +19,7 @@ Nothing here needs torch or torchair: it reads the protobuf message's fields.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import re
 from dataclasses import dataclass, field
@@ -195,28 +197,51 @@ def _attr_value(value: Any) -> AttrValue:
 
 
 def _topological_order(ops: Sequence[Any]) -> List[int]:
-    """Indices of ``ops`` in topological order; ties (and unknown producers) keep list order."""
+    """Indices of ``ops`` in a canonical topological order, independent of the list's order.
+
+    Among the ops whose producers are all placed, the next is the smallest by: Data ops first
+    by their ``index`` attr; then by the positions of its producers, its type, its public
+    attrs; the list position only separates ops that are identical in all of these.
+    """
     index = {op.name: i for i, op in enumerate(ops)}
-    deps = []
+    producers: List[List[int]] = []
     for op in ops:
-        producers = set()
-        for inp in op.input:
-            if inp:
-                producer = inp.lstrip("^").rsplit(":", 1)[0]
+        found = []
+        for source in op.input:
+            if source:
+                producer = source[1:] if source.startswith("^") else source.rsplit(":", 1)[0]
                 if producer in index:
-                    producers.add(index[producer])
-        deps.append(producers)
-    order, done = [], set()
-    pending = list(range(len(ops)))
-    while pending:
-        for i in pending:
-            if deps[i] <= done:
-                order.append(i)
-                done.add(i)
-                pending.remove(i)
-                break
-        else:
-            raise ValueError("GE graph has a cycle: " + ", ".join(ops[i].name for i in pending))
+                    found.append(index[producer])
+        producers.append(found)
+    consumers: Dict[int, List[int]] = {i: [] for i in range(len(ops))}
+    waiting = [len(set(p)) for p in producers]
+    for i, found in enumerate(producers):
+        for producer in set(found):
+            consumers[producer].append(i)
+
+    position: Dict[int, int] = {}
+
+    def key(i: int) -> Tuple:
+        op = ops[i]
+        if op.type == "Data" and "index" in op.attr:
+            return (0, op.attr["index"].i, (), "", "", i)
+        public = sorted((k, str(v)) for k, v in op.attr.items() if not k.startswith("_"))
+        return (1, 0, tuple(position[p] for p in producers[i]), op.type, str(public), i)
+
+    ready = [(key(i), i) for i in range(len(ops)) if waiting[i] == 0]
+    heapq.heapify(ready)
+    order: List[int] = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        position[i] = len(order)
+        order.append(i)
+        for consumer in consumers[i]:
+            waiting[consumer] -= 1
+            if waiting[consumer] == 0:
+                heapq.heappush(ready, (key(consumer), consumer))
+    if len(order) != len(ops):
+        stuck = sorted(set(range(len(ops))) - set(order))
+        raise ValueError("GE graph has a cycle: " + ", ".join(ops[i].name for i in stuck))
     return order
 
 
