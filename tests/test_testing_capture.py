@@ -99,6 +99,12 @@ def test_lowering_without_dynamo_matches_the_dynamo_path():
     assert direct.text == via_dynamo.text
 
 
+def test_lowering_a_single_output_without_dynamo():
+    graph = lower_fx(lambda x: torch.add(x, x), torch.randn(2, 3))
+    assert graph.op_types() == ["Data", "Add", "NetOutput"]
+    assert graph.ops_of_type("Add")[0].outputs[0].shape == [2, 3]
+
+
 def test_text_is_stable_across_runs():
     first = capture_ge_graphs(matmul_add, *_inputs()).graph
     second = capture_ge_graphs(matmul_add, *_inputs()).graph

@@ -231,7 +231,12 @@ def lower_fx(fn: Callable, *args: Any, dynamic: bool = False, config: Any = None
 
     torchair = import_torchair()
     _install_hook()
-    gm = make_fx(fn, tracing_mode="symbolic" if dynamic else "fake")(*args)
+    def as_tuple(*inputs: Any) -> Any:
+        # torchair's output converter expects what AOTAutograd gives it: a tuple of outputs.
+        out = fn(*inputs)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    gm = make_fx(as_tuple, tracing_mode="symbolic" if dynamic else "fake")(*args)
     example_inputs = [node.meta["val"] for node in gm.graph.nodes if node.op == "placeholder"]
     result = CaptureResult(fx_graphs=[gm])
     with _Recording(result):
