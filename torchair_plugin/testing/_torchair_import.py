@@ -178,6 +178,9 @@ def _import_native() -> ModuleType:
     import torch_npu  # noqa: F401  (registers the NPU device; torchair expects it)
     import torchair
 
+    # torch_npu may install a lazy proxy as ``torchair``; touching an attribute makes it import
+    # the real package, so that ``torchair._ge_concrete_graph`` is importable for the capture hook.
+    torchair.CompilerConfig  # noqa: B018
     return torchair
 
 
