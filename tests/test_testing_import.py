@@ -1,0 +1,90 @@
+"""torchair_plugin.testing._torchair_import / _interception: when and how torchair is imported."""
+
+import importlib
+import sys
+import threading
+
+import pytest
+
+from torchair_plugin import _environment
+from torchair_plugin.testing import Mode, decide_mode, import_torchair
+from torchair_plugin.testing import _interception
+from torchair_plugin.testing.pytest_plugin import require_ge_capture
+
+
+def test_cann_present_means_native_import_and_no_stubs(tmp_path):
+    fake_cann = tmp_path / "ascend-toolkit"
+    fake_cann.mkdir()
+    cann_dir = _environment.cann_home({"ASCEND_HOME_PATH": str(fake_cann)})
+    assert cann_dir == str(fake_cann)
+    assert decide_mode(cann_dir, npu_installed=True) is Mode.NATIVE
+    assert decide_mode(cann_dir, npu_installed=False) is Mode.NATIVE
+
+
+def test_without_cann_the_mode_depends_on_torch_npu():
+    assert decide_mode(None, npu_installed=True) is Mode.CANN_LESS
+    assert decide_mode(None, npu_installed=False) is Mode.UNAVAILABLE
+
+
+def _cann_less_torchair():
+    torchair = require_ge_capture()
+    from torchair_plugin.testing import current_mode
+
+    if current_mode() is not Mode.CANN_LESS:
+        pytest.skip("CANN is installed here: nothing is stubbed or patched")
+    return torchair
+
+
+def test_import_is_idempotent_and_thread_safe():
+    first = _cann_less_torchair()
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(import_torchair())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(m is first for m in seen)
+    assert sys.modules["torchair"] is first
+
+
+def test_torch_npu_import_is_blocked_cleanly():
+    _cann_less_torchair()
+    with pytest.raises(ImportError, match="needs CANN"):
+        importlib.import_module("torch_npu")
+    assert not any(name == "torch_npu" or name.startswith("torch_npu.") for name in sys.modules)
+
+
+def test_interception_is_in_place():
+    _cann_less_torchair()
+    fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
+    compat_ir = importlib.import_module("torchair._ge_concrete_graph.compat_ir")
+    ge_custom = importlib.import_module("torchair.ge.ge_custom")
+    assert fx2ge.initialize_graph_engine({}) is None
+    assert compat_ir.is_cann_compat("MoeUpdateExpert", (), ()) == ""
+    assert ge_custom._torchair.get_registered_ir_def("AnyOp") == ("SUCCESS", [], [], [])
+    with pytest.raises(RuntimeError, match="cannot run without CANN"):
+        fx2ge.GeConcreteGraph.__call__(object())
+
+
+def test_apply_undo_restores_every_patch():
+    torchair = _cann_less_torchair()
+    fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
+    compat_ir = importlib.import_module("torchair._ge_concrete_graph.compat_ir")
+    before = (fx2ge.initialize_graph_engine, compat_ir.is_cann_compat, fx2ge.GeConcreteGraph.__call__)
+    undo = _interception.apply(torchair)
+    assert len(undo) == 5
+    for restore in reversed(undo):
+        restore()
+    assert (fx2ge.initialize_graph_engine, compat_ir.is_cann_compat, fx2ge.GeConcreteGraph.__call__) == before
+
+
+def test_apply_that_fails_midway_restores_what_it_patched(monkeypatch):
+    torchair = _cann_less_torchair()
+    fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
+    compat_ir = importlib.import_module("torchair._ge_concrete_graph.compat_ir")
+    sentinel_engine = object()
+    monkeypatch.setattr(fx2ge, "initialize_graph_engine", sentinel_engine)
+    monkeypatch.delattr(compat_ir, "is_cann_compat")  # as if torchair had moved it
+    with pytest.raises(KeyError, match="is_cann_compat"):
+        _interception.apply(torchair)
+    assert fx2ge.initialize_graph_engine is sentinel_engine

@@ -1,0 +1,54 @@
+"""torchair_plugin.testing.pytest_plugin: golden files and the update switch."""
+
+import pytest
+
+from torchair_plugin.testing.pytest_plugin import GoldenFiles, GoldenMismatch
+
+pytest_plugins = ["pytester"]
+
+
+def test_matching_golden_passes(tmp_path):
+    (tmp_path / "g.txt").write_text("A_0: A\n")
+    GoldenFiles(tmp_path, update=False).check("A_0: A\n", "g")
+
+
+def test_mismatch_shows_a_diff_and_the_switch(tmp_path):
+    (tmp_path / "g.txt").write_text("A_0: A\n  attr x = 1\n")
+    with pytest.raises(GoldenMismatch) as info:
+        GoldenFiles(tmp_path, update=False).check("A_0: A\n  attr x = 2\n", "g")
+    message = str(info.value)
+    assert "-  attr x = 1" in message and "+  attr x = 2" in message and "--update-goldens" in message
+
+
+def test_missing_golden_fails_saying_how_to_create_it(tmp_path):
+    with pytest.raises(GoldenMismatch, match="does not exist.*--update-goldens"):
+        GoldenFiles(tmp_path, update=False).check("x\n", "absent")
+
+
+def test_update_mode_writes(tmp_path):
+    GoldenFiles(tmp_path, update=True).check("new\n", "sub/g")
+    assert (tmp_path / "sub" / "g.txt").read_text() == "new\n"
+
+
+def test_golden_names_stay_inside_the_directory(tmp_path):
+    with pytest.raises(ValueError):
+        GoldenFiles(tmp_path, update=True).path("../escape")
+
+
+_GOLDEN_TEST = """
+def test_g(ge_golden):
+    ge_golden.check("captured\\n", "one")
+"""
+
+
+def test_the_switch_end_to_end(pytester, monkeypatch):
+    monkeypatch.delenv("TORCHAIR_PLUGIN_UPDATE_GOLDENS", raising=False)
+    pytester.makeconftest('pytest_plugins = ["torchair_plugin.testing.pytest_plugin"]')
+    pytester.makepyfile(test_g=_GOLDEN_TEST)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(failed=1)
+    pytester.runpytest("--update-goldens").assert_outcomes(passed=1)
+    assert (pytester.path / "goldens" / "one.txt").read_text() == "captured\n"
+    (pytester.path / "goldens" / "one.txt").write_text("stale\n")
+    monkeypatch.setenv("TORCHAIR_PLUGIN_UPDATE_GOLDENS", "1")
+    pytester.runpytest().assert_outcomes(passed=1)
+    assert (pytester.path / "goldens" / "one.txt").read_text() == "captured\n"

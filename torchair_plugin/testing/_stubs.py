@@ -1,0 +1,392 @@
+"""Stub shared libraries standing in for CANN, so that torchair's native modules load.
+
+torchair's extension modules (``torchair/core/*.so``) have DT_NEEDED entries on CANN (and
+``libtorch_npu.so``) sonames and leave ~110 symbols for them to define. Nothing calls those
+symbols while torchair imports and lowers FX to GE, so empty definitions satisfy the loader.
+The symbol list is read from the installed modules themselves (never retyped), so the stubs
+follow whatever torch-npu release is installed.
+
+Contract of :func:`ensure_stubs`: returns a :class:`StubSet` whose libraries, once loaded with
+``RTLD_GLOBAL`` (see :func:`preload`), let ``import torchair`` resolve every symbol. Results are
+cached per torch-npu version and symbol list in a user cache directory; a cache entry is only
+ever seen complete (built in a temporary directory, then renamed into place).
+
+Tools: ``nm`` and ``readelf`` (binutils, installed with gcc) and the system C compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+CACHE_DIR_VAR = "TORCHAIR_PLUGIN_CACHE_DIR"
+CC_VAR = "CC"
+
+# Bump when the generated C or the layout of a cache entry changes: old entries are then ignored.
+_GENERATOR_VERSION = "1"
+_ALL_SYMBOLS_LIB = "libtorchair_plugin_cann_stubs.so"
+_MANIFEST = "manifest.json"
+
+# A symbol written into C source must be a plain C identifier (mangled C++ names are). Anything
+# else (a version suffix, punctuation, a newline) is refused rather than escaped: it would mean
+# the ELF reader or the input is not what this module expects.
+_C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Sonames become file names in the cache directory: no separators, no leading dot.
+_SONAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*\Z")
+
+# securec (Huawei's bounds-checked libc) is linked into CANN's own libraries, not into any
+# DT_NEEDED library of torchair, so the stubs must provide it. torchair calls these while
+# formatting messages; give them real, small implementations instead of fatal stubs.
+_SECUREC_SOURCE = r"""
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+int vsnprintf_s(char *dest, size_t dest_max, size_t count, const char *format, va_list args) {
+    if (dest == NULL || dest_max == 0 || format == NULL) return -1;
+    size_t limit = count < dest_max ? count + 1 : dest_max;
+    int n = vsnprintf(dest, limit, format, args);
+    if (n < 0) { dest[0] = '\0'; return -1; }
+    if ((size_t)n >= limit) return -1;  /* truncated: securec reports -1, dest is terminated */
+    return n;
+}
+
+int snprintf_s(char *dest, size_t dest_max, size_t count, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    int n = vsnprintf_s(dest, dest_max, count, format, args);
+    va_end(args);
+    return n;
+}
+
+int strcpy_s(char *dest, size_t dest_max, const char *src) {
+    if (dest == NULL || dest_max == 0) return 22;            /* EINVAL */
+    if (src == NULL) { dest[0] = '\0'; return 22; }
+    size_t len = strlen(src);
+    if (len >= dest_max) { dest[0] = '\0'; return 34; }      /* ERANGE */
+    memcpy(dest, src, len + 1);
+    return 0;
+}
+"""
+_SECUREC_SYMBOLS = frozenset({"vsnprintf_s", "snprintf_s", "strcpy_s"})
+
+# A stub that is ever called means torchair reached CANN: stop loudly, naming the function,
+# instead of returning garbage that would surface as a wrong graph or a later crash.
+_FATAL_SOURCE = r"""
+#include <stdio.h>
+#include <stdlib.h>
+
+static void torchair_plugin_stub_called(const char *name) {
+    fprintf(stderr, "torchair_plugin.testing: CANN function %s was called, but this process runs "
+            "on CANN-less stubs (graph capture only; nothing may run on an NPU)\n", name);
+    abort();
+}
+"""
+
+
+class StubError(RuntimeError):
+    """Building the stubs failed (a bug here or a broken toolchain): the message says where."""
+
+
+class MissingTool(StubError):
+    """A tool the stubs need (C compiler, binutils) is not installed; the message says which."""
+
+
+def is_c_identifier(name: str) -> bool:
+    """True when ``name`` may be written verbatim into C source as a function name."""
+    return isinstance(name, str) and _C_IDENTIFIER.match(name) is not None
+
+
+def validate_symbol_names(names: Iterable[str]) -> List[str]:
+    """Return the names sorted; raise ValueError naming every one that is not a C identifier."""
+    names = list(names)
+    bad = [n for n in names if not is_c_identifier(n)]
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:5])
+        raise ValueError(f"refusing to write {len(bad)} symbol name(s) into C source: {shown}")
+    return sorted(set(names))
+
+
+def generate_c_source(symbols: Iterable[str]) -> str:
+    """C source defining every symbol: securec ones for real, all others as fatal stubs."""
+    symbols = validate_symbol_names(symbols)
+    parts = [_FATAL_SOURCE, _SECUREC_SOURCE]
+    for name in symbols:
+        if name not in _SECUREC_SYMBOLS:
+            parts.append(f'void {name}(void) {{ torchair_plugin_stub_called("{name}"); }}\n')
+    return "".join(parts)
+
+
+# --- reading ELF files -------------------------------------------------------------------------
+
+
+def _run_tool(argv: Sequence[str]) -> str:
+    try:
+        proc = subprocess.run(argv, check=True, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise MissingTool(
+            f"{argv[0]} not found: install binutils (it comes with gcc, e.g. `apt-get install gcc`)"
+        ) from exc
+    except subprocess.CalledProcessError as exc:
+        raise StubError(f"{' '.join(argv)} failed: {exc.stderr.strip()}") from exc
+    return proc.stdout
+
+
+def _parse_nm(output: str) -> List[Tuple[str, str]]:
+    """(type letter, name) pairs; names keep nm's ``@VERSION`` suffix when there is one."""
+    pairs = []
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            pairs.append((fields[-2], fields[-1]))
+    return pairs
+
+
+def undefined_symbols(path: str) -> Set[str]:
+    """Strong undefined dynamic symbols, without version suffix, except versioned ones.
+
+    A versioned reference (``memcpy@GLIBC_2.14``) is bound to a system library that carries that
+    version, never to a stub, so it is left out. Weak references (``w``) need no definition.
+    """
+    out = _run_tool(["nm", "-D", "--undefined-only", path])
+    return {name for kind, name in _parse_nm(out) if kind == "U" and "@" not in name}
+
+
+def defined_symbols(path: str) -> Set[str]:
+    """Names of the dynamic symbols ``path`` defines (version suffixes stripped)."""
+    out = _run_tool(["nm", "-D", "--defined-only", path])
+    return {name.split("@", 1)[0] for _, name in _parse_nm(out)}
+
+
+_NEEDED = re.compile(r"\((NEEDED|RPATH|RUNPATH)\)\s+\S.*?\[(.*)\]")
+
+
+def dynamic_entries(path: str) -> Tuple[List[str], List[str]]:
+    """(DT_NEEDED sonames, RPATH/RUNPATH directories with $ORIGIN expanded) of an ELF file."""
+    needed, dirs = [], []
+    origin = os.path.dirname(os.path.abspath(path))
+    for kind, value in _NEEDED.findall(_run_tool(["readelf", "-d", "-W", path])):
+        if kind == "NEEDED":
+            needed.append(value)
+        else:
+            dirs.extend(p.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for p in value.split(":") if p)
+    return needed, dirs
+
+
+class _LinkMap(ctypes.Structure):
+    # The head of glibc's struct link_map (<link.h>), enough to read the file name.
+    _fields_ = [("l_addr", ctypes.c_void_p), ("l_name", ctypes.c_char_p)]
+
+
+_RTLD_DI_LINKMAP = 2
+
+
+def _loader_path(soname: str) -> Optional[str]:
+    """Path of the file the dynamic loader binds ``soname`` to from this process, or None.
+
+    dlopen by soname applies the loader's own rules (already-loaded sonames first, then
+    LD_LIBRARY_PATH, ld.so.cache, default dirs), which a file-name search cannot reproduce
+    (``libstdc++.so.6`` is mapped from ``libstdc++.so.6.0.30``).
+    """
+    try:
+        handle = ctypes.CDLL(soname, mode=os.RTLD_LAZY | ctypes.RTLD_LOCAL)
+    except OSError:
+        return None
+    libc = ctypes.CDLL(None)
+    link_map = ctypes.POINTER(_LinkMap)()
+    if libc.dlinfo(ctypes.c_void_p(handle._handle), _RTLD_DI_LINKMAP, ctypes.byref(link_map)) != 0:
+        return None
+    name = link_map.contents.l_name
+    return os.fsdecode(name) if name else None
+
+
+def _resolve(soname: str, rpath: Sequence[str]) -> Optional[str]:
+    # RPATH comes before the default search for the module that names it.
+    for directory in rpath:
+        candidate = os.path.join(directory, soname)
+        if os.path.isfile(candidate):
+            return candidate
+    found = _loader_path(soname)
+    if found is not None and os.path.isfile(os.path.join(os.path.dirname(found), _ALL_SYMBOLS_LIB)):
+        return None  # one of our own stubs, preloaded earlier in this process: still missing
+    return found
+
+
+@dataclass(frozen=True)
+class SymbolPlan:
+    """What the stubs must provide: missing sonames and the symbols nobody else defines."""
+
+    missing_sonames: Tuple[str, ...]
+    symbols: Tuple[str, ...]
+
+
+def plan_stubs(modules: Sequence[str]) -> SymbolPlan:
+    """Work out which sonames are missing and which symbols only they would have defined.
+
+    Must run after ``import torch`` (torch's libraries are found as the loader finds them: by
+    the sonames this process has loaded). Everything reachable through DT_NEEDED that exists here (torch, libpython, libc,
+    the modules themselves) is read for the symbols it defines; the rest is stubbed.
+    """
+    # The executable's own dependencies (libpython) are in the global scope of every module.
+    exe = os.path.realpath(sys.executable)
+    modules = [os.path.realpath(m) for m in modules]
+    queue = [exe, *modules]
+    seen, missing, provided, wanted = set(), set(), set(), set()
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        needed, rpath = dynamic_entries(path)
+        provided |= defined_symbols(path)
+        if path in modules:
+            wanted |= undefined_symbols(path)
+        for soname in needed:
+            found = _resolve(soname, rpath)
+            if found is None:
+                missing.add(soname)
+            else:
+                queue.append(os.path.realpath(found))
+    symbols = validate_symbol_names(wanted - provided)
+    return SymbolPlan(tuple(sorted(missing)), tuple(symbols))
+
+
+# --- building and caching ----------------------------------------------------------------------
+
+
+def find_c_compiler(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """Path of the C compiler ($CC, else cc, else gcc), or None."""
+    for candidate in (environ.get(CC_VAR), "cc", "gcc"):
+        if candidate:
+            path = shutil.which(candidate)
+            if path:
+                return path
+    return None
+
+
+def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """$TORCHAIR_PLUGIN_CACHE_DIR, else $XDG_CACHE_HOME/torchair-plugin, else ~/.cache/torchair-plugin."""
+    if environ.get(CACHE_DIR_VAR):
+        return Path(environ[CACHE_DIR_VAR])
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "torchair-plugin"
+
+
+def cache_key(torch_npu_version: str, torch_version: str, modules: Sequence[str]) -> str:
+    """Directory name for one stub set: versions plus a hash of the modules' own symbol needs.
+
+    The hash covers each module's undefined symbols and DT_NEEDED list (cheap to read: four
+    small files), so a warm start never has to read torch's large libraries.
+    """
+    digest = hashlib.sha256()
+    digest.update(f"{_GENERATOR_VERSION}\0{torch_version}\0{sys.implementation.cache_tag}\0".encode())
+    for path in sorted(modules):
+        needed, _ = dynamic_entries(path)
+        digest.update(os.path.basename(path).encode() + b"\0")
+        digest.update("\0".join(needed).encode() + b"\0")
+        digest.update("\0".join(sorted(undefined_symbols(path))).encode() + b"\0")
+    safe_version = re.sub(r"[^A-Za-z0-9.+_-]", "_", torch_npu_version)
+    return f"torch_npu-{safe_version}-{digest.hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class StubSet:
+    """A complete cache entry: load ``all_symbols`` first, then each of ``sonames``."""
+
+    directory: Path
+    all_symbols: Path
+    sonames: Tuple[Path, ...]
+    symbols: Tuple[str, ...]
+    built: bool  # False when it came from the cache
+
+    def libraries(self) -> List[Path]:
+        return [self.all_symbols, *self.sonames]
+
+
+def _compile(cc: str, source: Path, output: Path, soname: str) -> None:
+    argv = [cc, "-shared", "-fPIC", "-O0", f"-Wl,-soname,{soname}", "-o", str(output), str(source)]
+    try:
+        subprocess.run(argv, check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise StubError(f"building {soname} with {cc} failed:\n{exc.stderr.strip()}") from exc
+
+
+def _build(directory: Path, cc: str, plan: SymbolPlan) -> None:
+    source = directory / "cann_stubs.c"
+    source.write_text(generate_c_source(plan.symbols), encoding="utf-8")
+    _compile(cc, source, directory / _ALL_SYMBOLS_LIB, _ALL_SYMBOLS_LIB)
+    # The other sonames only need to exist with the right name: the loader matches DT_NEEDED
+    # against loaded sonames, and every symbol resolves from the global all-symbols library.
+    empty = directory / "empty.c"
+    empty.write_text("/* intentionally empty: see torchair_plugin/testing/_stubs.py */\n", encoding="utf-8")
+    for soname in plan.missing_sonames:
+        if not _SONAME.match(soname):
+            raise ValueError(f"refusing to build a stub for the soname {soname!r}")
+        _compile(cc, empty, directory / soname, soname)
+    manifest = {"sonames": list(plan.missing_sonames), "symbols": list(plan.symbols)}
+    (directory / _MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+def _load_entry(directory: Path, built: bool) -> Optional[StubSet]:
+    try:
+        manifest = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return StubSet(
+        directory=directory,
+        all_symbols=directory / _ALL_SYMBOLS_LIB,
+        sonames=tuple(directory / s for s in manifest["sonames"]),
+        symbols=tuple(manifest["symbols"]),
+        built=built,
+    )
+
+
+def ensure_stubs(
+    modules: Sequence[str],
+    torch_npu_version: str,
+    torch_version: str,
+    root: Optional[Path] = None,
+    cc: Optional[str] = None,
+) -> StubSet:
+    """The cached stub set for these modules, building it (atomically) when absent."""
+    root = cache_root() if root is None else Path(root)
+    final = root / "stubs" / cache_key(torch_npu_version, torch_version, modules)
+    cached = _load_entry(final, built=False)
+    if cached is not None:
+        return cached
+    cc = cc or find_c_compiler()
+    if cc is None:
+        raise MissingTool("no C compiler found (tried $CC, cc, gcc): install gcc, e.g. `apt-get install gcc`")
+    plan = plan_stubs(modules)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        _build(tmp, cc, plan)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process renamed its complete copy into place first: use that one.
+            if _load_entry(final, built=False) is None:
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    entry = _load_entry(final, built=True)
+    if entry is None:
+        raise StubError(f"stub cache entry {final} is unreadable")
+    return entry
+
+
+def preload(stubs: StubSet) -> List[ctypes.CDLL]:
+    """Load every stub library into the global symbol scope (so DT_NEEDED matches by soname)."""
+    return [ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL) for path in stubs.libraries()]

@@ -1,0 +1,247 @@
+"""Capture the real GE graphs torchair lowers a function to, without running them.
+
+Two entry points:
+
+- :func:`capture_ge_graphs` / :class:`GraphCapture`: the user path, ``torch.compile`` with
+  ``torchair.get_npu_backend``; static, ``torch._dynamo.mark_dynamic`` or ``dynamic=True``.
+  Reports how many FX graphs Dynamo handed to the backend (more than one per call means a
+  graph break; more calls that add graphs mean recompiles).
+- :func:`lower_fx`: no Dynamo; ``make_fx`` on fake inputs, then torchair's compiler
+  (``torchair.get_compiler``) on the aten graph. Faster, for lowering one op in isolation.
+
+Both set ``CompilerConfig().debug.run_eagerly = True`` (a real torchair flag): torchair then
+lowers FX -> GE and optimises the GE graph, but returns the FX graph for eager execution
+instead of loading the GE graph, so nothing needs CANN. The GE graph is taken at the end of
+``GeConcreteGraph.optimize_graph_without_runtime`` (torchair internal; no public hook exposes
+the lowered graph), which is the graph torchair would hand to GE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+
+from torchair_plugin.testing import graph_text
+from torchair_plugin.testing._torchair_import import import_torchair
+
+MarkDynamic = Mapping[int, Union[int, Sequence[int]]]
+
+
+class CapturedGraph:
+    """One lowered GE graph: the raw protobuf ``GraphDef`` and its stable renderings."""
+
+    def __init__(self, graph_def: Any) -> None:
+        self.graph_def = graph_def
+
+    @functools.cached_property
+    def ops(self) -> List[graph_text.Op]:
+        """Normalised ops (see :mod:`torchair_plugin.testing.graph_text`)."""
+        return graph_text.normalize(self.graph_def)
+
+    @property
+    def text(self) -> str:
+        """The stable readable form, for golden files and diffs."""
+        return graph_text.to_text(self.ops)
+
+    def to_json(self) -> str:
+        return graph_text.to_json(self.ops)
+
+    def to_pbtxt(self) -> str:
+        """The raw graph in the pbtxt format torchair's own graph dump writes."""
+        # torchair internal: the converter behind CompilerConfig().debug.graph_dump.type="pbtxt".
+        from torchair._ge_concrete_graph.utils import convert_to_pbtxt
+
+        return str(convert_to_pbtxt(self.graph_def))
+
+    def op_types(self) -> List[str]:
+        return [op.type for op in self.ops]
+
+    def ops_of_type(self, op_type: str) -> List[graph_text.Op]:
+        return [op for op in self.ops if op.type == op_type]
+
+    def __repr__(self) -> str:
+        return f"CapturedGraph({len(self.graph_def.op)} ops: {', '.join(self.op_types())})"
+
+
+@dataclass
+class CaptureResult:
+    """What one capture saw: GE graphs, the FX graphs behind them, the last call's outputs."""
+
+    graphs: List[CapturedGraph] = field(default_factory=list)
+    fx_graphs: List[Any] = field(default_factory=list)  # torch.fx.GraphModule, one per compile
+    graph_breaks: int = 0
+    outputs: Any = None
+
+    @property
+    def fx_graph_count(self) -> int:
+        """FX graphs compiled by the backend (graph breaks and recompiles each add one)."""
+        return len(self.fx_graphs)
+
+    @property
+    def graph(self) -> CapturedGraph:
+        """The only GE graph; AssertionError (with the count) when there is not exactly one."""
+        if len(self.graphs) != 1:
+            raise AssertionError(f"expected exactly one GE graph, captured {len(self.graphs)}: {self.graphs}")
+        return self.graphs[0]
+
+
+# --- the hook -----------------------------------------------------------------------------------
+
+_hook_lock = threading.Lock()
+_hook_installed = False
+_active = threading.local()  # .stack: list of CaptureResult receiving graphs on this thread
+
+
+def _install_hook() -> None:
+    """Wrap GeConcreteGraph.optimize_graph_without_runtime once per process.
+
+    The wrapper is transparent when no capture is active on the calling thread, so leaving it
+    installed costs one attribute lookup per compile.
+    """
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        from torchair._ge_concrete_graph.fx2ge_converter import GeConcreteGraph
+
+        original = GeConcreteGraph.optimize_graph_without_runtime
+
+        @functools.wraps(original)
+        def optimize_and_record(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            stack = getattr(_active, "stack", None)
+            if stack:
+                # Copy: the GeConcreteGraph may keep editing its graph for runtime (ref data).
+                graph_def = type(self.graph._proto)()
+                graph_def.CopyFrom(self.graph._proto)
+                stack[-1].graphs.append(CapturedGraph(graph_def))
+            return result
+
+        GeConcreteGraph.optimize_graph_without_runtime = optimize_and_record
+        _hook_installed = True
+
+
+class _Recording:
+    def __init__(self, result: CaptureResult) -> None:
+        self._result = result
+
+    def __enter__(self) -> CaptureResult:
+        if not hasattr(_active, "stack"):
+            _active.stack = []
+        _active.stack.append(self._result)
+        return self._result
+
+    def __exit__(self, *exc: Any) -> None:
+        _active.stack.pop()
+
+
+def _eager_config(config: Any) -> Any:
+    torchair = import_torchair()
+    cfg = torchair.CompilerConfig() if config is None else copy.deepcopy(config)
+    cfg.debug.run_eagerly = True
+    return cfg
+
+
+# --- the Dynamo path ----------------------------------------------------------------------------
+
+
+class GraphCapture:
+    """``torch.compile(fn, backend=torchair.get_npu_backend(...))``, recording every GE graph.
+
+    Call it like ``fn``; each call runs ``fn`` eagerly (through the compiled FX graph) and adds
+    what was compiled to :attr:`result`. Several calls with new shapes show recompiles.
+
+    ``reset=True`` clears Dynamo's caches first (process-wide, as torch's own tests do), so
+    that the counts are this capture's alone.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        *,
+        dynamic: Optional[bool] = False,
+        config: Any = None,
+        fullgraph: bool = False,
+        reset: bool = True,
+    ) -> None:
+        import torch
+
+        torchair = import_torchair()
+        _install_hook()
+        if reset:
+            torch._dynamo.reset()
+        self.result = CaptureResult()
+        backend = torchair.get_npu_backend(compiler_config=_eager_config(config))
+
+        def counting_backend(gm, example_inputs):
+            self.result.fx_graphs.append(gm)
+            return backend(gm, example_inputs)
+
+        self._compiled = torch.compile(fn, backend=counting_backend, dynamic=dynamic, fullgraph=fullgraph)
+
+    def __call__(self, *args: Any, mark_dynamic: Optional[MarkDynamic] = None, **kwargs: Any) -> Any:
+        import torch
+        from torch._dynamo.utils import counters
+
+        for index, dims in (mark_dynamic or {}).items():
+            torch._dynamo.mark_dynamic(args[index], dims)
+        breaks_before = sum(counters["graph_break"].values())
+        with _Recording(self.result):
+            self.result.outputs = self._compiled(*args, **kwargs)
+        self.result.graph_breaks += sum(counters["graph_break"].values()) - breaks_before
+        return self.result.outputs
+
+
+def capture_ge_graphs(
+    fn: Callable,
+    *args: Any,
+    dynamic: Optional[bool] = False,
+    mark_dynamic: Optional[MarkDynamic] = None,
+    config: Any = None,
+    fullgraph: bool = False,
+    **kwargs: Any,
+) -> CaptureResult:
+    """Compile ``fn`` with torchair's NPU backend, call it once on ``args``, return what lowered.
+
+    ``mark_dynamic`` maps a positional argument's index to the dim(s) to mark dynamic with
+    ``torch._dynamo.mark_dynamic``. ``config`` is a ``torchair.CompilerConfig`` (copied; its
+    ``debug.run_eagerly`` is forced on). Tensors may be CPU tensors.
+    """
+    capture = GraphCapture(fn, dynamic=dynamic, config=config, fullgraph=fullgraph)
+    capture(*args, mark_dynamic=mark_dynamic, **kwargs)
+    return capture.result
+
+
+# --- the path without Dynamo --------------------------------------------------------------------
+
+
+def lower_fx(fn: Callable, *args: Any, dynamic: bool = False, config: Any = None) -> CapturedGraph:
+    """Trace ``fn`` with ``make_fx`` on fake copies of ``args`` and lower it to one GE graph.
+
+    ``dynamic=True`` traces with symbolic shapes (every dim of every tensor input dynamic).
+    Skips Dynamo and AOTAutograd: the aten graph is what ``fn`` calls, not functionalised or
+    decomposed, so use it for single ops; use :func:`capture_ge_graphs` for user functions.
+    """
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    torchair = import_torchair()
+    _install_hook()
+    def as_tuple(*inputs: Any) -> Any:
+        # torchair's output converter expects what AOTAutograd gives it: a tuple of outputs.
+        out = fn(*inputs)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    gm = make_fx(as_tuple, tracing_mode="symbolic" if dynamic else "fake")(*args)
+    example_inputs = [node.meta["val"] for node in gm.graph.nodes if node.op == "placeholder"]
+    result = CaptureResult(fx_graphs=[gm])
+    with _Recording(result):
+        fake_mode = torch._guards.detect_fake_mode(example_inputs)
+        with fake_mode if fake_mode is not None else contextlib.nullcontext():
+            torchair.get_compiler(_eager_config(config))(gm, example_inputs)
+    return result.graph
+
