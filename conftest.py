@@ -2,6 +2,7 @@
 # torch is imported (torch-npu without CANN breaks a plain ``import torch``).
 import torchair_plugin  # noqa: F401
 
-# Golden GE graph fixtures (also the package's pytest11 entry point once installed; pytest
-# registers a plugin once per module name, so both may be active).
+# Golden GE graph fixtures. Deliberately not a pytest11 entry point: that would import torch
+# (through torchair_plugin) in every pytest run of every project in the environment. Users opt
+# in the same way, with this line in their conftest.py.
 pytest_plugins = ["torchair_plugin.testing.pytest_plugin"]

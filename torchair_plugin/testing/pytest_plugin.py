@@ -1,7 +1,8 @@
 """pytest integration: golden GE graphs, and skips where capture cannot run.
 
-Registered as a ``pytest11`` entry point (and by this repository's root ``conftest.py``), so
-importing it must stay cheap: nothing here imports torch or torchair until a fixture asks.
+Enable it with ``pytest_plugins = ["torchair_plugin.testing.pytest_plugin"]`` in a conftest.py
+(it is not a ``pytest11`` entry point, which would load torch in every pytest run of the
+environment). Nothing here imports torch or torchair until a fixture asks.
 
 Fixtures
 --------
