@@ -7,10 +7,11 @@ Subcommands are listed in :data:`SUBCOMMANDS`, one adder per subcommand module (
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
-from torchair_plugin.cli import EXIT_BAD_INPUT
+from torchair_plugin.cli import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE
 from torchair_plugin.cli.demo import add_demo_subcommand
 from torchair_plugin.cli.doctor import add_doctor_subcommand
 from torchair_plugin.cli.report import add_report_subcommand
@@ -45,7 +46,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) and usage errors (2): return, do not raise, for callers
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`... | head`): not an error of ours. Point stdout at devnull so
+        # that the interpreter's final flush does not raise again (see the `signal` docs' note).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

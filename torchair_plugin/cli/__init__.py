@@ -8,3 +8,4 @@ sets its handler as ``func``; a handler takes the parsed arguments and returns t
 EXIT_OK = 0
 EXIT_UNUSABLE = 1  # doctor: nothing the plugin offers works on this machine
 EXIT_BAD_INPUT = 2  # the argparse convention for a usage error
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
