@@ -46,13 +46,13 @@ def _mode0_lookup(
 
 
 @functools.lru_cache(maxsize=16)
-def _mode1_lookup(bs: int, f: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(token rows as a (BS, 1) column, i % c + 1 stored at c * BS + i for c in [0, F))."""
+def _mode1_lookup(bs: int, k: int, f: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(row i of every flat element, (BS*K,); i % c + 1 stored at c * BS + i for c in [0, F))."""
     rows = torch.arange(bs, dtype=torch.int32)
     counts = torch.arange(f, dtype=torch.int32).clamp_(min=1).view(f, 1)
-    slot = (rows % counts + 1)
+    slot = rows % counts + 1
     slot[0] = _INVALID
-    return rows.view(bs, 1).to(device), slot.view(-1).to(device)
+    return rows.repeat_interleave(k).to(device), slot.view(-1).to(device)
 
 
 def _map_to_physical(table, flat_ids, counts, bs, k, f, local_rank_id, world_size, balance_mode):
@@ -63,9 +63,8 @@ def _map_to_physical(table, flat_ids, counts, bs, k, f, local_rank_id, world_siz
         row_starts, slot_by_count = _mode0_lookup(num_experts, f, world_size, local_rank_id, table.device)
         chosen = row_starts + slot_by_count.index_select(0, counts)
         return table.index_select(0, chosen).index_select(0, flat_ids)
-    rows, slot_by_count_and_row = _mode1_lookup(bs, f, table.device)
-    token_counts = counts.index_select(0, flat_ids).view(bs, k)
-    slot = slot_by_count_and_row.index_select(0, torch.add(rows, token_counts, alpha=bs).view(-1))
+    rows, slot_by_count_and_row = _mode1_lookup(bs, k, f, table.device)
+    slot = slot_by_count_and_row.index_select(0, torch.add(rows, counts.index_select(0, flat_ids), alpha=bs))
     return table.index_select(0, torch.add(slot, flat_ids, alpha=f))  # e * F + (i % count + 1)
 
 
@@ -111,7 +110,7 @@ def _pruned_mask(expert_scales, pruning_threshold, active_mask) -> torch.Tensor:
     if active_mask is not None:
         # An inactive token keeps no expert: a NaN product compares False for every s[j]. This
         # costs one op on (BS,) instead of an AND over (BS, K).
-        sums = sums.masked_fill(active_mask.logical_not(), float("nan"))
+        sums = torch.where(active_mask, sums, float("nan"))
     return scales >= pruning_threshold.reshape(1, -1) * sums.view(-1, 1)
 
 

@@ -1,0 +1,133 @@
+"""The command line: every subcommand's help, doctor's and demo's output, bad arguments."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from torchair_plugin.__main__ import SUBCOMMANDS, build_parser, main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMMANDS = ("doctor", "demo", "balance", "report")
+SMALL_DEMO = ("demo", "--experts", "16", "--world-size", "4", "--tokens-per-rank", "64", "--top-k", "4")
+
+
+def _run(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_every_subcommand_is_wired():
+    names = set(build_parser()._subparsers._group_actions[0].choices)
+    assert names == set(COMMANDS)
+    assert len(SUBCOMMANDS) == len(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_explains(capsys, command):
+    status, out, _ = _run(capsys, command, "--help")
+    assert status == 0
+    assert out.startswith(f"usage: torchair-plugin {command}")
+    assert "--json" in out
+
+
+def test_doctor_text(capsys):
+    status, out, _ = _run(capsys, "doctor")
+    assert status == 0
+    for heading in ("Versions", "Registration", "Usable here for", "torch-npu", "CANN", "GE converter"):
+        assert heading in out
+
+
+def test_doctor_json_shape(capsys):
+    status, out, _ = _run(capsys, "doctor", "--json")
+    assert status == 0
+    facts = json.loads(out)
+    assert set(facts) >= {
+        "plugin", "python", "torch", "torch_npu", "torchair", "protobuf", "cann", "npu", "cuda",
+        "capture", "registration", "usable_for", "advice", "ok",
+    }
+    assert facts["ok"] is True
+    assert any(use.startswith("eager on CPU") for use in facts["usable_for"])
+    assert any(use.startswith("tracing") for use in facts["usable_for"])
+    assert set(facts["registration"]) >= {"op", "schema", "fake", "kernels"}
+    assert set(facts["capture"]) == {"possible", "requirements"}
+    assert isinstance(facts["capture"]["possible"], bool)
+    if facts["cann"]["home"] is None:
+        assert facts["torch_npu"]["imported"] is False  # never imported without CANN
+        assert any(line.startswith("CANN: not found") for line in facts["advice"])
+
+
+def test_report_json(capsys):
+    import torchair_plugin
+
+    status, out, _ = _run(capsys, "report", "--json")
+    assert status == 0
+    assert json.loads(out) == torchair_plugin.registration_report()
+
+
+def test_demo_text(capsys):
+    status, out, err = _run(capsys, *SMALL_DEMO)
+    assert status == 0
+    assert "npu_moe_update_expert(rank 1 of 4" in out
+    assert "-> physical [" in out and "padding" in out
+    assert "max/mean rank load: no redundancy" in out
+    assert "GE graph of update -> dispatch -> combine:" in out
+    assert "[5/5]" in err  # progress lines on stderr
+
+
+def test_demo_json_keys_and_seed(capsys):
+    status, out, err = _run(capsys, *SMALL_DEMO, "--json", "--seed", "3")
+    assert status == 0 and err == ""  # --json: no progress lines
+    result = json.loads(out)
+    assert set(result) == {"config", "table", "op", "load", "imbalance", "capture", "seconds"}
+    assert result["config"]["seed"] == 3
+    assert set(result["imbalance"]) == {"no redundancy", "balance_mode 0", "balance_mode 1"}
+    assert result["imbalance"]["balance_mode 1"] <= result["imbalance"]["no redundancy"]
+    assert result["table"]["physical_experts"] == 4 * result["table"]["slots_per_rank"]
+    row = result["op"]["rows"][0]
+    assert set(row) == {"row", "active", "expert_ids", "expert_scales", "balanced_expert_ids", "balanced_active_mask"}
+    assert result["op"]["rows"][-1]["active"] is False
+    assert not any(result["op"]["rows"][-1]["balanced_active_mask"])
+    assert result["capture"]["available"] in (True, False)
+    _, again, _ = _run(capsys, *SMALL_DEMO, "--json", "--seed", "3")
+    assert json.loads(again)["load"] == result["load"]  # seeded: the same numbers
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        (),
+        ("nonsense",),
+        ("doctor", "--frobnicate"),
+        ("demo", "--seed", "abc"),
+        ("demo", "--seed", "-1"),
+        ("demo", "--top-k", "17"),
+        ("demo", "--world-size", "1"),
+        ("demo", "--skew", "nan"),
+        ("demo", "--balance-mode", "2"),
+        ("demo", "--experts", "4", "--top-k", "8"),
+        ("demo", "--world-size", "2", "--rank", "2"),
+        ("demo", "--experts", "4", "--world-size", "2", "--top-k", "2", "--redundant-slots-per-rank", "5"),
+        ("balance", "--world-size", "1"),
+        ("report", "extra"),
+    ],
+)
+def test_bad_arguments_exit_2_without_traceback(capsys, argv):
+    status, out, err = _run(capsys, *argv)
+    assert status == 2
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_module_entry_point():
+    """`python -m torchair_plugin`, as a user runs it: a usage error is one message, exit 2."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "torchair_plugin", "demo", "--top-k", "0"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "--top-k: must be in [1, 16], got 0" in done.stderr and "Traceback" not in done.stderr

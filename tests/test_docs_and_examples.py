@@ -1,0 +1,83 @@
+"""Every ```python block in README.md and docs/*.md runs, and every example script runs.
+
+Blocks and scripts that need an Ascend NPU say so with a line ``# requires: npu`` (a block's
+first line; a script's first lines): they are byte-compiled, and scripts are also imported
+(without running ``main``), which catches import errors and anything that would reach for
+torch_npu at import time. Blocks of one document share a namespace, top to bottom, like a reader
+typing them in order. ``eplb_distributed.py`` is run by tests/test_eplb_example.py.
+"""
+
+import importlib.util
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from torchair_plugin import _environment
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NPU_MARKER = "# requires: npu"
+DOCUMENTS = sorted(ROOT.glob("docs/*.md")) + [ROOT / "README.md"]
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name != "eplb_distributed.py")
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def python_blocks(path):
+    """(first line number, source) of each ```python block."""
+    text = path.read_text()
+    return [(text.count("\n", 0, m.start(1)) + 1, m.group(1)) for m in _BLOCK.finditer(text)]
+
+
+def needs_npu(source: str, lines: int = 1) -> bool:
+    return any(line.strip() == NPU_MARKER for line in source.splitlines()[:lines])
+
+
+def _relative(path):
+    return str(path.relative_to(ROOT))
+
+
+def test_there_is_something_to_run():
+    assert (ROOT / "README.md").exists() and len(DOCUMENTS) >= 4
+    assert all(python_blocks(doc) for doc in DOCUMENTS if doc.name in ("op.md", "eplb.md", "graph-mode.md"))
+    assert {p.name for p in EXAMPLES} >= {"eager_cpu.py", "graph_mode_ascend.py"}
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=_relative)
+def test_document_code_blocks(document):
+    namespace = {"__name__": "__doc_block__"}
+    for line, source in python_blocks(document):
+        # Blank lines in front keep tracebacks' line numbers equal to the document's.
+        code = compile("\n" * (line - 1) + source, _relative(document), "exec")
+        if needs_npu(source):
+            continue  # byte-compiled above: that is all an NPU block gets here
+        exec(code, namespace)
+
+
+def _child_env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    if importlib.util.find_spec("torch_npu") is not None:
+        env.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+    return env
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=_relative)
+def test_example(script):
+    source = script.read_text()
+    compile(source, _relative(script), "exec")
+    npu = needs_npu(source, lines=5)
+    if npu:
+        spec = importlib.util.spec_from_file_location(f"example_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # guarded by __main__: defines, does not run
+        assert callable(module.main)
+        if _environment.cann_home() is not None:
+            pytest.skip("an NPU example on an Ascend machine is launched with torchrun, not here")
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    if npu:
+        assert "needs an Ascend NPU" in done.stdout  # off-NPU it says why it did nothing

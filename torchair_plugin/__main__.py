@@ -1,0 +1,59 @@
+"""``python -m torchair_plugin`` / ``torchair-plugin``: the command-line front door.
+
+Subcommands are listed in :data:`SUBCOMMANDS`, one adder per subcommand module (see
+``torchair_plugin.cli``); that list is the only place a new subcommand is wired in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from torchair_plugin.cli import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE
+from torchair_plugin.cli.demo import add_demo_subcommand
+from torchair_plugin.cli.doctor import add_doctor_subcommand
+from torchair_plugin.cli.report import add_report_subcommand
+from torchair_plugin.eplb.cli import add_balance_subcommand
+
+# Order is the order of `--help`. To add `lower` (issue 3), import
+# torchair_plugin.cli.lower.add_lower_subcommand above and append it here.
+SUBCOMMANDS = [
+    add_doctor_subcommand,
+    add_demo_subcommand,
+    add_balance_subcommand,
+    add_report_subcommand,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchair-plugin",
+        description="npu_moe_update_expert as a first-class TorchAir graph-mode op: check this machine, "
+        "see the op at work, and analyse expert-parallel load. `torchair-plugin <command> --help` for more.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for add_subcommand in SUBCOMMANDS:
+        add_subcommand(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one subcommand; return its exit status (2 for bad arguments, as argparse does)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) and usage errors (2): return, do not raise, for callers
+        return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`... | head`): not an error of ours. Point stdout at devnull so
+        # that the interpreter's final flush does not raise again (see the `signal` docs' note).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
