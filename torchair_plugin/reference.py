@@ -36,13 +36,10 @@ _INVALID = -(2**30)
 
 
 @functools.lru_cache(maxsize=64)
-def _mode0_lookup(
-    num_experts: int, f: int, world_size: int, local_rank_id: int, device: torch.device
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(e * F for every expert, slot by count): slot[c] = rank // ceil(ws / c) + 1, c in [0, F)."""
-    row_starts = torch.arange(0, num_experts * f, f, dtype=torch.int32, device=device)
-    slot_by_count = [_INVALID] + [local_rank_id // -(-world_size // c) + 1 for c in range(1, f)]
-    return row_starts, torch.tensor(slot_by_count, dtype=torch.int32, device=device)
+def _mode0_slot_by_count(f: int, world_size: int, local_rank_id: int, device: torch.device) -> torch.Tensor:
+    """slot[c] = rank // ceil(world_size / c) + 1 for c in [0, F), int64 for gather."""
+    slots = [_INVALID] + [local_rank_id // -(-world_size // c) + 1 for c in range(1, f)]
+    return torch.tensor(slots, dtype=torch.int64, device=device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -55,17 +52,17 @@ def _mode1_lookup(bs: int, k: int, f: int, device: torch.device) -> Tuple[torch.
     return rows.repeat_interleave(k).to(device), slot.view(-1).to(device)
 
 
-def _map_to_physical(table, flat_ids, counts, bs, k, f, local_rank_id, world_size, balance_mode):
-    """balanced_expert_ids as a flat int32 tensor; IndexError if a value is out of range."""
-    num_experts = counts.size(0)
+def _map_to_physical(eplb_table, flat_ids, counts, bs, k, local_rank_id, world_size, balance_mode):
+    """balanced_expert_ids, flat int32. Out-of-range values raise IndexError/RuntimeError on CPU."""
+    f = eplb_table.size(1)
     if balance_mode == 0:
         # One replica per expert for the whole rank: choose it per expert, then gather per token.
-        row_starts, slot_by_count = _mode0_lookup(num_experts, f, world_size, local_rank_id, table.device)
-        chosen = row_starts + slot_by_count.index_select(0, counts)
-        return table.index_select(0, chosen).index_select(0, flat_ids)
-    rows, slot_by_count_and_row = _mode1_lookup(bs, k, f, table.device)
+        slot = _mode0_slot_by_count(f, world_size, local_rank_id, eplb_table.device).index_select(0, counts)
+        return eplb_table.gather(1, slot.view(-1, 1)).view(-1).index_select(0, flat_ids)
+    rows, slot_by_count_and_row = _mode1_lookup(bs, k, f, eplb_table.device)
     slot = slot_by_count_and_row.index_select(0, torch.add(rows, counts.index_select(0, flat_ids), alpha=bs))
-    return table.index_select(0, torch.add(slot, flat_ids, alpha=f))  # e * F + (i % count + 1)
+    flat_table = eplb_table.contiguous().view(-1)
+    return flat_table.index_select(0, torch.add(slot, flat_ids, alpha=f))  # e * F + (i % count + 1)
 
 
 def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> None:
@@ -89,29 +86,42 @@ def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> None:
         )
 
 
-def _pairwise_token_sums(scales: torch.Tensor) -> torch.Tensor:
+def _map_after_diagnosis(eplb_table, flat_ids, counts, *rest):
+    """The careful path: ValueError for a value the NPU would read out of bounds with; otherwise
+    the mapping, with the counts of experts nobody routes to made harmless (as on the NPU, they
+    are never read)."""
+    f = eplb_table.size(1)
+    _check_values(flat_ids, counts, f)
+    safe_table = eplb_table.clone()
+    safe_table[:, 0].clamp_(1, f - 1)
+    return _map_to_physical(safe_table, flat_ids, safe_table[:, 0], *rest)
+
+
+def _pairwise_token_sums(expert_scales: torch.Tensor) -> torch.Tensor:
     """Per-token float32 sums, (BS,), as a binary tree over adjacent pairs, zero-padded.
 
-    Works on the transposed view so that every tree level is one add of two row blocks.
+    The scales are widened to float32 and transposed in one copy, so that every tree level is
+    one vectorised add of two blocks of contiguous rows.
     """
-    columns = scales.t()
-    width = columns.size(0)
-    padded = 1 << (width - 1).bit_length()
-    if padded != width:
-        columns = torch.nn.functional.pad(columns, (0, 0, 0, padded - width))
+    k, bs = expert_scales.size(1), expert_scales.size(0)
+    padded = 1 << (k - 1).bit_length()
+    columns = expert_scales.t().to(torch.float32, memory_format=torch.contiguous_format)
+    if padded != k:
+        columns = torch.nn.functional.pad(columns, (0, 0, 0, padded - k))
     while columns.size(0) > 1:
         columns = columns[0::2] + columns[1::2]
-    return columns.reshape(-1)
+    return columns.view(bs)
 
 
 def _pruned_mask(expert_scales, pruning_threshold, active_mask) -> torch.Tensor:
-    scales = expert_scales.to(torch.float32)
-    sums = _pairwise_token_sums(scales)
+    sums = _pairwise_token_sums(expert_scales)
     if active_mask is not None:
         # An inactive token keeps no expert: a NaN product compares False for every s[j]. This
         # costs one op on (BS,) instead of an AND over (BS, K).
         sums = torch.where(active_mask, sums, float("nan"))
-    return scales >= pruning_threshold.reshape(1, -1) * sums.view(-1, 1)
+    products = pruning_threshold.reshape(1, -1) * sums.view(-1, 1)
+    # fp16/bf16 scales are promoted to float32 exactly by the comparison itself.
+    return expert_scales >= products
 
 
 def npu_moe_update_expert_reference(
@@ -130,20 +140,17 @@ def npu_moe_update_expert_reference(
     )
     bs, k = expert_ids.shape
     f = eplb_table.size(1)
-    table = eplb_table.contiguous().view(-1)
     flat_ids = expert_ids.reshape(-1)
     counts = eplb_table.select(1, 0)
-    mapping = (table, flat_ids, counts, bs, k, f, local_rank_id, world_size, balance_mode)
-    if table.device.type == "cpu":
+    mapping = (flat_ids, counts, bs, k, local_rank_id, world_size, balance_mode)
+    if eplb_table.device.type == "cpu":
         try:
-            balanced = _map_to_physical(*mapping)
-        except IndexError:
-            _check_values(flat_ids, counts, f)
-            # Only experts nobody routes to have bad counts: harmless, as on the NPU.
-            balanced = _map_to_physical(*mapping[:2], counts.clamp(1, f - 1), *mapping[3:])
+            balanced = _map_to_physical(eplb_table, *mapping)
+        except (IndexError, RuntimeError):
+            balanced = _map_after_diagnosis(eplb_table, *mapping)
     else:
-        _check_values(flat_ids, counts, f)
-        balanced = _map_to_physical(*mapping[:2], counts.clamp(1, f - 1), *mapping[3:])
+        # Off the CPU an out-of-range gather is a fatal device-side assert: check values first.
+        balanced = _map_after_diagnosis(eplb_table, *mapping)
     balanced = balanced.view(bs, k).to(expert_ids.dtype)
 
     if expert_scales is None:
