@@ -19,9 +19,10 @@ op native, without a meta       as above, and the validating fake is installed (
                                 there is nothing native to keep)
 ==============================  ===========================================================
 
-The GE converter is registered with torchair independently of the above (see
-``torchair_plugin._converter_hook``): torchair importable or not only decides whether that
-happens now, later (when torchair is imported), or never.
+The GE converter is registered with torchair independently of the above, by
+``torchair_plugin._converter_hook.install`` called from :func:`register`: torchair imported,
+importable or absent decides whether that happens now, when torchair is imported, or never;
+``TORCHAIR_PLUGIN_NATIVE_CONVERTER=1`` keeps torchair's own converter where there is one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Dict, FrozenSet, Optional, Tuple
 
 import torch
 
-from torchair_plugin import _environment, schema
+from torchair_plugin import _converter_hook, _environment, schema
 from torchair_plugin.fake import npu_moe_update_expert_fake
 from torchair_plugin.reference import npu_moe_update_expert_reference
 
@@ -61,10 +62,14 @@ class OpState:
 @dataclass(frozen=True)
 class Options:
     keep_native_fake: bool = False
+    keep_native_converter: bool = False  # TORCHAIR_PLUGIN_NATIVE_CONVERTER=1
 
     @classmethod
     def from_environ(cls, environ=os.environ) -> "Options":
-        return cls(keep_native_fake=environ.get(NATIVE_FAKE_ENV, "") not in ("", "0"))
+        return cls(
+            keep_native_fake=environ.get(NATIVE_FAKE_ENV, "") not in ("", "0"),
+            keep_native_converter=_converter_hook.keep_native_requested(environ),
+        )
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,8 @@ class Registration:
             "schema": PLUGIN if self.plan.define_schema else NATIVE,
             "fake": fake,
             "kernels": kernels,
+            # Live: "pending" becomes "torchair_plugin" once torchair is imported.
+            "converter": _converter_hook.status() if self.qualname == schema.QUALNAME else ABSENT,
         }
 
 
@@ -194,11 +201,15 @@ def register(qualname: str = schema.QUALNAME, options: Optional[Options] = None)
             return existing
         if qualname == schema.QUALNAME:
             _import_native_op_provider()
+        options = options or Options.from_environ()
         state = probe_op_state(qualname)
-        plan = plan_registration(state, options or Options.from_environ())
+        plan = plan_registration(state, options)
         library = apply_plan(plan, qualname)
         registration = Registration(qualname, state, plan, library)
         _registry_entry(qualname)._torchair_plugin_registration = registration
+        if qualname == schema.QUALNAME:
+            # After the op exists (the converter is registered on its OpOverload).
+            _converter_hook.install(options.keep_native_converter)
         return registration
 
 

@@ -1,0 +1,58 @@
+"""GE converter for ``npu.npu_moe_update_expert``: one ``MoeUpdateExpert`` node, nothing else.
+
+The node is the GE IR of shared/docs/op-semantics.md: inputs expert_ids, eplb_table and the
+optional expert_scales, pruning_threshold, active_mask, in that order; Int attrs local_rank_id
+(-1), world_size (-1), balance_mode (0); outputs balanced_expert_ids (expert_ids' dtype) and
+balanced_active_mask (bool). Output dtypes and shapes are set by torchair from ``meta_outputs``
+(the fake kernel's outputs) after the converter returns, for static and symbolic shapes alike,
+so the converter adds no Cast and no Identity for any valid input.
+
+Spelling: absent optional inputs are left out and attrs equal to their IR default are not set,
+exactly as torchair's own IR path (``ge_op(ir=...)``) writes this node, so the node is the one
+torch-npu's converter emits. GE fills in IR defaults; leaving them out also keeps the node
+loadable by a CANN whose IR predates an attr, as long as that attr is at its default. Absent
+inputs are always trailing (the checks below allow none, scales+threshold, or all three).
+
+Importing this module registers nothing: :mod:`torchair_plugin._converter_hook` registers
+:func:`convert_npu_moe_update_expert` when torchair is imported.
+"""
+
+from typing import Optional
+
+from torchair.ge import Tensor, TensorSpec, attr, custom_op  # public torchair API only
+
+from torchair_plugin.checks import check_attributes, check_optional_inputs
+
+OP_TYPE = "MoeUpdateExpert"
+OUTPUTS = ("balanced_expert_ids", "balanced_active_mask")
+ATTR_DEFAULTS = (("local_rank_id", -1), ("world_size", -1), ("balance_mode", 0))
+
+
+def convert_npu_moe_update_expert(
+    expert_ids: Tensor,
+    eplb_table: Tensor,
+    *,
+    expert_scales: Optional[Tensor] = None,
+    pruning_threshold: Optional[Tensor] = None,
+    active_mask: Optional[Tensor] = None,
+    local_rank_id: int = -1,
+    world_size: int = -1,
+    balance_mode: int = 0,
+    meta_outputs: Optional[TensorSpec] = None,
+):
+    # The fake kernel has already run these (and every shape/dtype check); they are repeated
+    # because the attrs and the optional-input pattern are what this node encodes, and a graph
+    # reaching here without the fake (a hand-built FX graph) must fail the same clear way.
+    check_attributes(local_rank_id, world_size, balance_mode)
+    check_optional_inputs(expert_scales, pruning_threshold, active_mask)
+    inputs = {"expert_ids": expert_ids, "eplb_table": eplb_table}
+    for name, tensor in (
+        ("expert_scales", expert_scales),
+        ("pruning_threshold", pruning_threshold),
+        ("active_mask", active_mask),
+    ):
+        if tensor is not None:
+            inputs[name] = tensor
+    values = {"local_rank_id": local_rank_id, "world_size": world_size, "balance_mode": balance_mode}
+    attrs = {name: attr.Int(values[name]) for name, default in ATTR_DEFAULTS if values[name] != default}
+    return custom_op(OP_TYPE, inputs=inputs, outputs=list(OUTPUTS), attrs=attrs)

@@ -1,0 +1,81 @@
+"""torchair_plugin.cli.lower: the `lower` subcommand, through a parser built here."""
+
+import argparse
+import json
+
+import pytest
+
+from torchair_plugin.cli.lower import add_lower_subcommand
+from torchair_plugin.testing import CannLessUnavailable
+from torchair_plugin.testing.pytest_plugin import require_ge_capture
+
+
+def run(argv, capsys):
+    parser = argparse.ArgumentParser(prog="torchair-plugin")
+    add_lower_subcommand(parser.add_subparsers(dest="command", required=True))
+    try:
+        args = parser.parse_args(["lower", *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    else:
+        code = args.func(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--bs", "x"], "argument --bs: expected a positive integer, got 'x'"),
+        (["--k", "0"], "argument --k: expected a positive integer, got 0"),
+        (["--format", "dot"], "argument --format: invalid choice"),
+        (["--optional", "scales"], "argument --optional: invalid choice"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(argv, message, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == "" and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--bs", "600"], "BS = expert_ids.size(0) must be in (0, 512], got 600"),
+        (["--optional", "active_mask"], "active_mask must be None unless expert_scales and pruning_threshold"),
+        (["--rank", "9"], "local_rank_id must be in [0, world_size=4), got 9"),
+        (["--optional", "expert_scales"], "expert_scales and pruning_threshold must be given together"),
+    ],
+)
+def test_values_the_npu_rejects_get_the_ops_message(argv, message, capsys):
+    require_ge_capture()
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == "" and message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_text_pbtxt_and_json(capsys):
+    require_ge_capture()
+    code, text, _ = run(["--optional", "expert_scales", "pruning_threshold", "--mode", "1", "--dynamic"], capsys)
+    assert code == 0 and "MoeUpdateExpert_0: MoeUpdateExpert" in text and "[-1, -1]" in text
+    code, pbtxt, _ = run(["--format", "pbtxt"], capsys)
+    assert code == 0 and 'op: "MoeUpdateExpert"' in pbtxt
+    code, out, _ = run(["--chain", "--format", "json"], capsys)
+    ops = json.loads(out)
+    assert [op["type"] for op in ops][-4:] == [
+        "MoeUpdateExpert", "MoeDistributeDispatchV2", "MoeDistributeCombineV2", "NetOutput"
+    ]
+
+
+def test_capture_unavailable_is_one_line_exit_2(monkeypatch, capsys):
+    import torchair_plugin.testing as testing
+
+    def unavailable():
+        raise CannLessUnavailable("torch-npu is not installed: pip install torch-npu==2.13.0 protobuf")
+
+    monkeypatch.setattr(testing, "import_torchair", unavailable)
+    code, out, err = run([], capsys)
+    assert code == 2 and out == ""
+    assert err == (
+        "torchair-plugin lower: error: GE graph capture is unavailable here: "
+        "torch-npu is not installed: pip install torch-npu==2.13.0 protobuf\n"
+    )

@@ -1,0 +1,279 @@
+"""Registering the plugin's GE converter with torchair, whenever torchair gets imported.
+
+Called once from :func:`torchair_plugin.registration.register` (the one place that decides what
+gets registered). The decision, :func:`plan_converter`, is a pure function of four facts:
+
+===========================================  ================================================
+torchair imported, no native converter        register ours now
+torchair imported, native converter, opt-out  keep the native one (``TORCHAIR_PLUGIN_NATIVE_CONVERTER=1``)
+torchair imported, otherwise                  register ours now (replacing the native one)
+torchair not imported but installed           defer: a ``sys.meta_path`` finder registers when it
+                                              is imported (the plugin never imports it: 2-3 s)
+torchair not installed                        nothing (no finder, no output, no cost)
+===========================================  ================================================
+
+"Registering" first imports torchair's own ``ge_converter.custom`` package. torchair imports it
+lazily on the first converter lookup of a compile, and its modules register torchair's own
+converters, so without this a converter registered before that moment would be silently
+replaced (``register_fx_node_ge_converter`` stores the converter on the OpOverload; last wins).
+
+torch-npu on an Ascend machine puts a lazy proxy in ``sys.modules["torchair"]`` whose real
+package is imported as ``torch_npu.dynamo.torchair``: both names are watched, and a proxy that
+has not loaded its package yet counts as "not imported".
+
+Idempotent and thread-safe: everything runs under one lock, and the converter is registered at
+most once per process (a second ``register()`` or a reload finds the recorded state).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import importlib.util
+import os
+import sys
+import threading
+import types
+import warnings
+from typing import Any, Mapping, Optional
+
+from torchair_plugin import _environment, schema
+
+NATIVE_CONVERTER_ENV = "TORCHAIR_PLUGIN_NATIVE_CONVERTER"
+CONVERTER_PACKAGE = "torchair_plugin.converters"
+CONVERTER_MODULE = CONVERTER_PACKAGE + ".npu_moe_update_expert"
+# torchair's own converters for custom (torch_npu) ops; see the module docstring.
+TORCHAIR_CUSTOM_CONVERTERS = "torchair._ge_concrete_graph.ge_converter.custom"
+# The top-level name, and the name torch_npu's lazy proxy imports the real package under.
+WATCHED_NAMES = ("torchair", "torch_npu.dynamo.torchair")
+
+STATUS_PLUGIN = "torchair_plugin"
+STATUS_NATIVE = f"native (kept: {NATIVE_CONVERTER_ENV}=1)"
+STATUS_PENDING = "pending: registers when torchair is imported"
+STATUS_UNAVAILABLE = "unavailable: torchair not installed"
+
+
+class Action(enum.Enum):
+    REGISTER = "register"
+    KEEP_NATIVE = "keep-native"
+    DEFER = "defer"
+    NOTHING = "nothing"
+
+
+def keep_native_requested(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(NATIVE_CONVERTER_ENV, "") not in ("", "0")
+
+
+def plan_converter(
+    *, torchair_imported: bool, torchair_importable: bool, native_present: bool, keep_native: bool
+) -> Action:
+    """What to do now. ``native_present`` is only known (and only read) once torchair is imported."""
+    if torchair_imported:
+        return Action.KEEP_NATIVE if (native_present and keep_native) else Action.REGISTER
+    return Action.DEFER if torchair_importable else Action.NOTHING
+
+
+# --- observing torchair without importing it ---------------------------------------------------
+
+
+def loaded_torchair(modules: Mapping[str, Any] = sys.modules) -> Optional[types.ModuleType]:
+    """The real torchair package if it is imported (completely), else None."""
+    for name in WATCHED_NAMES:
+        module = modules.get(name)
+        if module is None:
+            continue
+        if not isinstance(module, types.ModuleType):
+            # torch_npu's _LazyTorchair proxy: read its slot without its __getattr__ (which
+            # would import torchair).
+            module = vars(module).get("_torchair")
+            if not isinstance(module, types.ModuleType):
+                continue
+        spec = module.__dict__.get("__spec__")
+        if spec is not None and getattr(spec, "_initializing", False):
+            continue  # mid-import: the finder's loader wrapper registers when it finishes
+        return module
+    return None
+
+
+def torchair_importable() -> bool:
+    """torchair ships inside torch-npu (top-level once ``torch_npu/dynamo`` is on sys.path)."""
+    if _environment.torch_npu_installed():
+        return True
+    try:
+        return importlib.util.find_spec("torchair") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# --- the converter module, installed or from a source checkout ---------------------------------
+
+
+def converter_module() -> types.ModuleType:
+    """``torchair_plugin.converters.npu_moe_update_expert`` (imports torchair).
+
+    Installed (including ``pip install -e .``), setup.cfg's ``package_dir`` maps the top-level
+    ``converters/`` folder to ``torchair_plugin.converters``. Run from a source checkout that is
+    not installed (``PYTHONPATH=.``), nothing maps it: then the same folder is loaded under the
+    same package name from its file location, so every caller sees one module either way.
+    """
+    try:
+        return importlib.import_module(CONVERTER_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != CONVERTER_PACKAGE:
+            raise
+    package_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "converters")
+    init = os.path.join(package_dir, "__init__.py")
+    if not os.path.isfile(init):
+        raise ModuleNotFoundError(
+            f"{CONVERTER_PACKAGE} is not installed and {package_dir} does not exist", name=CONVERTER_PACKAGE
+        )
+    spec = importlib.util.spec_from_file_location(CONVERTER_PACKAGE, init, submodule_search_locations=[package_dir])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[CONVERTER_PACKAGE] = package
+    try:
+        spec.loader.exec_module(package)
+    except BaseException:
+        del sys.modules[CONVERTER_PACKAGE]
+        raise
+    setattr(sys.modules["torchair_plugin"], "converters", package)
+    return importlib.import_module(CONVERTER_MODULE)
+
+
+# --- registering ----------------------------------------------------------------------------------
+
+_lock = threading.RLock()
+_status: Optional[str] = None  # None: install() not called yet in this process
+_keep_native = False
+
+
+def status() -> str:
+    """Where the op's GE converter comes from now (``registration_report()["converter"]``)."""
+    with _lock:
+        return _status if _status is not None else STATUS_PENDING
+
+
+def _op():
+    import torch
+
+    namespace, name = schema.QUALNAME.split("::")
+    return getattr(getattr(torch.ops, namespace), name).default
+
+
+def _import_torchair_custom_converters() -> None:
+    # Its modules for ops this torch build lacks fail with AttributeError, which the package
+    # turns into ~100 "Failed to import ..." warnings: noise here, so only those are silenced.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Failed to import torchair\._ge_concrete_graph\.ge_converter\.custom\.")
+        importlib.import_module(TORCHAIR_CUSTOM_CONVERTERS)
+
+
+def _is_ours(converter: Any, ours: Any) -> bool:
+    # torchair wraps a registered converter with functools.wraps (so __wrapped__ is ours).
+    return converter is ours or getattr(converter, "__wrapped__", None) is ours
+
+
+def _register_with(torchair: types.ModuleType, keep_native: bool) -> str:
+    _import_torchair_custom_converters()
+    op = _op()
+    ours = converter_module().convert_npu_moe_update_expert
+    # torchair internal: the registry is the OpOverload attribute ``_ge_converter`` (no public
+    # lookup exists); read only to know whether a native converter is there to keep.
+    current = getattr(op, "_ge_converter", None)
+    if current is not None and _is_ours(current, ours):
+        return STATUS_PLUGIN
+    action = plan_converter(
+        torchair_imported=True, torchair_importable=True, native_present=current is not None, keep_native=keep_native
+    )
+    if action is Action.KEEP_NATIVE:
+        return STATUS_NATIVE
+    torchair.register_fx_node_ge_converter(op)(ours)  # public torchair API
+    return STATUS_PLUGIN
+
+
+def _on_torchair_imported(torchair: types.ModuleType) -> None:
+    global _status
+    with _lock:
+        if _status != STATUS_PENDING:
+            return
+        try:
+            _status = _register_with(torchair, _keep_native)
+        except Exception as exc:  # never break `import torchair`; say why instead
+            _status = f"failed: {type(exc).__name__}: {exc}"
+            warnings.warn(f"torchair_plugin could not register its GE converter: {exc}", RuntimeWarning, stacklevel=2)
+            return
+        _remove_finders()
+
+
+class _RegisterAfterExec:
+    """Loader wrapper: runs the real loader, then registers. Gone from the module once used."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        create = getattr(self._loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        # The module keeps the real loader (resources, get_source, reloads see no wrapper).
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        _on_torchair_imported(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+class TorchairImportWatcher:
+    """``sys.meta_path`` finder: finds nothing itself; wraps the loader of torchair's package."""
+
+    _torchair_plugin_watcher = True  # recognised across reloads of this module
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if fullname not in WATCHED_NAMES:
+            return None
+        for finder in sys.meta_path:
+            if getattr(finder, "_torchair_plugin_watcher", False) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _RegisterAfterExec(spec.loader)
+                return spec
+        return None
+
+    def invalidate_caches(self) -> None:
+        pass
+
+
+def _remove_finders() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "_torchair_plugin_watcher", False)]
+
+
+def install(keep_native: Optional[bool] = None) -> str:
+    """Register now, or arrange to register when torchair is imported; return :func:`status`."""
+    global _status, _keep_native
+    with _lock:
+        if _status is not None:
+            return _status
+        keep = keep_native_requested() if keep_native is None else keep_native
+        _keep_native = keep
+        torchair = loaded_torchair()
+        action = plan_converter(
+            torchair_imported=torchair is not None,
+            torchair_importable=torchair is not None or torchair_importable(),
+            native_present=False,  # not read before torchair is imported
+            keep_native=keep,
+        )
+        if action is Action.NOTHING:
+            _status = STATUS_UNAVAILABLE
+        elif action is Action.DEFER:
+            _status = STATUS_PENDING
+            if not any(getattr(f, "_torchair_plugin_watcher", False) for f in sys.meta_path):
+                sys.meta_path.insert(0, TorchairImportWatcher())
+        else:
+            _status = STATUS_PENDING
+            _on_torchair_imported(torchair)
+        return _status

@@ -1,0 +1,193 @@
+"""``npu_moe_distribute_dispatch_v2`` and ``npu_moe_distribute_combine_v2`` on a machine without torch_npu.
+
+The chain the op exists for is update_expert -> dispatch_v2 -> combine_v2. To capture it where
+``import torch_npu`` is impossible (no CANN), :func:`define_companion_ops` defines the two ops in
+the ``npu`` namespace, only if they are absent, from the installed torch-npu itself:
+
+- schemas: the ``func:`` lines of ``torch_npu/csrc/aten/npu_native_functions_by_codegen.yaml``;
+- shape functions: the meta functions of ``torch_npu/op_plugin/meta/_meta_registrations.py``,
+  taken out with :mod:`ast` together with the module-level helpers and constants they use
+  (that file cannot be imported without torch_npu), decorators dropped, and run with the small
+  stand-ins in :data:`STAND_INS` for the torch_npu helpers they call;
+- CPU kernels: zero tensors of the shapes and dtypes those meta functions compute. These ops
+  are collectives: there is nothing meaningful to compute on one CPU process; the point is to
+  trace and lower them (capture runs the FX graph eagerly, so a kernel must exist).
+
+Nothing is retyped, so the chain graph follows the installed torch-npu version. Where torchair
+is already imported, torchair's own converters for the two ops (whose modules failed to import
+while the ops were absent) are imported again so they register.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import importlib
+import importlib.util
+import math
+import os
+import re
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+OPS = ("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2")
+SCHEMA_FILE = os.path.join("csrc", "aten", "npu_native_functions_by_codegen.yaml")
+META_FILE = os.path.join("op_plugin", "meta", "_meta_registrations.py")
+# torchair's converter modules for OPS (ge_converter/custom/<module>.py).
+TORCHAIR_CONVERTERS = (
+    "torchair._ge_concrete_graph.ge_converter.custom.moe_distribute_dispatch_v2",
+    "torchair._ge_concrete_graph.ge_converter.custom.moe_distribute_combine_v2",
+)
+
+
+class _ErrCode:
+    def __getattr__(self, name: str) -> str:
+        return name
+
+
+def _ops_error(code: Any) -> str:
+    return f" [torch_npu ERR {code}]"
+
+
+def _no_soc_version() -> int:
+    raise RuntimeError(
+        "companion ops stand-in: the SoC version is unknown without an NPU; "
+        "call npu_moe_distribute_dispatch_v2 with expert_scales=None on this machine"
+    )
+
+
+# The torch_npu helpers the meta functions call, and what stands in for them here.
+STAND_INS: Dict[str, Any] = {
+    "ops_error": _ops_error,
+    "ErrCode": _ErrCode(),
+    "get_soc_version": _no_soc_version,
+}
+
+
+def torch_npu_dir() -> str:
+    spec = importlib.util.find_spec("torch_npu")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("torch-npu is not installed (pip install torch-npu==2.13.0)", name="torch_npu")
+    return list(spec.submodule_search_locations)[0]
+
+
+def read_schemas(yaml_text: str, names=OPS) -> Dict[str, str]:
+    """``name -> "(args) -> returns"`` from the codegen yaml's ``- func:`` lines."""
+    found = {}
+    for match in re.finditer(r"^- func:\s*(\w+)(\(.*\)\s*->\s*.+?)\s*$", yaml_text, re.MULTILINE):
+        if match.group(1) in names:
+            found[match.group(1)] = match.group(2)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise LookupError(f"no schema for {missing} in the installed torch-npu's yaml")
+    return found
+
+
+def _free_names(node: ast.stmt) -> set:
+    """Names ``node`` reads and does not bind (decorators excluded: they are dropped)."""
+    parts = [node]
+    if isinstance(node, ast.FunctionDef):
+        parts = node.body + node.args.defaults + [d for d in node.args.kw_defaults if d is not None]
+    loaded = {n.id for p in parts for n in ast.walk(p) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    bound = {n.id for p in parts for n in ast.walk(p) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    if isinstance(node, ast.FunctionDef):
+        args = node.args
+        bound |= {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+        bound |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
+    return loaded - bound
+
+
+def extract_functions(source: str, function_names: Dict[str, str], given: Dict[str, Any]) -> Dict[str, Callable]:
+    """Exec the named top-level functions of ``source`` and what they need from it.
+
+    ``function_names`` maps op name -> meta function name. Module-level functions and
+    assignments they reference are taken along (transitively); decorators are dropped. A name
+    defined neither there, nor in ``given``, nor in builtins is an error naming it.
+    """
+    tree = ast.parse(source)
+    defs: Dict[str, ast.stmt] = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.FunctionDef):
+            defs[stmt.name] = stmt
+        elif isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
+            for target in stmt.targets:
+                defs[target.id] = stmt
+    wanted: List[str] = []
+    pending = list(function_names.values())
+    while pending:
+        name = pending.pop()
+        if name in wanted:
+            continue
+        if name not in defs:
+            if name in given or hasattr(builtins, name):
+                continue
+            raise LookupError(f"{name!r} is used by the meta functions but neither defined in the meta file nor stood in for")
+        wanted.append(name)
+        pending.extend(_free_names(defs[name]))
+    body = []
+    for stmt in tree.body:  # source order, each statement once
+        if any(defs.get(n) is stmt for n in wanted) and stmt not in body:
+            if isinstance(stmt, ast.FunctionDef):
+                stmt.decorator_list = []
+            body.append(stmt)
+    namespace = dict(given)
+    exec(compile(ast.Module(body=body, type_ignores=[]), "<torch_npu meta: companion ops>", "exec"), namespace)
+    return {op: namespace[fn] for op, fn in function_names.items()}
+
+
+def _zeros_like_meta(meta_fn: Callable) -> Callable:
+    import torch
+    from torch.utils._pytree import tree_map
+
+    def to_meta(value):
+        return value.to("meta") if isinstance(value, torch.Tensor) else value
+
+    def cpu_kernel(*args, **kwargs):
+        out = meta_fn(*tree_map(to_meta, args), **tree_map(to_meta, kwargs))
+        return tree_map(lambda t: torch.zeros(t.shape, dtype=t.dtype), out)
+
+    return cpu_kernel
+
+
+_lock = threading.Lock()
+_library: Optional[Any] = None  # the torch.library.Library holding what was defined
+
+
+def _op_exists(name: str) -> bool:
+    import torch
+
+    try:
+        torch._C._dispatch_find_schema_or_throw(f"npu::{name}", "")
+        return True
+    except RuntimeError:
+        return False
+
+
+def define_companion_ops() -> List[str]:
+    """Define the absent ones of :data:`OPS` (idempotent); return the names defined by this call."""
+    global _library
+    import torch
+
+    with _lock:
+        absent = [name for name in OPS if not _op_exists(name)]
+        if not absent:
+            return []
+        root = torch_npu_dir()
+        with open(os.path.join(root, SCHEMA_FILE), encoding="utf-8") as f:
+            schemas = read_schemas(f.read(), absent)
+        with open(os.path.join(root, META_FILE), encoding="utf-8") as f:
+            metas = extract_functions(
+                f.read(), {name: f"{name}_meta" for name in absent}, {"torch": torch, "math": math, **STAND_INS}
+            )
+        library = _library if _library is not None else torch.library.Library("npu", "FRAGMENT")
+        for name in absent:
+            library.define(name + schemas[name])
+            torch.library.register_fake(f"npu::{name}", metas[name], lib=library)
+            library.impl(name, _zeros_like_meta(metas[name]), "CPU")
+        _library = library
+    if "torchair._ge_concrete_graph.ge_converter.custom" in sys.modules:
+        for module in TORCHAIR_CONVERTERS:
+            if module not in sys.modules:
+                importlib.import_module(module)
+    return absent
