@@ -9,7 +9,9 @@ Every rank maps its tokens' logical experts to physical replicas with npu_moe_up
 ranks holding those replicas, and combines them back. The experts themselves are left out (the
 identity), so each token comes back as itself times the weight of the experts it kept.
 Written from the op contract and the dispatch/combine schemas in torch-npu's
-npu_native_functions_by_codegen.yaml. On a machine without an NPU it says so and exits 0.
+npu_native_functions_by_codegen.yaml. On a machine without an NPU it captures rank 0's step as
+a GE graph instead (torchair's real lowering, CANN-less: needs torch-npu and a C compiler) and
+prints it; where even that is impossible it says why. Either way it exits 0.
 """
 
 import functools
@@ -47,8 +49,6 @@ def moe_layer(x, expert_ids, expert_scales, eplb_table, pruning_threshold, *, gr
     ``moe_expert_num`` is the number of PHYSICAL experts (the table's sum of counts): dispatch
     and combine address replicas, not logical experts.
     """
-    import torch_npu
-
     physical_ids, keep = torch.ops.npu.npu_moe_update_expert(
         expert_ids,
         eplb_table,
@@ -58,11 +58,11 @@ def moe_layer(x, expert_ids, expert_scales, eplb_table, pruning_threshold, *, gr
         world_size=world_size,
         balance_mode=0,
     )
-    expand_x, _, assist_info, _, ep_recv_counts, _, _ = torch_npu.npu_moe_distribute_dispatch_v2(
+    expand_x, _, assist_info, _, ep_recv_counts, _, _ = torch.ops.npu.npu_moe_distribute_dispatch_v2(
         x, physical_ids, group, world_size, rank, moe_expert_num, x_active_mask=keep
     )
     # Expert FFNs would run on expand_x here.
-    return torch_npu.npu_moe_distribute_combine_v2(
+    return torch.ops.npu.npu_moe_distribute_combine_v2(
         expand_x, physical_ids, assist_info, ep_recv_counts, expert_scales, group, world_size, rank,
         moe_expert_num, x_active_mask=keep,
     )
@@ -110,9 +110,25 @@ def run_on_npu() -> None:
     dist.destroy_process_group()
 
 
-def run_without_npu() -> int:
-    """HOOK: off-NPU fallback (to become: capture and print this example's GE graph)."""
-    print("graph_mode_ascend.py needs an Ascend NPU (CANN, torch_npu, HCCL); none here, nothing run.")
+def run_without_npu(world_size: int = 8) -> int:
+    """Off the NPU: rank 0's step lowered to its GE graph by torchair, instead of run."""
+    from torchair_plugin.testing import CannLessUnavailable, capture_ge_graphs, import_torchair
+    from torchair_plugin.testing.companion_ops import define_companion_ops
+
+    print("graph_mode_ascend.py needs an Ascend NPU (CANN, torch_npu, HCCL) to run; none here.")
+    try:
+        import_torchair()
+    except CannLessUnavailable as exc:
+        print(f"GE graph capture is not possible here either: {exc}")
+        return 0
+    define_companion_ops()  # dispatch_v2 / combine_v2 from the installed torch-npu's schemas
+    slots_per_rank = -(-EXPERTS // world_size) + REDUNDANT_SLOTS_PER_RANK
+    layer = functools.partial(
+        moe_layer, group="ep", rank=0, world_size=world_size, moe_expert_num=world_size * slots_per_rank
+    )
+    result = capture_ge_graphs(layer, *inputs(0, world_size, slots_per_rank, "cpu"), fullgraph=True)
+    print(f"rank 0 of {world_size}, captured instead: {result.fx_graph_count} FX graph, GE graph:")
+    print(result.graph.text)
     return 0
 
 

@@ -13,17 +13,18 @@ from typing import List, Optional
 
 from torchair_plugin.cli import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE
 from torchair_plugin.cli.demo import add_demo_subcommand
+from torchair_plugin.cli.lower import add_lower_subcommand
 from torchair_plugin.cli.doctor import add_doctor_subcommand
 from torchair_plugin.cli.report import add_report_subcommand
 from torchair_plugin.eplb.cli import add_balance_subcommand
 
-# Order is the order of `--help`. To add `lower` (issue 3), import
-# torchair_plugin.cli.lower.add_lower_subcommand above and append it here.
+# Order is the order of `--help`.
 SUBCOMMANDS = [
     add_doctor_subcommand,
     add_demo_subcommand,
     add_balance_subcommand,
     add_report_subcommand,
+    add_lower_subcommand,
 ]
 
 

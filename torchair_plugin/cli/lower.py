@@ -152,6 +152,7 @@ def add_lower_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dynamic", action="store_true", help="compile with dynamic=True (symbolic shapes, -1 dims)")
     parser.add_argument("--chain", action="store_true", help="lower update_expert -> dispatch_v2 -> combine_v2")
     parser.add_argument("--format", choices=("text", "pbtxt", "json"), default="text", help="output form (default text)")
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     parser.set_defaults(func=run_lower)
     return parser
 
