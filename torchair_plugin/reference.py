@@ -52,6 +52,27 @@ def _mode1_lookup(bs: int, k: int, f: int, device: torch.device) -> Tuple[torch.
     return rows.repeat_interleave(k).to(device), slot.view(-1).to(device)
 
 
+# The checks depend on metadata only (shapes, dtypes, devices, attrs): an eager call whose
+# signature already passed them skips them. Building the key costs a quarter of the checks.
+_PASSED_SIGNATURES: set = set()
+_MAX_SIGNATURES = 1024
+
+
+def _metadata(tensor: Optional[torch.Tensor]):
+    return None if tensor is None else (tensor.shape, tensor.dtype, tensor.device)
+
+
+def _check_args(*args) -> None:
+    """check_update_expert_args, remembered per signature for the eager hot path."""
+    tensors, attrs = args[:5], args[5:]
+    signature = (*map(_metadata, tensors), *attrs)
+    if signature in _PASSED_SIGNATURES:
+        return
+    check_update_expert_args(*args)
+    if len(_PASSED_SIGNATURES) < _MAX_SIGNATURES:
+        _PASSED_SIGNATURES.add(signature)
+
+
 def _map_to_physical(eplb_table, flat_ids, counts, bs, k, local_rank_id, world_size, balance_mode):
     """balanced_expert_ids, flat int32. Out-of-range values raise IndexError/RuntimeError on CPU."""
     f = eplb_table.size(1)
@@ -100,17 +121,17 @@ def _map_after_diagnosis(eplb_table, flat_ids, counts, *rest):
 def _pairwise_token_sums(expert_scales: torch.Tensor) -> torch.Tensor:
     """Per-token float32 sums, (BS,), as a binary tree over adjacent pairs, zero-padded.
 
-    The scales are widened to float32 and transposed in one copy, so that every tree level is
-    one vectorised add of two blocks of contiguous rows.
+    One add per tree level, its operands the even and odd columns from a single ``unbind``
+    (Python-level slicing costs as much as the add itself at these sizes).
     """
-    k, bs = expert_scales.size(1), expert_scales.size(0)
+    bs, k = expert_scales.shape
+    sums = expert_scales.to(torch.float32)
     padded = 1 << (k - 1).bit_length()
-    columns = expert_scales.t().to(torch.float32, memory_format=torch.contiguous_format)
     if padded != k:
-        columns = torch.nn.functional.pad(columns, (0, 0, 0, padded - k))
-    while columns.size(0) > 1:
-        columns = columns[0::2] + columns[1::2]
-    return columns.view(bs)
+        sums = torch.nn.functional.pad(sums, (0, padded - k))
+    while sums.size(1) > 1:
+        sums = torch.add(*sums.view(bs, -1, 2).unbind(2))
+    return sums.view(bs)
 
 
 def _pruned_mask(expert_scales, pruning_threshold, active_mask) -> torch.Tensor:
@@ -119,7 +140,7 @@ def _pruned_mask(expert_scales, pruning_threshold, active_mask) -> torch.Tensor:
         # An inactive token keeps no expert: a NaN product compares False for every s[j]. This
         # costs one op on (BS,) instead of an AND over (BS, K).
         sums = torch.where(active_mask, sums, float("nan"))
-    products = pruning_threshold.reshape(1, -1) * sums.view(-1, 1)
+    products = torch.outer(sums, pruning_threshold.reshape(-1))  # [i, j] = sum_i * threshold_j
     # fp16/bf16 scales are promoted to float32 exactly by the comparison itself.
     return expert_scales >= products
 
@@ -134,7 +155,7 @@ def npu_moe_update_expert_reference(
     world_size: int = -1,
     balance_mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    check_update_expert_args(
+    _check_args(
         expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
         local_rank_id, world_size, balance_mode,
     )
@@ -151,7 +172,9 @@ def npu_moe_update_expert_reference(
     else:
         # Off the CPU an out-of-range gather is a fatal device-side assert: check values first.
         balanced = _map_after_diagnosis(eplb_table, *mapping)
-    balanced = balanced.view(bs, k).to(expert_ids.dtype)
+    balanced = balanced.view(bs, k)
+    if balanced.dtype != expert_ids.dtype:
+        balanced = balanced.to(expert_ids.dtype)
 
     if expert_scales is None:
         mask = torch.ones((bs, k), dtype=torch.bool, device=expert_ids.device)
