@@ -86,8 +86,11 @@ def advice(facts: Dict) -> List[str]:
             if name == "torch_npu_matches_torch" and torch_npu is None:
                 continue  # the torch_npu_wheel line already covers it
             lines.append(_REQUIREMENT_ADVICE[name])
-    if "converter" not in facts["registration"]:
-        lines.append("GE converter: not in this build; graph mode uses torch-npu's own converter where it has one")
+    converter = facts["registration"]["converter"]
+    if converter.startswith("unavailable"):
+        lines.append("GE converter: torchair is not installed; graph mode needs it (it ships inside torch-npu)")
+    elif converter.startswith("pending"):
+        lines.append("GE converter: registers itself when torchair is imported (no action needed)")
     return lines
 
 

@@ -13,14 +13,13 @@ from torchair_plugin.cli import EXIT_OK
 
 # The dispatch key torch_npu's kernels live under, named as users know it.
 _KEY_NAMES = {"PrivateUse1": "NPU (PrivateUse1)"}
-NO_CONVERTER = "not registered by this build (the GE lowering layer is not part of it)"
 
 
 def format_registration(sources: Mapping[str, object]) -> List[str]:
     """One line per piece: schema, fake kernel, each device kernel, GE converter."""
     pieces = [("op", sources["op"]), ("schema", sources["schema"]), ("fake kernel", sources["fake"])]
     pieces += [("kernel " + _KEY_NAMES.get(key, key), source) for key, source in sources["kernels"].items()]
-    pieces.append(("GE converter", sources.get("converter", NO_CONVERTER)))
+    pieces.append(("GE converter", sources["converter"]))
     width = max(len(name) for name, _ in pieces) + 2
     return [f"{name:<{width}}{source}" for name, source in pieces]
 
