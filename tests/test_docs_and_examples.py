@@ -85,10 +85,15 @@ def test_example(script):
         assert callable(module.main)
         if _environment.cann_home() is not None:
             pytest.skip("an NPU example on an Ascend machine is launched with torchrun, not here")
+    # A template test (examples/test_*.py) is run the way a user runs it: by pytest, which finds
+    # the golden-graph fixtures through the repository's conftest.py.
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] if script.name.startswith("test_") else [sys.executable]
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=120
+        command + [str(script)], cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=300
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    if script.name.startswith("test_") and capture_possible():
+        assert re.search(r"\b[1-9]\d* passed", done.stdout) and "skipped" not in done.stdout, done.stdout[-2000:]
     if npu:
         assert "needs an Ascend NPU" in done.stdout  # off-NPU it says why it did not run
         if script.name == "graph_mode_ascend.py" and capture_possible():
