@@ -2,6 +2,10 @@
 
     torchrun --nproc-per-node 4 examples/eplb_distributed.py [--routing R.pt --table T.pt] [--json OUT]
 
+On a machine with torch-npu but no CANN, torchrun itself imports torch (whose torch_npu
+autoload then fails) before this script runs: launch it as
+``TORCH_DEVICE_BACKEND_AUTOLOAD=0 torchrun ...`` there.
+
 Every rank routes its own tokens through the op with its own local_rank_id and world_size, then
 exchanges per-destination token counts with all_to_all_single, as dispatch exchanges the tokens
 themselves. Rank 0 prints the tokens each rank receives with no redundancy (first replica only),
@@ -12,10 +16,9 @@ Without files, every rank generates the same skewed workload and plans the same 
 import argparse
 import json
 
+import torchair_plugin  # noqa: F401  (first: registers the op, prepares `import torch` without CANN)
 import torch
 import torch.distributed as dist
-
-import torchair_plugin  # noqa: F401  (registers torch.ops.npu.npu_moe_update_expert)
 from torchair_plugin.eplb import (
     SCENARIOS,
     expert_load,

@@ -13,9 +13,8 @@ From then on a change that alters the GE graph torchair builds (an extra Cast, a
 recompile, a lost optional input) fails the test with a diff. See docs/cann-less-ci.md.
 """
 
+import torchair_plugin  # noqa: F401  (first: registers the op and its GE converter, prepares torch)
 import torch
-
-import torchair_plugin  # noqa: F401  (registers npu_moe_update_expert and its GE converter)
 from torchair_plugin.testing import GraphCapture, capture_ge_graphs
 from torchair_plugin.testing.pytest_plugin import require_ge_capture
 

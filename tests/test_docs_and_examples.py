@@ -67,9 +67,10 @@ def capture_possible() -> bool:
 
 
 def _child_env():
+    """The environment a user has: nothing exported by hand (the conftest's autoload setting is
+    taken out again), so an example that imports torch before torchair_plugin fails here."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    if importlib.util.find_spec("torch_npu") is not None:
-        env.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+    env.pop("TORCH_DEVICE_BACKEND_AUTOLOAD", None)
     return env
 
 

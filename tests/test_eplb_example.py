@@ -31,7 +31,9 @@ def test_distributed_example_matches_report(tmp_path):
     torchrun = pathlib.Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun is not installed beside this python")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # torchrun imports torch before the script: on a torch-npu machine without CANN the launcher
+    # needs autoload off, as the example's docstring tells users.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TORCH_DEVICE_BACKEND_AUTOLOAD="0")
     command = [
         str(torchrun), "--nnodes", "1", "--nproc-per-node", "4", "--master-addr", "127.0.0.1",
         "--master-port", str(_free_port()), str(ROOT / "examples" / "eplb_distributed.py"),

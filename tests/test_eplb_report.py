@@ -128,7 +128,6 @@ def test_cli_saved_files(tmp_path, capsys):
         ("float_table", ["--table", "{d}/t.npy", "--world-size", "2"], "eplb_table must hold integers, got dtype float32"),
         ("wrong_key", ["--table", "{d}/t.json", "--world-size", "2"], "no entry 'eplb_table'"),
         ("bad_routing", ["--routing", "{d}/r.pt", "--table", "{d}/t.json"], r"routing\[0\]: expert_ids\[0, 0\]"),
-        (None, ["--world-size", "1"], "world_size must be >= 2, got 1"),
         (None, ["--experts", "4", "--top-k", "8"], "top_k must be <= num_experts=4"),
         (None, ["--skew", "nan"], "skew must be a finite number"),
         (None, ["--slots-per-rank", "1"], r"physical experts must be in \[experts = 64"),
@@ -155,6 +154,14 @@ def test_cli_bad_input_exits_2_without_traceback_or_files(tmp_path, capsys, setu
     assert len(captured.err.splitlines()) == 1
     assert __import__("re").search(message, captured.err)
     assert not png.exists()
+
+
+@pytest.mark.parametrize("world_size", ["0", "1", "769", "eight"])
+def test_cli_world_size_out_of_range_is_a_usage_error(capsys, world_size):
+    with pytest.raises(SystemExit) as exit_info:
+        _balance("--world-size", world_size)
+    assert exit_info.value.code == 2
+    assert "argument --world-size:" in capsys.readouterr().err
 
 
 def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path, capsys):

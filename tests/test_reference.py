@@ -105,12 +105,13 @@ def test_out_of_range_expert_id_is_a_clear_error(device):
         op(-ids.abs().clamp(max=1), table, balance_mode=1)
 
 
-@pytest.mark.parametrize("count", [0, -3, 3])
+@pytest.mark.parametrize("count", [0, -3, 3, 2**23 + 1, 2**31 - 1, -(2**31)])
 def test_bad_replica_count_of_a_used_expert_is_a_clear_error(count):
     table = table_of([[1, 0, 0], [count, 1, 2]], 3)
-    ids = torch.tensor([[1]], dtype=torch.int32)
-    with pytest.raises(ValueError, match=rf"eplb_table\[1, 0\].*\[1, F-1=2\], got {count}"):
-        op(ids, table, balance_mode=1)
+    ids = torch.ones(512, 1, dtype=torch.int32)  # the largest batch: no index room to wrap into
+    for mode in (0, 1):
+        with pytest.raises(ValueError, match=rf"eplb_table\[1, 0\].*\[1, F-1=2\], got {count}"):
+            op(ids, table, local_rank_id=0, world_size=2, balance_mode=mode)
 
 
 def test_bad_count_of_an_unused_expert_is_not_read():

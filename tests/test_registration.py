@@ -131,6 +131,24 @@ def test_native_meta_is_replaced_and_native_kernel_kept(native_op):
     assert op(meta_ids, torch.ones(4, 3, dtype=torch.int32, device="meta"), balance_mode=1)[0].shape == (600, 2)
 
 
+def test_older_torch_route_shadows_the_native_meta_with_a_meta_kernel(native_op):
+    # torch < 2.8's register_fake refuses an op with a Meta kernel; the plugin then registers its
+    # fake as a Meta kernel instead. That route runs for real here too.
+    qualname, op = native_op
+    plan = reg.plan_registration(reg.probe_op_state(qualname), reg.Options())
+    library = reg.apply_plan(plan, qualname, fake_route=reg.FAKE_ROUTE_META_KERNEL)
+    try:
+        with pytest.raises(RuntimeError, match=r"BS = expert_ids.size\(0\) must be in \(0, 512\], got 600"):
+            bad_batch_under_fake(op)
+        meta_ids = torch.zeros(600, 2, dtype=torch.int32, device="meta")
+        with pytest.raises(RuntimeError, match="got 600"):
+            op(meta_ids, torch.ones(4, 3, dtype=torch.int32, device="meta"), balance_mode=1)
+    finally:
+        library._destroy()
+    meta_ids = torch.zeros(600, 2, dtype=torch.int32, device="meta")
+    assert op(meta_ids, torch.ones(4, 3, dtype=torch.int32, device="meta"), balance_mode=1)[0].shape == (600, 2)
+
+
 def test_opting_out_keeps_the_native_meta(native_op):
     qualname, op = native_op
     registration = reg.register(qualname, reg.Options(keep_native_fake=True))

@@ -200,8 +200,8 @@ def _on_torchair_imported(torchair: types.ModuleType) -> None:
         except Exception as exc:  # never break `import torchair`; say why instead
             _status = f"failed: {type(exc).__name__}: {exc}"
             warnings.warn(f"torchair_plugin could not register its GE converter: {exc}", RuntimeWarning, stacklevel=2)
-            return
-        _remove_finders()
+        finally:
+            _remove_finders()  # the status is final either way: nothing is left watching imports
 
 
 class _RegisterAfterExec:

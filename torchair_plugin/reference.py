@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from torchair_plugin import limits
 from torchair_plugin.checks import check_update_expert_args
 from torchair_plugin.schema import OP_NAME
 
@@ -43,13 +44,24 @@ def _mode0_slot_by_count(f: int, world_size: int, local_rank_id: int, device: to
 
 
 @functools.lru_cache(maxsize=16)
-def _mode1_lookup(bs: int, k: int, f: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(row i of every flat element, (BS*K,); i % c + 1 stored at c * BS + i for c in [0, F))."""
-    rows = torch.arange(bs, dtype=torch.int32)
+def _mode1_slot_by_count_and_row(f: int, device: torch.device) -> torch.Tensor:
+    """i % c + 1 stored at c * MAX_BS + i, for counts c in [0, F) and rows i in [0, MAX_BS).
+
+    One table per F serves every batch size (serving varies BS call by call)."""
+    rows = torch.arange(limits.MAX_BS, dtype=torch.int32)
     counts = torch.arange(f, dtype=torch.int32).clamp_(min=1).view(f, 1)
     slot = rows % counts + 1
     slot[0] = _INVALID
-    return rows.repeat_interleave(k).to(device), slot.view(-1).to(device)
+    return slot.view(-1).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _flat_token_rows(k: int, device: torch.device) -> torch.Tensor:
+    """The token row of every flat (i, j) element of the largest batch; a batch uses a prefix.
+
+    int64, so that ``row + count * MAX_BS`` cannot wrap around for any int32 count: a huge count
+    must land out of the table's range (and raise), never back inside it."""
+    return torch.arange(limits.MAX_BS, dtype=torch.int64, device=device).repeat_interleave(k)
 
 
 # The checks depend on metadata only (shapes, dtypes, devices, attrs): an eager call whose
@@ -80,8 +92,9 @@ def _map_to_physical(eplb_table, flat_ids, counts, bs, k, local_rank_id, world_s
         # One replica per expert for the whole rank: choose it per expert, then gather per token.
         slot = _mode0_slot_by_count(f, world_size, local_rank_id, eplb_table.device).index_select(0, counts)
         return eplb_table.gather(1, slot.view(-1, 1)).view(-1).index_select(0, flat_ids)
-    rows, slot_by_count_and_row = _mode1_lookup(bs, k, f, eplb_table.device)
-    slot = slot_by_count_and_row.index_select(0, torch.add(rows, counts.index_select(0, flat_ids), alpha=bs))
+    rows = _flat_token_rows(k, eplb_table.device).narrow(0, 0, bs * k)
+    lookup = torch.add(rows, counts.index_select(0, flat_ids), alpha=limits.MAX_BS)
+    slot = _mode1_slot_by_count_and_row(f, eplb_table.device).index_select(0, lookup)
     flat_table = eplb_table.contiguous().view(-1)
     return flat_table.index_select(0, torch.add(slot, flat_ids, alpha=f))  # e * F + (i % count + 1)
 

@@ -27,6 +27,7 @@ importable or absent decides whether that happens now, when torchair is imported
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import threading
@@ -144,7 +145,23 @@ class Registration:
         }
 
 
-def apply_plan(plan: Plan, qualname: str = schema.QUALNAME) -> torch.library.Library:
+# How the fake kernel is installed. torch_npu registers its unchecked meta as a Python ``Meta``
+# kernel. ``register_fake`` shadows it only on torch whose register_fake takes ``allow_override``
+# (and is given True: it defaulted to False when the flag appeared); older torch refuses an op
+# that has a Meta kernel. Registering the fake as our own ``Meta`` kernel shadows the native one
+# on every torch, and FakeTensorMode runs Meta kernels too: that is the route for older torch.
+FAKE_ROUTE_REGISTER_FAKE = "register_fake"
+FAKE_ROUTE_META_KERNEL = "meta_kernel"
+DEFAULT_FAKE_ROUTE = (
+    FAKE_ROUTE_REGISTER_FAKE
+    if "allow_override" in inspect.signature(torch.library.register_fake).parameters
+    else FAKE_ROUTE_META_KERNEL
+)
+
+
+def apply_plan(
+    plan: Plan, qualname: str = schema.QUALNAME, fake_route: str = DEFAULT_FAKE_ROUTE
+) -> torch.library.Library:
     """Install ``plan`` through one Library; on any failure remove everything it added."""
     namespace, name = qualname.split("::")
     library = torch.library.Library(namespace, "FRAGMENT")
@@ -153,10 +170,12 @@ def apply_plan(plan: Plan, qualname: str = schema.QUALNAME) -> torch.library.Lib
             library.define(name + schema.SCHEMA)
         for key in plan.reference_keys:
             library.impl(name, npu_moe_update_expert_reference, key)
-        if plan.install_fake:
-            # allow_override: a native meta (torch_npu's, unchecked) is shadowed, not removed;
-            # destroying the library brings it back.
-            torch.library.register_fake(qualname, npu_moe_update_expert_fake, lib=library)
+        # Either fake route shadows a native meta without removing it: destroying the library
+        # brings it back.
+        if plan.install_fake and fake_route == FAKE_ROUTE_REGISTER_FAKE:
+            torch.library.register_fake(qualname, npu_moe_update_expert_fake, lib=library, allow_override=True)
+        elif plan.install_fake:
+            library.impl(name, npu_moe_update_expert_fake, "Meta")
     except Exception:
         library._destroy()
         raise

@@ -30,7 +30,8 @@ def add_report_subcommand(subparsers):
         help="where the op's schema, fake kernel, device kernels and GE converter come from",
         description="Print what `import torchair_plugin` registered for torch.ops.npu.npu_moe_update_expert "
         "and where each piece comes from: native (torch-npu) or torchair_plugin. "
-        "Set TORCHAIR_PLUGIN_NATIVE_FAKE=1 to keep torch-npu's own fake kernel.",
+        "Set TORCHAIR_PLUGIN_NATIVE_FAKE=1 to keep torch-npu's own fake kernel, "
+        "TORCHAIR_PLUGIN_NATIVE_CONVERTER=1 to keep its own GE converter.",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run_report)

@@ -13,6 +13,7 @@ import json
 import sys
 
 from torchair_plugin import limits
+from torchair_plugin.cli._args import int_in
 from torchair_plugin.eplb.io import load_eplb_table, load_routing
 from torchair_plugin.eplb.load_report import format_report, load_report
 from torchair_plugin.eplb.planner import plan_placement
@@ -32,7 +33,8 @@ def add_balance_subcommand(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--routing", metavar="PATH", help="routing file (world_size, tokens, K); default: generated")
     parser.add_argument("--table", metavar="PATH", help="eplb_table file; default: planned from the routing's load")
-    parser.add_argument("--world-size", type=int, help=f"ranks (default {DEFAULT_WORLD_SIZE}, or --routing's)")
+    parser.add_argument("--world-size", type=int_in(limits.MIN_WORLD_SIZE, limits.MAX_WORLD_SIZE),
+                        help=f"ranks (default {DEFAULT_WORLD_SIZE}, or --routing's)")
     parser.add_argument("--experts", type=int, default=64, help="logical experts of a generated workload (default 64)")
     parser.add_argument("--tokens-per-rank", type=int, default=512, help="generated tokens per rank (default 512)")
     parser.add_argument("--top-k", type=int, default=8, help="experts per generated token (default 8)")
@@ -51,7 +53,7 @@ def add_balance_subcommand(subparsers) -> argparse.ArgumentParser:
 def _inputs(args):
     """(routing, eplb_table, world_size, plan or None) from files and/or generation."""
     routing = load_routing(args.routing) if args.routing else None
-    world_size = args.world_size or DEFAULT_WORLD_SIZE
+    world_size = DEFAULT_WORLD_SIZE if args.world_size is None else args.world_size
     if routing is not None:
         if args.world_size not in (None, routing.shape[0]):
             raise ValueError(f"--world-size {args.world_size} disagrees with {args.routing}'s {routing.shape[0]} ranks")
