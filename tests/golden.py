@@ -10,7 +10,8 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def _tree_sum_float32(values):
-    """The NPU vector unit's ReduceSum: a binary tree over adjacent pairs, zero-padded."""
+    """The NPU vector unit's reduction as AscendC documents it (ReduceSum: a binary tree over
+    adjacent pairs), zero-padded. The one assumption here that is not in the kernel source."""
     level = [np.float32(v) for v in values]
     while len(level) & (len(level) - 1):
         level.append(np.float32(0))

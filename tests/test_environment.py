@@ -23,6 +23,11 @@ def test_autoload_decision(environ, torch_imported, npu_installed, cann_dir, exp
     assert env.should_disable_backend_autoload(environ, torch_imported, npu_installed, cann_dir) is expected
 
 
+def test_cann_home_from_the_library_path(tmp_path):
+    (tmp_path / "libascendcl.so").write_bytes(b"")
+    assert env.cann_home({"LD_LIBRARY_PATH": f"/nonexistent:{tmp_path}"}) == str(tmp_path)
+
+
 def test_cann_home_from_environment(tmp_path):
     assert env.cann_home({"ASCEND_HOME_PATH": str(tmp_path)}) == str(tmp_path)
     assert env.cann_home({"ASCEND_HOME_PATH": str(tmp_path / "missing")}) in (None, *env._CANN_DEFAULT_DIRS)

@@ -16,6 +16,7 @@ AUTOLOAD_VAR = "TORCH_DEVICE_BACKEND_AUTOLOAD"
 # CANN's set_env.sh exports these; a toolkit installed in the default place has no variable.
 _CANN_ENV_VARS = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH", "ASCEND_AICPU_PATH")
 _CANN_DEFAULT_DIRS = ("/usr/local/Ascend/ascend-toolkit/latest", "/usr/local/Ascend/cann")
+_CANN_RUNTIME_LIBRARY = "libascendcl.so"
 
 
 def torch_npu_installed() -> bool:
@@ -27,7 +28,12 @@ def torch_npu_installed() -> bool:
 
 
 def cann_home(environ: Mapping[str, str] = os.environ) -> Optional[str]:
-    """The CANN toolkit directory, or None on a machine without CANN."""
+    """Where CANN is, or None on a machine without CANN.
+
+    Found from the variables CANN's set_env.sh exports, the default install directories, or
+    CANN's runtime library on LD_LIBRARY_PATH (containers that only set the library path). A
+    CANN found none of these ways is missed: set TORCH_DEVICE_BACKEND_AUTOLOAD yourself there.
+    """
     for var in _CANN_ENV_VARS:
         path = environ.get(var)
         if path and os.path.isdir(path):
@@ -35,6 +41,9 @@ def cann_home(environ: Mapping[str, str] = os.environ) -> Optional[str]:
     for path in _CANN_DEFAULT_DIRS:
         if os.path.isdir(path):
             return path
+    for directory in environ.get("LD_LIBRARY_PATH", "").split(os.pathsep):
+        if directory and os.path.isfile(os.path.join(directory, _CANN_RUNTIME_LIBRARY)):
+            return directory
     return None
 
 

@@ -7,9 +7,10 @@ per-expert replica choice of balance_mode 0 computed once per expert rather than
 Semantics are the kernel's (see docs/op.md and shared/docs/op-semantics.md):
 - balance_mode 0: replica ``local_rank_id // ceil(world_size / count) + 1`` of each expert;
 - balance_mode 1: replica ``i % count + 1`` where i is the token ROW;
-- pruning in float32: ``s[j] >= threshold[j] * sum(s)`` (equality keeps), the sum taken as the
-  NPU's vector unit takes it, a binary tree over adjacent pairs (AscendC ReduceSum), and an
-  inactive token (active_mask False) has every expert pruned;
+- pruning in float32: ``s[j] >= threshold[j] * sum(s)`` (equality keeps), the sum taken as
+  AscendC documents its vector reductions, a binary tree over adjacent pairs (an assumption: not
+  checked on hardware; see docs/op.md), and an inactive token (active_mask False) has every
+  expert pruned;
 - without pruning inputs the mask is all True (the NPU leaves it unwritten).
 Values that would read out of bounds on the NPU (expert ids, replica counts of the experts in
 use) raise ValueError naming the culprit instead of returning garbage. On CPU the gathers' own
