@@ -62,6 +62,16 @@ def test_dynamic_batch_2_to_512_compiles_once(backend):
     assert counter.frame_count == 1
 
 
+def test_dynamic_batch_with_pruning_and_mask_compiles_once():
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(full_op, backend=counter, fullgraph=True, dynamic=True)
+    for bs in (2, 3, 17, 100, 511, 512):
+        inputs = make_inputs(bs, seed=bs)
+        got, want = compiled(*inputs), full_op(*inputs)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert counter.frame_count == 1
+
+
 def test_batch_of_one_is_a_second_graph_as_for_any_dynamic_dim():
     # Dynamo specialises sizes 0 and 1; BS=1 therefore compiles its own graph once, and then the
     # symbolic graph still serves every BS in 2..512.
