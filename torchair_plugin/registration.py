@@ -82,14 +82,11 @@ class Plan:
 
 def plan_registration(state: OpState, options: Options) -> Plan:
     """What to install. Never replaces a native device kernel; see the module docstring."""
+    devices = DEVICE_KEYS + ((NPU_KEY,) if state.torch_npu_loaded else ())
     if not state.schema_exists:
-        keys = DEVICE_KEYS + ((NPU_KEY,) if state.torch_npu_loaded else ())
-        return Plan(define_schema=True, install_fake=True, reference_keys=keys)
-    if any(key in state.kernel_keys for key in _COMPOSITE_KEYS):
-        missing: Tuple[str, ...] = ()
-    else:
-        candidates = DEVICE_KEYS + ((NPU_KEY,) if state.torch_npu_loaded else ())
-        missing = tuple(key for key in candidates if key not in state.kernel_keys)
+        return Plan(define_schema=True, install_fake=True, reference_keys=devices)
+    served_everywhere = any(key in state.kernel_keys for key in _COMPOSITE_KEYS)
+    missing = () if served_everywhere else tuple(key for key in devices if key not in state.kernel_keys)
     has_native_meta = "Meta" in state.kernel_keys
     return Plan(
         define_schema=False,
