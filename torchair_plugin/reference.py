@@ -56,22 +56,31 @@ def _mode1_lookup(bs: int, k: int, f: int, device: torch.device) -> Tuple[torch.
 
 
 # The checks depend on metadata only (shapes, dtypes, devices, attrs): an eager call whose
-# signature already passed them skips them. Building the key costs a quarter of the checks.
+# signature already passed them skips them. The key is built inline from named parameters: a
+# generic ``map`` over ``*args`` cost ~0.8 us more a call (about half of the lookup).
 _PASSED_SIGNATURES: set = set()
 _MAX_SIGNATURES = 1024
 
 
-def _metadata(tensor: Optional[torch.Tensor]):
+def _optional_metadata(tensor: Optional[torch.Tensor]):
     return None if tensor is None else (tensor.shape, tensor.dtype, tensor.device)
 
 
-def _check_args(*args) -> None:
+def _check_args(expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
+                local_rank_id, world_size, balance_mode) -> None:
     """check_update_expert_args, remembered per signature for the eager hot path."""
-    tensors, attrs = args[:5], args[5:]
-    signature = (*map(_metadata, tensors), *attrs)
+    signature = (
+        expert_ids.shape, expert_ids.dtype, expert_ids.device,
+        eplb_table.shape, eplb_table.dtype, eplb_table.device,
+        _optional_metadata(expert_scales), _optional_metadata(pruning_threshold),
+        _optional_metadata(active_mask), local_rank_id, world_size, balance_mode,
+    )
     if signature in _PASSED_SIGNATURES:
         return
-    check_update_expert_args(*args)
+    check_update_expert_args(
+        expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
+        local_rank_id, world_size, balance_mode,
+    )
     if len(_PASSED_SIGNATURES) < _MAX_SIGNATURES:
         _PASSED_SIGNATURES.add(signature)
 
