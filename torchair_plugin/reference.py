@@ -3,6 +3,8 @@
 Vectorised torch, no loop over tokens. It is written for few, cheap ops because it runs in
 model code on every MoE layer: int32 index arithmetic, one flattened gather per output, the
 per-expert replica choice of balance_mode 0 computed once per expert rather than per element.
+At these sizes a torch call (~2-8 us) costs more than its arithmetic, so the pruning tree runs in
+float32 buffers reused per thread on CPU, their views made once: one ``add(out=)`` per level.
 
 Semantics are the kernel's (see docs/op.md and shared/docs/op-semantics.md):
 - balance_mode 0: replica ``local_rank_id // ceil(world_size / count) + 1`` of each expert;
