@@ -117,3 +117,46 @@ def test_bad_replica_count_of_a_used_expert_is_a_clear_error(count):
 def test_bad_count_of_an_unused_expert_is_not_read():
     table = table_of([[1, 7, 0], [0, 1, 2]], 3)
     assert op(torch.zeros(2, 1, dtype=torch.int32), table, balance_mode=1)[0].tolist() == [[7], [7]]
+
+
+def _pruning_case(bs=6, k=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randint(0, 50, (8, 4), generator=gen, dtype=torch.int32)
+    table[:, 0] = torch.randint(1, 4, (8,), generator=gen)
+    ids = torch.randint(0, 8, (bs, k), generator=gen, dtype=torch.int32)
+    kwargs = dict(expert_scales=torch.rand(bs, k, generator=gen), pruning_threshold=torch.full((k,), 0.15),
+                  active_mask=torch.arange(bs) < bs - 1, balance_mode=1)
+    return ids, table, kwargs
+
+
+def test_pruning_buffers_are_reused_safely_in_and_out_of_inference_mode():
+    # The CPU kernel reuses per-thread float32 buffers for the pairwise tree: calls in inference
+    # mode, outside it, with inputs that need grad (direct call) and with other shapes in between
+    # must all give the golden answer, and never hand a buffer out.
+    ids, table, kwargs = _pruning_case()
+    with torch.inference_mode():
+        assert_matches_golden(ids, table, kwargs)
+    assert_matches_golden(ids, table, kwargs)
+    assert_matches_golden(*_pruning_case(bs=3, k=2, seed=1)[:2], _pruning_case(bs=3, k=2, seed=1)[2])
+    scales = kwargs["expert_scales"].clone().requires_grad_()
+    direct = npu_moe_update_expert_reference(ids, table, scales, kwargs["pruning_threshold"],
+                                             kwargs["active_mask"], balance_mode=1)
+    assert direct[1].tolist() == golden_update_expert(ids, table, **kwargs)[1]
+    first = op(ids, table, **kwargs)[1]
+    second = op(ids, table, **kwargs)[1]
+    assert first.data_ptr() != second.data_ptr() and torch.equal(first, second)
+
+
+def test_pruning_from_several_threads_matches_golden():
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [_pruning_case(seed=s) for s in range(8)]
+    wants = [golden_update_expert(ids, table, **kw)[1] for ids, table, kw in cases]
+
+    def run(case):
+        ids, table, kw = case
+        return [op(ids, table, **kw)[1].tolist() for _ in range(50)]
+
+    with ThreadPoolExecutor(4) as pool:
+        for got, want in zip(pool.map(run, cases), wants):
+            assert all(g == want for g in got)

@@ -3,6 +3,8 @@
 Vectorised torch, no loop over tokens. It is written for few, cheap ops because it runs in
 model code on every MoE layer: int32 index arithmetic, one flattened gather per output, the
 per-expert replica choice of balance_mode 0 computed once per expert rather than per element.
+At these sizes a torch call (~2-8 us) costs more than its arithmetic, so the pruning tree runs in
+float32 buffers reused per thread on CPU, their views made once: one ``add(out=)`` per level.
 
 Semantics are the kernel's (see docs/op.md and shared/docs/op-semantics.md):
 - balance_mode 0: replica ``local_rank_id // ceil(world_size / count) + 1`` of each expert;
@@ -22,6 +24,7 @@ assert, so the values are checked first (one host sync).
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -38,10 +41,12 @@ _INVALID = -(2**30)
 
 
 @functools.lru_cache(maxsize=64)
-def _mode0_slot_by_count(f: int, world_size: int, local_rank_id: int, device: torch.device) -> torch.Tensor:
-    """slot[c] = rank // ceil(world_size / c) + 1 for c in [0, F), int64 for gather."""
+def _mode0_lookup(num_experts: int, f: int, world_size: int, local_rank_id: int, device: torch.device
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(slot[c] = rank // ceil(world_size / c) + 1 for c in [0, F); e * F for every expert e)."""
     slots = [_INVALID] + [local_rank_id // -(-world_size // c) + 1 for c in range(1, f)]
-    return torch.tensor(slots, dtype=torch.int64, device=device)
+    row_starts = torch.arange(0, num_experts * f, f, dtype=torch.int32)
+    return torch.tensor(slots, dtype=torch.int32, device=device), row_starts.to(device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -66,37 +71,49 @@ def _flat_token_rows(k: int, device: torch.device) -> torch.Tensor:
 
 
 # The checks depend on metadata only (shapes, dtypes, devices, attrs): an eager call whose
-# signature already passed them skips them. Building the key costs a quarter of the checks.
+# signature already passed them skips them. The key is built inline from named parameters: a
+# generic ``map`` over ``*args`` cost ~0.8 us more a call (about half of the lookup).
 _PASSED_SIGNATURES: set = set()
 _MAX_SIGNATURES = 1024
 
 
-def _metadata(tensor: Optional[torch.Tensor]):
+def _optional_metadata(tensor: Optional[torch.Tensor]):
     return None if tensor is None else (tensor.shape, tensor.dtype, tensor.device)
 
 
-def _check_args(*args) -> None:
+def _check_args(expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
+                local_rank_id, world_size, balance_mode) -> None:
     """check_update_expert_args, remembered per signature for the eager hot path."""
-    tensors, attrs = args[:5], args[5:]
-    signature = (*map(_metadata, tensors), *attrs)
+    signature = (
+        expert_ids.shape, expert_ids.dtype, expert_ids.device,
+        eplb_table.shape, eplb_table.dtype, eplb_table.device,
+        _optional_metadata(expert_scales), _optional_metadata(pruning_threshold),
+        _optional_metadata(active_mask), local_rank_id, world_size, balance_mode,
+    )
     if signature in _PASSED_SIGNATURES:
         return
-    check_update_expert_args(*args)
+    check_update_expert_args(
+        expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
+        local_rank_id, world_size, balance_mode,
+    )
     if len(_PASSED_SIGNATURES) < _MAX_SIGNATURES:
         _PASSED_SIGNATURES.add(signature)
 
 
-def _map_to_physical(eplb_table, flat_ids, counts, bs, k, local_rank_id, world_size, balance_mode):
+def _map_to_physical(eplb_table, flat_ids, bs, k, local_rank_id, world_size, balance_mode):
     """balanced_expert_ids, flat int32. Out-of-range values raise IndexError/RuntimeError on CPU."""
-    f = eplb_table.size(1)
+    num_experts, f = eplb_table.shape
+    counts = eplb_table.select(1, 0)
+    flat_table = eplb_table.reshape(-1)
     if balance_mode == 0:
-        # One replica per expert for the whole rank: choose it per expert, then gather per token.
-        slot = _mode0_slot_by_count(f, world_size, local_rank_id, eplb_table.device).index_select(0, counts)
-        return eplb_table.gather(1, slot.view(-1, 1)).view(-1).index_select(0, flat_ids)
+        # One replica per expert for the whole rank: choose it per expert (flat index e * F + slot
+        # into the flat table: cheaper than a 2-D gather and its index views), then per token.
+        slot_by_count, row_starts = _mode0_lookup(num_experts, f, world_size, local_rank_id, eplb_table.device)
+        chosen = torch.add(row_starts, slot_by_count.index_select(0, counts))
+        return flat_table.index_select(0, chosen).index_select(0, flat_ids)
     rows = _flat_token_rows(k, eplb_table.device).narrow(0, 0, bs * k)
     lookup = torch.add(rows, counts.index_select(0, flat_ids), alpha=limits.MAX_BS)
     slot = _mode1_slot_by_count_and_row(f, eplb_table.device).index_select(0, lookup)
-    flat_table = eplb_table.contiguous().view(-1)
     return flat_table.index_select(0, torch.add(slot, flat_ids, alpha=f))  # e * F + (i % count + 1)
 
 
@@ -121,42 +138,85 @@ def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> None:
         )
 
 
-def _map_after_diagnosis(eplb_table, flat_ids, counts, *rest):
+def _map_after_diagnosis(eplb_table, flat_ids, *rest):
     """The careful path: ValueError for a value the NPU would read out of bounds with; otherwise
     the mapping, with the counts of experts nobody routes to made harmless (as on the NPU, they
     are never read)."""
     f = eplb_table.size(1)
-    _check_values(flat_ids, counts, f)
+    _check_values(flat_ids, eplb_table.select(1, 0), f)
     safe_table = eplb_table.clone()
     safe_table[:, 0].clamp_(1, f - 1)
-    return _map_to_physical(safe_table, flat_ids, safe_table[:, 0], *rest)
+    return _map_to_physical(safe_table, flat_ids, *rest)
 
 
-def _pairwise_token_sums(expert_scales: torch.Tensor) -> torch.Tensor:
-    """Per-token float32 sums, (BS,), as a binary tree over adjacent pairs, zero-padded.
+class _PruningWorkspace:
+    """Float32 buffers for one (BS, K) pruning, with every view the pairwise tree reads made once.
 
-    One add per tree level, its operands the even and odd columns from a single ``unbind``
-    (Python-level slicing costs as much as the add itself at these sizes).
+    At BS=512 a torch call costs more than its arithmetic: a tree level written as
+    ``torch.add(*x.view(bs, -1, 2).unbind(2))`` is three calls (~7 us), while ``torch.add(even,
+    odd, out=level)`` on views made here is one (~2-3 us); widening the scales by ``copy_`` into
+    the tree's first level is also cheaper than ``.to(torch.float32)``. The buffers never leave
+    the op: its outputs are fresh tensors.
     """
-    bs, k = expert_scales.shape
-    sums = expert_scales.to(torch.float32)
-    padded = 1 << (k - 1).bit_length()
-    if padded != k:
-        sums = torch.nn.functional.pad(sums, (0, padded - k))
-    while sums.size(1) > 1:
-        sums = torch.add(*sums.view(bs, -1, 2).unbind(2))
-    return sums.view(bs)
+
+    def __init__(self, bs: int, k: int, device: torch.device):
+        padded = 1 << (k - 1).bit_length()
+        # Usable in and outside inference mode: an inference tensor cannot be written outside it.
+        with torch.inference_mode(False):
+            leaves = torch.zeros(bs, padded, device=device)  # the padding columns stay zero
+            self.scales = leaves if padded == k else leaves.narrow(1, 0, k)
+            levels, level = [], leaves
+            while level.size(1) > 1:
+                even, odd = level.view(bs, -1, 2).unbind(2)
+                level = torch.empty(bs, level.size(1) // 2, device=device)
+                levels.append((even, odd, level))
+            self.levels = tuple(levels)
+            self.sums = level  # (BS, 1): broadcasts against the (K,) or (1, K) threshold
+            self.flat_sums = level.view(bs)
+            self.masked_flat_sums = torch.empty(bs, device=device)
+            self.masked_sums = self.masked_flat_sums.view(bs, 1)
+            self.nan = torch.tensor(float("nan"), device=device)
+
+
+# One workspace per (BS, K) per thread, reused on CPU only. On an accelerator a buffer shared by
+# calls on different streams would race, and a call there is launch-bound anyway: it gets a fresh
+# workspace (the same code, so the CPU tests cover it).
+_thread_state = threading.local()
+_MAX_WORKSPACES = 32
+
+
+def _pruning_workspace(bs: int, k: int, expert_scales: torch.Tensor) -> _PruningWorkspace:
+    if not expert_scales.is_cpu:
+        return _PruningWorkspace(bs, k, expert_scales.device)
+    workspaces = getattr(_thread_state, "workspaces", None)
+    if workspaces is None:
+        workspaces = _thread_state.workspaces = {}
+    workspace = workspaces.get((bs, k))
+    if workspace is None:
+        if len(workspaces) >= _MAX_WORKSPACES:
+            workspaces.clear()
+        workspace = workspaces[(bs, k)] = _PruningWorkspace(bs, k, expert_scales.device)
+    return workspace
 
 
 def _pruned_mask(expert_scales, pruning_threshold, active_mask) -> torch.Tensor:
-    sums = _pairwise_token_sums(expert_scales)
+    """keep[i, j] = s[j] >= threshold[j] * sum(s) in float32, the sum a tree over adjacent pairs
+    (as AscendC documents its reductions), and nothing kept for an inactive token."""
+    bs, k = expert_scales.shape
+    ws = _pruning_workspace(bs, k, expert_scales)
+    if expert_scales.requires_grad:  # direct calls only: out= refuses inputs that need grad
+        expert_scales = expert_scales.detach()
+    ws.scales.copy_(expert_scales)  # fp16/bf16 widen exactly
+    for even, odd, level in ws.levels:
+        torch.add(even, odd, out=level)
+    sums = ws.sums
     if active_mask is not None:
         # An inactive token keeps no expert: a NaN product compares False for every s[j]. This
         # costs one op on (BS,) instead of an AND over (BS, K).
-        sums = torch.where(active_mask, sums, float("nan"))
-    products = torch.outer(sums, pruning_threshold.reshape(-1))  # [i, j] = sum_i * threshold_j
-    # fp16/bf16 scales are promoted to float32 exactly by the comparison itself.
-    return expert_scales >= products
+        torch.where(active_mask, ws.flat_sums, ws.nan, out=ws.masked_flat_sums)
+        sums = ws.masked_sums
+    # [i, j] = sum_i * threshold_j; the float32 copy compares faster than fp16/bf16 scales.
+    return torch.ge(ws.scales, torch.mul(sums, pruning_threshold))
 
 
 def npu_moe_update_expert_reference(
@@ -174,24 +234,23 @@ def npu_moe_update_expert_reference(
         local_rank_id, world_size, balance_mode,
     )
     bs, k = expert_ids.shape
-    f = eplb_table.size(1)
     flat_ids = expert_ids.reshape(-1)
-    counts = eplb_table.select(1, 0)
-    mapping = (flat_ids, counts, bs, k, local_rank_id, world_size, balance_mode)
-    if eplb_table.device.type == "cpu":
+    mapping = (bs, k, local_rank_id, world_size, balance_mode)
+    if eplb_table.is_cpu:
         try:
-            balanced = _map_to_physical(eplb_table, *mapping)
+            balanced = _map_to_physical(eplb_table, flat_ids, *mapping)
         except (IndexError, RuntimeError):
-            balanced = _map_after_diagnosis(eplb_table, *mapping)
+            balanced = _map_after_diagnosis(eplb_table, flat_ids, *mapping)
     else:
         # Off the CPU an out-of-range gather is a fatal device-side assert: check values first.
-        balanced = _map_after_diagnosis(eplb_table, *mapping)
+        balanced = _map_after_diagnosis(eplb_table, flat_ids, *mapping)
     balanced = balanced.view(bs, k)
     if balanced.dtype != expert_ids.dtype:
         balanced = balanced.to(expert_ids.dtype)
 
     if expert_scales is None:
-        mask = torch.ones((bs, k), dtype=torch.bool, device=expert_ids.device)
+        # ones_like: ~1.5 us cheaper than torch.ones((bs, k), ...), which parses a size and a device.
+        mask = torch.ones_like(balanced, dtype=torch.bool)
     else:
         mask = _pruned_mask(expert_scales, pruning_threshold, active_mask)
     return balanced, mask
