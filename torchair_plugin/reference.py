@@ -63,11 +63,8 @@ def _mode1_slot_by_count_and_row(f: int, device: torch.device) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _flat_token_rows(k: int, device: torch.device) -> torch.Tensor:
-    """The token row of every flat (i, j) element of the largest batch; a batch uses a prefix.
-
-    int64, so that ``row + count * MAX_BS`` cannot wrap around for any int32 count: a huge count
-    must land out of the table's range (and raise), never back inside it."""
-    return torch.arange(limits.MAX_BS, dtype=torch.int64, device=device).repeat_interleave(k)
+    """The token row of every flat (i, j) element of the largest batch; a batch uses a prefix."""
+    return torch.arange(limits.MAX_BS, dtype=torch.int32, device=device).repeat_interleave(k)
 
 
 # The checks depend on metadata only (shapes, dtypes, devices, attrs): an eager call whose
@@ -112,7 +109,10 @@ def _map_to_physical(eplb_table, flat_ids, bs, k, local_rank_id, world_size, bal
         chosen = torch.add(row_starts, slot_by_count.index_select(0, counts))
         return flat_table.index_select(0, chosen).index_select(0, flat_ids)
     rows = _flat_token_rows(k, eplb_table.device).narrow(0, 0, bs * k)
-    lookup = torch.add(rows, counts.index_select(0, flat_ids), alpha=limits.MAX_BS)
+    # Counts outside [0, F] are pinned to -1 or F first, where the lookup below rejects them: a
+    # huge count must not wrap around int32 in ``count * MAX_BS`` back into the table's range.
+    token_counts = counts.index_select(0, flat_ids).clamp_(-1, f)
+    lookup = torch.add(rows, token_counts, alpha=limits.MAX_BS)
     slot = _mode1_slot_by_count_and_row(f, eplb_table.device).index_select(0, lookup)
     return flat_table.index_select(0, torch.add(slot, flat_ids, alpha=f))  # e * F + (i % count + 1)
 
