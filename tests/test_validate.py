@@ -46,6 +46,8 @@ def test_padding_is_not_read():
 
 def test_expert_ids():
     validate_expert_ids(torch.tensor([[0, 2]]), moe_expert_num=3)
+    with pytest.raises(ValueError, match=r"expert_ids must hold integers, got torch.float32"):
+        validate_expert_ids(torch.tensor([[0.0, 1.5]]), moe_expert_num=3)
     with pytest.raises(ValueError, match=r"expert_ids\[1, 0\] must be in \[0, moe_expert_num=3\), got 3"):
         validate_expert_ids(torch.tensor([[0, 2], [3, 1]]), moe_expert_num=3)
 

@@ -85,6 +85,8 @@ def validate_eplb_table(eplb_table: torch.Tensor, world_size: int) -> int:
 def validate_expert_ids(expert_ids: torch.Tensor, moe_expert_num: int) -> None:
     """Every logical expert id in [0, moe_expert_num)."""
     ids = _as_tensor("expert_ids", expert_ids)
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"expert_ids must hold integers, got {ids.dtype}")
     bad = ((ids < 0) | (ids >= moe_expert_num)).nonzero()
     if bad.numel():
         where = tuple(bad[0].tolist())
