@@ -19,9 +19,17 @@ def _zipf(skew, num_experts=256):
     return 1.0 / np.arange(1, num_experts + 1) ** skew
 
 
-@pytest.mark.parametrize("mode", [0, 1])
-@pytest.mark.parametrize("skew, target", [(1.0, 0.99), (1.5, 0.95)])
-def test_targets_on_256_experts_32_ranks_9_slots(skew, target, mode):
+@pytest.mark.parametrize(
+    "skew, mode, target",
+    [
+        (1.0, 0, 0.99), (1.0, 1, 0.99), (1.5, 0, 0.95), (1.5, 1, 0.95),
+        # One expert carries 61% of the load. Mode 1 can spread it over ~20 replicas; mode 0 cannot
+        # do better than 16 loaded replicas of 2 source ranks each (counts 17..31 leave groups of 2,
+        # count 32 needs every spare slot): its heaviest rank is >= 1/16 of that expert, 0.8205.
+        (2.0, 0, 0.81), (2.0, 1, 0.99),
+    ],
+)
+def test_targets_on_256_experts_32_ranks_9_slots(skew, mode, target):
     load = _zipf(skew)
     start = time.perf_counter()
     plan = plan_placement(load, 32, 9, balance_mode=mode)
@@ -83,6 +91,18 @@ def test_per_source_load_plans_mode0_exactly():
 
 def test_fixed_columns():
     assert plan_placement(np.ones(8), 4, 3, num_columns=5).eplb_table.shape == (8, 5)
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_fixed_columns_cap_the_counts(mode):
+    """A skewed load wants ~20 replicas of expert 0; F = 5 allows 4 and the plan keeps to that."""
+    load = _zipf(2.0)
+    plan = plan_placement(load, 32, 9, balance_mode=mode, num_columns=5)
+    assert plan.eplb_table.shape == (256, 5)
+    assert plan.counts.max() <= 4
+    assert _true_balancedness(plan.eplb_table, load, 32, mode) == pytest.approx(plan.balancedness)
+    with pytest.raises(ValueError, match=r"more than num_columns - 1 = 1 replicas"):
+        plan_placement(np.ones(8), 4, 3, num_columns=2)
 
 
 @pytest.mark.parametrize(

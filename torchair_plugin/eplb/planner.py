@@ -15,8 +15,15 @@ Algorithm (deterministic: stable sorts, ties to the lowest index):
 3. local search over counts: choosing counts without regard to packing leaves ranks holding two
    heavy replicas, so move one replica from an expert that can spare it to a heavy expert on the
    heaviest rank, repack, and keep the move while the heaviest rank gets lighter.
-Step 2 alone is the common greedy (DeepSeek EPLB's global policy), and step 3 only accepts
-improvements, so the plan is never worse than it for the modelled mode.
+4. bound search, for loads where one expert dominates: steps 1 and 3 spread it over so many thin
+   replicas that every rank holding one is nearly full, and single moves cannot undo that. Bisect
+   on the heaviest rank's load R instead: give each expert the fewest replicas whose shares are
+   all <= R, the spare slots to the experts with the smallest shares (fillers), pack as in
+   step 2, and lower R while the packing reaches it; the lightest packing seen, refined by step
+   3, replaces the plan when it is lighter.
+Step 2 alone is the common greedy (DeepSeek EPLB's global policy), and steps 3 and 4 only accept
+improvements, so the plan is never worse than it for the modelled mode. Counts stay within
+[1, min(num_ranks, F - 1)] (F = ``num_columns`` when it is fixed).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ _HEAVY_CANDIDATES = 2
 _DONOR_CANDIDATES = 4
 _MAX_ROUNDS = 200
 _MAX_SWAPS = 1000
+_BISECTIONS = 30
 
 
 def balancedness(rank_loads) -> float:
@@ -149,6 +157,70 @@ def _greedy_counts(model: _ShareModel, num_experts: int, num_slots: int, max_cou
     return counts
 
 
+def _peak_table(source: np.ndarray, max_count: int, balance_mode: int) -> np.ndarray:
+    """Largest replica share per (expert, count): array (E, max_count), column c - 1 for count c."""
+    world_size, num_experts = source.shape
+    counts = np.arange(1, max_count + 1)
+    if balance_mode == 1:
+        return source.sum(0)[:, None] / counts[None, :]
+    cumulative = np.vstack([np.zeros((1, num_experts)), np.cumsum(source, axis=0)])
+    by_group: Dict[int, np.ndarray] = {}
+    table = np.empty((num_experts, max_count))
+    for count in counts:
+        group = -(-world_size // int(count))
+        if group not in by_group:
+            starts = np.arange(0, world_size, group)
+            ends = np.minimum(starts + group, world_size)
+            by_group[group] = (cumulative[ends] - cumulative[starts]).max(0)
+        table[:, count - 1] = by_group[group]
+    return table
+
+
+def _counts_for_bound(peaks: np.ndarray, bound: float, num_slots: int) -> Optional[np.ndarray]:
+    """Fewest replicas per expert whose largest share is <= bound, the spare slots then going to
+    the experts whose largest share with one more replica is smallest (near-empty fillers that
+    leave the packing free); None when the bound needs more slots than there are."""
+    fits = peaks <= bound
+    if not fits.any(1).all():
+        return None
+    counts = fits.argmax(1) + 1
+    spare = num_slots - int(counts.sum())
+    if spare < 0:
+        return None
+    max_count = peaks.shape[1]
+    heap = [(peaks[e, c], e) for e, c in enumerate(counts) if c < max_count]
+    heapq.heapify(heap)
+    for _ in range(spare):
+        _, expert = heapq.heappop(heap)
+        counts[expert] += 1
+        if counts[expert] < max_count:
+            heapq.heappush(heap, (peaks[expert, counts[expert]], expert))
+    return counts
+
+
+def _bound_search(model: _ShareModel, peaks: np.ndarray, best: _Packing, num_ranks: int, slots_per_rank: int):
+    """Bisect on the heaviest rank's load R: replicas no larger than R, packed; R is reached when
+    the packing's heaviest rank is <= R. Returns the lightest packing seen (or ``best``)."""
+    num_slots = num_ranks * slots_per_rank
+    low, high = float(best.rank_loads.mean()), best.peak
+    for _ in range(_BISECTIONS):
+        if high <= low * (1 + 1e-9):
+            break
+        bound = 0.5 * (low + high)
+        counts = _counts_for_bound(peaks, bound, num_slots)
+        if counts is None:
+            low = bound
+            continue
+        trial = _pack(model, counts, num_ranks, slots_per_rank)
+        if trial.peak < best.peak:
+            best = trial
+        if trial.peak <= bound:
+            high = trial.peak
+        else:
+            low = bound
+    return best
+
+
 def _swap_down(packing: _Packing) -> None:
     """Swap a replica of the heaviest rank with one elsewhere while that lowers the heaviest."""
     size, rank, loads = packing.size, packing.rank, packing.rank_loads
@@ -211,6 +283,16 @@ def _improve_counts(model: _ShareModel, packing: _Packing, num_ranks: int, slots
     return best
 
 
+def _local_search(model: _ShareModel, packing: _Packing, num_ranks: int, slots_per_rank: int, max_count: int):
+    """Single replica moves (see _improve_counts) while the heaviest rank gets lighter."""
+    for _ in range(_MAX_ROUNDS):
+        trial = _improve_counts(model, packing, num_ranks, slots_per_rank, max_count)
+        if trial is None or trial.peak >= packing.peak * (1 - 1e-12):
+            break
+        packing = trial
+    return packing
+
+
 def _check_mode(balance_mode: int) -> None:
     if balance_mode not in limits.BALANCE_MODES:
         raise ValueError(f"balance_mode must be 0 or 1, got {balance_mode!r}")
@@ -240,13 +322,22 @@ def plan_placement(
             f"1..num_ranks replicas)"
         )
 
+    # A row holds at most F - 1 replicas: a fixed F caps the counts (an invalid F is reported by tables).
+    max_count = num_ranks
+    if isinstance(num_columns, int) and not isinstance(num_columns, bool) and 2 <= num_columns <= num_ranks + 1:
+        max_count = num_columns - 1
+        if num_slots > num_experts * max_count:
+            raise ValueError(
+                f"num_ranks * slots_per_rank = {num_slots} physical experts need more than num_columns - 1 = "
+                f"{max_count} replicas for some of the {num_experts} experts"
+            )
+
     model = _ShareModel(source, balance_mode)
-    packing = _pack(model, _greedy_counts(model, num_experts, num_slots, num_ranks), num_ranks, slots_per_rank)
-    for _ in range(_MAX_ROUNDS):
-        trial = _improve_counts(model, packing, num_ranks, slots_per_rank, num_ranks)
-        if trial is None or trial.peak >= packing.peak * (1 - 1e-12):
-            break
-        packing = trial
+    packing = _pack(model, _greedy_counts(model, num_experts, num_slots, max_count), num_ranks, slots_per_rank)
+    packing = _local_search(model, packing, num_ranks, slots_per_rank, max_count)
+    found = _bound_search(model, _peak_table(source, max_count, balance_mode), packing, num_ranks, slots_per_rank)
+    if found is not packing:
+        packing = _local_search(model, found, num_ranks, slots_per_rank, max_count)
 
     # Physical ids rank by rank; within a rank by (expert, replica) so the result is canonical.
     order = np.lexsort((packing.replica, packing.expert, packing.rank))
