@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 from types import ModuleType
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from torchair_plugin import _environment
 from torchair_plugin.testing import _interception, _stubs
@@ -128,6 +128,26 @@ def stub_libraries() -> Optional[_stubs.StubSet]:
     return _loaded.stubs if _loaded is not None else None
 
 
+def preload_stubs() -> Tuple[_stubs.StubSet, list]:
+    """Build (or reuse) the stub libraries for the installed torch-npu and load them globally.
+
+    Returns the stub set and the ctypes handles (keep them referenced). Step 1 of the CANN-less
+    import, on its own for tests that import torchair another way (e.g. through torch_npu's
+    lazy ``torchair`` proxy). CannLessUnavailable when torch-npu or a build tool is missing.
+    """
+    import torch  # the stubs must come after torch's own libraries are loaded
+
+    try:
+        npu_version = importlib.metadata.version("torch-npu")
+    except importlib.metadata.PackageNotFoundError:
+        npu_version = "unknown"
+    try:
+        stubs = _stubs.ensure_stubs(native_modules(), npu_version, torch.__version__)
+    except _stubs.MissingTool as exc:
+        raise CannLessUnavailable(str(exc)) from exc
+    return stubs, _stubs.preload(stubs)
+
+
 def _import_cann_less() -> ModuleType:
     global _loaded
     import torch  # noqa: F401  (the stubs must come after torch's own libraries are loaded)
@@ -137,15 +157,7 @@ def _import_cann_less() -> ModuleType:
     state = _Loaded()
     try:
         dynamo_dir = os.path.join(_torch_npu_dir(), "dynamo")
-        try:
-            npu_version = importlib.metadata.version("torch-npu")
-        except importlib.metadata.PackageNotFoundError:
-            npu_version = "unknown"
-        try:
-            state.stubs = _stubs.ensure_stubs(native_modules(), npu_version, torch.__version__)
-        except _stubs.MissingTool as exc:
-            raise CannLessUnavailable(str(exc)) from exc
-        state.libraries = _stubs.preload(state.stubs)
+        state.stubs, state.libraries = preload_stubs()
 
         blocker = _BlockTorchNpu()
         sys.meta_path.insert(0, blocker)
