@@ -6,3 +6,14 @@ import torchair_plugin  # noqa: F401
 # (through torchair_plugin) in every pytest run of every project in the environment. Users opt
 # in the same way, with this line in their conftest.py.
 pytest_plugins = ["torchair_plugin.testing.pytest_plugin"]
+
+
+def pytest_configure(config):
+    # One torch_npu for the whole session: the Ascend side of the suite runs against the real
+    # torch_npu (over CANN stubs) from the first test on, not from whichever test captures first.
+    from torchair_plugin.testing import CannLessUnavailable, import_torchair
+
+    try:
+        import_torchair()
+    except CannLessUnavailable:
+        pass  # the capture tests skip, each with the reason

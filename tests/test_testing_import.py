@@ -1,6 +1,9 @@
 """torchair_plugin.testing._torchair_import / _interception: when and how torchair is imported."""
 
 import importlib
+import json
+import os
+import subprocess
 import sys
 import threading
 
@@ -21,16 +24,26 @@ def test_cann_present_means_native_import_and_no_stubs(tmp_path):
     assert decide_mode(cann_dir, npu_installed=False) is Mode.NATIVE
 
 
-def test_without_cann_the_mode_depends_on_torch_npu():
-    assert decide_mode(None, npu_installed=True) is Mode.CANN_LESS
+def test_without_cann_the_real_torch_npu_is_preferred_where_it_loads():
+    assert decide_mode(None, npu_installed=True, real_loads=lambda: True) is Mode.REAL_TORCH_NPU
+    assert decide_mode(None, npu_installed=True, real_loads=lambda: False) is Mode.STAND_IN
     assert decide_mode(None, npu_installed=False) is Mode.UNAVAILABLE
+
+
+def test_a_choice_forces_the_mode_without_probing():
+    def must_not_probe():
+        raise AssertionError("probed although the user chose")
+
+    assert decide_mode(None, True, must_not_probe, choice="stand-in") is Mode.STAND_IN
+    assert decide_mode(None, True, must_not_probe, choice="real") is Mode.REAL_TORCH_NPU
+    assert decide_mode("/opt/cann", True, must_not_probe, choice="stand-in") is Mode.NATIVE
 
 
 def _cann_less_torchair():
     torchair = require_ge_capture()
     from torchair_plugin.testing import current_mode
 
-    if current_mode() is not Mode.CANN_LESS:
+    if not current_mode().cann_less:
         pytest.skip("CANN is installed here: nothing is stubbed or patched")
     return torchair
 
@@ -44,14 +57,44 @@ def test_import_is_idempotent_and_thread_safe():
     for t in threads:
         t.join()
     assert all(m is first for m in seen)
-    assert sys.modules["torchair"] is first
+    assert sys.modules["torchair"] is first  # the module itself, or torch_npu's lazy proxy for it
 
 
-def test_torch_npu_import_is_blocked_cleanly():
+_STAND_IN_PROCESS = """
+import importlib, json, sys
+import torchair_plugin
+from torchair_plugin.testing import current_mode, import_torchair
+import_torchair()
+try:
+    importlib.import_module("torch_npu")
+    blocked = ""
+except ImportError as exc:
+    blocked = str(exc)
+print(json.dumps({"mode": current_mode().name, "blocked": blocked,
+                  "left": [n for n in sys.modules if n == "torch_npu" or n.startswith("torch_npu.")],
+                  "dispatch_v2": hasattr(torch_ops := __import__("torch").ops.npu, "npu_moe_distribute_dispatch_v2")}))
+"""
+
+
+def test_stand_in_mode_blocks_torch_npu_cleanly_and_defines_the_companions():
     _cann_less_torchair()
-    with pytest.raises(ImportError, match="needs CANN"):
-        importlib.import_module("torch_npu")
-    assert not any(name == "torch_npu" or name.startswith("torch_npu.") for name in sys.modules)
+    env = dict(os.environ, TORCHAIR_PLUGIN_TORCH_NPU="stand-in", TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    proc = subprocess.run([sys.executable, "-c", _STAND_IN_PROCESS], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["mode"] == "STAND_IN"
+    assert "needs CANN" in out["blocked"]
+    assert out["left"] == []
+    assert out["dispatch_v2"] is True
+
+
+def test_a_bad_choice_is_one_clear_line(monkeypatch):
+    from torchair_plugin.testing import CannLessUnavailable, _torchair_import
+
+    monkeypatch.setenv("TORCHAIR_PLUGIN_TORCH_NPU", "yes")
+    with pytest.raises(CannLessUnavailable, match=r"TORCHAIR_PLUGIN_TORCH_NPU must be 'real', 'stand-in' or unset, got 'yes'"):
+        _torchair_import._torch_npu_choice()
 
 
 def test_interception_is_in_place():

@@ -37,7 +37,7 @@ import types
 import warnings
 from typing import Any, Mapping, Optional
 
-from torchair_plugin import _environment, schema
+from torchair_plugin import _environment, _import_watch, schema
 
 NATIVE_CONVERTER_ENV = "TORCHAIR_PLUGIN_NATIVE_CONVERTER"
 CONVERTER_PACKAGE = "torchair_plugin.converters"
@@ -204,52 +204,33 @@ def _on_torchair_imported(torchair: types.ModuleType) -> None:
             _remove_finders()  # the status is final either way: nothing is left watching imports
 
 
-class _RegisterAfterExec:
-    """Loader wrapper: runs the real loader, then registers. Gone from the module once used."""
+_WATCH_TAG = "torchair"
 
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
 
-    def create_module(self, spec):
-        create = getattr(self._loader, "create_module", None)
-        return create(spec) if create is not None else None
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        # The module keeps the real loader (resources, get_source, reloads see no wrapper).
-        module.__loader__ = self._loader
-        if module.__spec__ is not None:
-            module.__spec__.loader = self._loader
-        self._loader.exec_module(module)
+def _after_torchair_exec(module: types.ModuleType, ok: bool) -> None:
+    if ok:
         _on_torchair_imported(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-
-class TorchairImportWatcher:
-    """``sys.meta_path`` finder: finds nothing itself; wraps the loader of torchair's package."""
-
-    _torchair_plugin_watcher = True  # recognised across reloads of this module
-
-    def find_spec(self, fullname: str, path=None, target=None):
-        if fullname not in WATCHED_NAMES:
-            return None
-        for finder in sys.meta_path:
-            if getattr(finder, "_torchair_plugin_watcher", False) or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _RegisterAfterExec(spec.loader)
-                return spec
-        return None
-
-    def invalidate_caches(self) -> None:
-        pass
 
 
 def _remove_finders() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "_torchair_plugin_watcher", False)]
+    _import_watch.unwatch(_WATCH_TAG)
+
+
+def op_redefined() -> None:
+    """The op's schema was redefined (the plugin's made way for torch_npu's): register again.
+
+    The converter lives on the OpOverload object, and the old one is gone with the old schema.
+    """
+    global _status
+    with _lock:
+        if _status is None or _status == STATUS_UNAVAILABLE:
+            return
+        torchair = loaded_torchair()
+        _status = STATUS_PENDING
+        if torchair is not None:
+            _on_torchair_imported(torchair)
+        else:
+            _import_watch.watch(_WATCH_TAG, WATCHED_NAMES, after=_after_torchair_exec)
 
 
 def install(keep_native: Optional[bool] = None) -> str:
@@ -271,8 +252,7 @@ def install(keep_native: Optional[bool] = None) -> str:
             _status = STATUS_UNAVAILABLE
         elif action is Action.DEFER:
             _status = STATUS_PENDING
-            if not any(getattr(f, "_torchair_plugin_watcher", False) for f in sys.meta_path):
-                sys.meta_path.insert(0, TorchairImportWatcher())
+            _import_watch.watch(_WATCH_TAG, WATCHED_NAMES, after=_after_torchair_exec)
         else:
             _status = STATUS_PENDING
             _on_torchair_imported(torchair)

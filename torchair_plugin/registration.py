@@ -31,12 +31,13 @@ import inspect
 import os
 import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Optional, Tuple
 
 import torch
 
-from torchair_plugin import _converter_hook, _environment, schema
+from torchair_plugin import _converter_hook, _environment, _import_watch, schema
 from torchair_plugin.fake import npu_moe_update_expert_fake
 from torchair_plugin.reference import npu_moe_update_expert_reference
 
@@ -116,6 +117,7 @@ class Registration:
     state: OpState
     plan: Plan
     library: Optional[torch.library.Library] = field(repr=False, default=None)
+    options: Options = field(repr=False, default_factory=Options)
 
     def sources(self) -> Dict[str, object]:
         kernels = {}
@@ -144,9 +146,11 @@ class Registration:
 
 # How the fake kernel is installed. torch_npu registers its unchecked meta as a Python ``Meta``
 # kernel. ``register_fake`` shadows it only on torch whose register_fake takes ``allow_override``
-# (and is given True: it defaulted to False when the flag appeared); older torch refuses an op
-# that has a Meta kernel. Registering the fake as our own ``Meta`` kernel shadows the native one
-# on every torch, and FakeTensorMode runs Meta kernels too: that is the route for older torch.
+# (torch >= 2.8; it must be given True). Older torch refuses both routes through its Python API
+# (register_fake: "already has a Meta implementation"; Library.impl: "already a kernel registered
+# from python"), although the dispatcher itself allows a second kernel for a key (the newest wins,
+# and removing it brings the previous one back): there the fake goes to the dispatcher directly,
+# as a Meta kernel (FakeTensorMode runs Meta kernels of ops that have no registered fake).
 FAKE_ROUTE_REGISTER_FAKE = "register_fake"
 FAKE_ROUTE_META_KERNEL = "meta_kernel"
 DEFAULT_FAKE_ROUTE = (
@@ -154,6 +158,15 @@ DEFAULT_FAKE_ROUTE = (
     if "allow_override" in inspect.signature(torch.library.register_fake).parameters
     else FAKE_ROUTE_META_KERNEL
 )
+
+
+def _install_meta_kernel(library: torch.library.Library, name: str, kernel) -> None:
+    # torch internal: Library.m is the C++ library object behind Library.impl, which adds only
+    # the Python-side bookkeeping that refuses the override. The dispatcher warns that a kernel
+    # is overridden: that is the intent here, so only that warning is silenced.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
+        library.m.impl(name, "Meta", kernel, False)
 
 
 def apply_plan(
@@ -172,7 +185,7 @@ def apply_plan(
         if plan.install_fake and fake_route == FAKE_ROUTE_REGISTER_FAKE:
             torch.library.register_fake(qualname, npu_moe_update_expert_fake, lib=library, allow_override=True)
         elif plan.install_fake:
-            library.impl(name, npu_moe_update_expert_fake, "Meta")
+            _install_meta_kernel(library, name, npu_moe_update_expert_fake)
     except Exception:
         library._destroy()
         raise
@@ -217,21 +230,77 @@ def register(qualname: str = schema.QUALNAME, options: Optional[Options] = None)
             return existing
         if qualname == schema.QUALNAME:
             _import_native_op_provider()
-        options = options or Options.from_environ()
-        state = probe_op_state(qualname)
-        plan = plan_registration(state, options)
-        library = apply_plan(plan, qualname)
-        registration = Registration(qualname, state, plan, library)
-        _registry_entry(qualname)._torchair_plugin_registration = registration
-        if qualname == schema.QUALNAME:
-            # After the op exists (the converter is registered on its OpOverload).
-            _converter_hook.install(options.keep_native_converter)
-        return registration
+        return _register_now(qualname, options or Options.from_environ())
+
+
+def _register_now(qualname: str, options: Options, torch_npu_failed: bool = False) -> Registration:
+    state = probe_op_state(qualname)
+    if torch_npu_failed:
+        # Python drops a module whose import failed only after its loader returns, i.e. after
+        # the watcher's callback that runs this: it is in sys.modules, but not loaded.
+        state = OpState(state.schema_exists, state.kernel_keys, torch_npu_loaded=False)
+    plan = plan_registration(state, options)
+    library = apply_plan(plan, qualname)
+    registration = Registration(qualname, state, plan, library, options)
+    _registry_entry(qualname)._torchair_plugin_registration = registration
+    if qualname == schema.QUALNAME:
+        if plan.define_schema and not state.torch_npu_loaded and _environment.torch_npu_installed():
+            _import_watch.watch(_TORCH_NPU_WATCH_TAG, ("torch_npu",), before=_make_way_for_torch_npu,
+                                after=_register_after_torch_npu)
+        # After the op exists (the converter is registered on its OpOverload).
+        _converter_hook.install(options.keep_native_converter)
+    return registration
+
+
+# --- torch_npu imported after the plugin -------------------------------------------------------
+# torch_npu's C++ library defines the op's schema when it loads; a schema the plugin defined
+# first makes that registration fail with C++ ``terminate`` (no exception, a dead process). So
+# when the plugin defined the schema, ``import torch_npu`` is watched: just before torch_npu
+# executes, everything the plugin registered is removed; just after (whether the import worked
+# or not), the registration is planned again from what is there now: the native schema and NPU
+# kernel, or, if torch_npu failed to load, the plugin's own schema again.
+_TORCH_NPU_WATCH_TAG = "torch_npu"
+
+
+def _make_way_for_torch_npu() -> None:
+    with _lock:
+        _import_watch.unwatch(_TORCH_NPU_WATCH_TAG)
+        registration = current_registration(schema.QUALNAME)
+        if registration is None:
+            return
+        if registration.library is not None:
+            registration.library._destroy()
+        del _registry_entry(schema.QUALNAME)._torchair_plugin_registration
+        _yielded_options[schema.QUALNAME] = registration.options
+
+
+_yielded_options: Dict[str, Options] = {}
+
+
+def _register_after_torch_npu(module, ok: bool) -> None:
+    with _lock:
+        options = _yielded_options.pop(schema.QUALNAME, None)
+        if options is None or current_registration(schema.QUALNAME) is not None:
+            return
+        try:
+            _register_now(schema.QUALNAME, options, torch_npu_failed=not ok)
+        except Exception as exc:  # never turn `import torch_npu` into a failure of the plugin's
+            warnings.warn(
+                f"torchair_plugin could not register {schema.QUALNAME} after torch_npu was imported "
+                f"({type(exc).__name__}: {exc}); torch_npu's own registration is in use. "
+                f"Set {NATIVE_FAKE_ENV}=1 to keep torch_npu's meta kernel without this attempt.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        _converter_hook.op_redefined()
 
 
 def unregister(qualname: str = schema.QUALNAME) -> None:
     """Remove everything :func:`register` added (native pieces come back). Mostly for tests."""
     with _lock:
+        if qualname == schema.QUALNAME:
+            _import_watch.unwatch(_TORCH_NPU_WATCH_TAG)
         registration = current_registration(qualname)
         if registration is None:
             return

@@ -21,6 +21,7 @@ from torchair_plugin.testing._torchair_import import (
     Mode,
     current_mode,
     decide_mode,
+    fallback_reason,
     import_torchair,
     stub_libraries,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "capture_ge_graphs",
     "current_mode",
     "decide_mode",
+    "fallback_reason",
     "import_torchair",
     "lower_fx",
     "register_op_ir",

@@ -33,7 +33,7 @@ CACHE_DIR_VAR = "TORCHAIR_PLUGIN_CACHE_DIR"
 CC_VAR = "CC"
 
 # Bump when the generated C or the layout of a cache entry changes: old entries are then ignored.
-_GENERATOR_VERSION = "1"
+_GENERATOR_VERSION = "2"
 _ALL_SYMBOLS_LIB = "libtorchair_plugin_cann_stubs.so"
 _MANIFEST = "manifest.json"
 
@@ -94,6 +94,16 @@ static void torchair_plugin_stub_called(const char *name) {
 """
 
 
+# The CANN functions that may be called in a process without an NPU, and what they answer there.
+# The real torch_npu asks for the device count whenever torch wants to know whether the device
+# exists (``torch.npu.is_available()``, FakeTensorMode, compiling with the npu backend): zero
+# devices is the truthful answer, and every function that would touch a device stays fatal.
+_ANSWERS = {
+    # aclError aclrtGetDeviceCount(uint32_t *count): ACL_SUCCESS (0) with no device.
+    "aclrtGetDeviceCount": "int aclrtGetDeviceCount(unsigned int *count) { if (count) *count = 0; return 0; }\n",
+}
+
+
 class StubError(RuntimeError):
     """Building the stubs failed (a bug here or a broken toolchain): the message says where."""
 
@@ -118,11 +128,13 @@ def validate_symbol_names(names: Iterable[str]) -> List[str]:
 
 
 def generate_c_source(symbols: Iterable[str]) -> str:
-    """C source defining every symbol: securec ones for real, all others as fatal stubs."""
+    """C source defining every symbol: securec and "no device" answers for real, others fatal."""
     symbols = validate_symbol_names(symbols)
     parts = [_FATAL_SOURCE, _SECUREC_SOURCE]
     for name in symbols:
-        if name not in _SECUREC_SYMBOLS:
+        if name in _ANSWERS:
+            parts.append(_ANSWERS[name])
+        elif name not in _SECUREC_SYMBOLS:
             parts.append(f'void {name}(void) {{ torchair_plugin_stub_called("{name}"); }}\n')
     return "".join(parts)
 
@@ -230,8 +242,11 @@ class SymbolPlan:
     symbols: Tuple[str, ...]
 
 
-def plan_stubs(modules: Sequence[str]) -> SymbolPlan:
+def plan_stubs(modules: Sequence[str], extra_sonames: Sequence[str] = ()) -> SymbolPlan:
     """Work out which sonames are missing and which symbols only they would have defined.
+
+    ``extra_sonames`` are libraries a module opens with ``dlopen`` at run time (not DT_NEEDED);
+    they get an empty stub unless the loader finds them.
 
     Must run after ``import torch`` (torch's libraries are found as the loader finds them: by
     the sonames this process has loaded). Everything reachable through DT_NEEDED that exists here (torch, libpython, libc,
@@ -241,7 +256,7 @@ def plan_stubs(modules: Sequence[str]) -> SymbolPlan:
     exe = os.path.realpath(sys.executable)
     modules = [os.path.realpath(m) for m in modules]
     queue = [exe, *modules]
-    seen, missing, provided, wanted = set(), set(), set(), set()
+    seen, missing, found_sonames, provided, wanted = set(), set(), set(), set(), set()
     while queue:
         path = queue.pop()
         if path in seen:
@@ -256,9 +271,14 @@ def plan_stubs(modules: Sequence[str]) -> SymbolPlan:
             if found is None:
                 missing.add(soname)
             else:
+                found_sonames.add(soname)
                 queue.append(os.path.realpath(found))
+    missing |= {s for s in extra_sonames if _resolve(s, ()) is None}
+    # A soname one module reaches through its RPATH is loaded by the time another one needs it
+    # (torchair's modules need libtorch_npu.so, which only torch_npu's _C finds): never stub a
+    # library that exists, least of all the real libtorch_npu.so.
     symbols = validate_symbol_names(wanted - provided)
-    return SymbolPlan(tuple(sorted(missing)), tuple(symbols))
+    return SymbolPlan(tuple(sorted(missing - found_sonames)), tuple(symbols))
 
 
 # --- building and caching ----------------------------------------------------------------------
@@ -282,7 +302,9 @@ def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "torchair-plugin"
 
 
-def cache_key(torch_npu_version: str, torch_version: str, modules: Sequence[str]) -> str:
+def cache_key(
+    torch_npu_version: str, torch_version: str, modules: Sequence[str], extra_sonames: Sequence[str] = ()
+) -> str:
     """Directory name for one stub set: versions plus a hash of the modules' own symbol needs.
 
     The hash covers each module's undefined symbols and DT_NEEDED list (cheap to read: four
@@ -290,6 +312,7 @@ def cache_key(torch_npu_version: str, torch_version: str, modules: Sequence[str]
     """
     digest = hashlib.sha256()
     digest.update(f"{_GENERATOR_VERSION}\0{torch_version}\0{sys.implementation.cache_tag}\0".encode())
+    digest.update("\0".join(sorted(extra_sonames)).encode() + b"\0")
     for path in sorted(modules):
         needed, _ = dynamic_entries(path)
         digest.update(os.path.basename(path).encode() + b"\0")
@@ -357,17 +380,18 @@ def ensure_stubs(
     torch_version: str,
     root: Optional[Path] = None,
     cc: Optional[str] = None,
+    extra_sonames: Sequence[str] = (),
 ) -> StubSet:
     """The cached stub set for these modules, building it (atomically) when absent."""
     root = cache_root() if root is None else Path(root)
-    final = root / "stubs" / cache_key(torch_npu_version, torch_version, modules)
+    final = root / "stubs" / cache_key(torch_npu_version, torch_version, modules, extra_sonames)
     cached = _load_entry(final, built=False)
     if cached is not None:
         return cached
     cc = cc or find_c_compiler()
     if cc is None:
         raise MissingTool("no C compiler found (tried $CC, cc, gcc): install gcc, e.g. `apt-get install gcc`")
-    plan = plan_stubs(modules)
+    plan = plan_stubs(modules, extra_sonames)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:

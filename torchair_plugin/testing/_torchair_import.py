@@ -2,30 +2,46 @@
 
 Contract of :func:`import_torchair`: returns the ``torchair`` module, ready to lower FX graphs
 to GE graphs. Idempotent and thread-safe. Where CANN is installed it only imports torch_npu
-and torchair the normal way; nothing is stubbed or patched. Without CANN it
+and torchair the normal way; nothing is stubbed or patched (:attr:`Mode.NATIVE`). Without CANN,
+one of two ways, said by :func:`current_mode` (and in pytest's header and the CLI's output):
 
-1. builds (or reuses) stub libraries for the CANN sonames (:mod:`._stubs`) and preloads them;
-2. puts ``torch_npu/dynamo`` on ``sys.path`` (torchair's top-level name lives there);
-3. blocks ``import torch_npu`` (it cannot work without CANN, and a failed attempt leaves
-   half-imported ``torch_npu.*`` modules that torchair would then try to use);
-4. imports torchair and applies :mod:`._interception`.
+- :attr:`Mode.REAL_TORCH_NPU` (preferred): the real torch_npu is imported over stub libraries
+  for every CANN soname it and torchair need (:mod:`._stubs`). Its C++ side defines the op's
+  schema and NPU kernel, its Python meta functions register, ``import torchair`` is its lazy
+  proxy, and dispatch_v2/combine_v2 are its own. The stubs answer the device count with zero
+  (so ``torch.npu.is_available()`` is False and FakeTensorMode and the npu backend work); any
+  other CANN call aborts the process with the function's name.
+- :attr:`Mode.STAND_IN` (fallback, where the real torch_npu cannot load, e.g. torch-npu 2.14.0
+  on the index's CUDA build of torch, which aborts in its own static initialisers): torchair
+  alone over stubs, ``import torch_npu`` blocked (a failed attempt would leave half-imported
+  ``torch_npu.*`` modules that torchair then tries to use), companion ops from torch-npu's
+  files (:mod:`.companion_ops`).
 
-If any step fails, what was done is undone and :class:`CannLessUnavailable` says what to
-install. The stub libraries themselves cannot be unloaded; they define only symbols nobody else
+Whether the real torch_npu loads is found out once per stub set in a child process (a
+static-initialiser abort would kill this one) and remembered in the stub cache.
+``TORCHAIR_PLUGIN_TORCH_NPU=real|stand-in`` forces one. Either way :mod:`._interception` is
+applied to torchair. If a step fails, what was done is undone and :class:`CannLessUnavailable`
+says what to install. Stub libraries cannot be unloaded; they define only symbols nobody else
 defines, so they are inert.
 """
 
 from __future__ import annotations
 
 import enum
+import glob
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
+import json
 import os
+import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
+
+import importlib.util
 
 from torchair_plugin import _environment
 from torchair_plugin.testing import _interception, _stubs
@@ -41,24 +57,56 @@ class CannLessUnavailable(RuntimeError):
 
 class Mode(enum.Enum):
     NATIVE = "native"  # CANN is present: import torchair the normal way, touch nothing
-    CANN_LESS = "cann-less"  # torch-npu without CANN: stubs + interception
+    REAL_TORCH_NPU = "real torch_npu over CANN stubs"
+    STAND_IN = "stand-ins: torchair over CANN stubs, torch_npu not loaded"
     UNAVAILABLE = "unavailable"  # no torch-npu: torchair does not exist here
 
+    @property
+    def cann_less(self) -> bool:
+        """Capture runs here without CANN (either way)."""
+        return self in (Mode.REAL_TORCH_NPU, Mode.STAND_IN)
 
-def decide_mode(cann_dir: Optional[str], npu_installed: bool) -> Mode:
-    """Which way torchair is imported, from the two facts that decide it."""
+
+TORCH_NPU_CHOICE_VAR = "TORCHAIR_PLUGIN_TORCH_NPU"
+REAL, STAND_IN = "real", "stand-in"
+
+
+def decide_mode(cann_dir: Optional[str], npu_installed: bool, real_loads: Callable[[], bool] = lambda: True,
+                choice: str = "") -> Mode:
+    """Which way torchair is imported, from the facts that decide it.
+
+    ``real_loads`` is only called when its answer matters (it may build stubs and start a child
+    process); ``choice`` is the user's ``TORCHAIR_PLUGIN_TORCH_NPU`` (empty: automatic).
+    """
     if cann_dir is not None:
         return Mode.NATIVE
     if not npu_installed:
         return Mode.UNAVAILABLE
-    return Mode.CANN_LESS
+    if choice == STAND_IN:
+        return Mode.STAND_IN
+    if choice == REAL or real_loads():
+        return Mode.REAL_TORCH_NPU
+    return Mode.STAND_IN
+
+
+def _torch_npu_choice() -> str:
+    choice = os.environ.get(TORCH_NPU_CHOICE_VAR, "").strip()
+    if choice not in ("", REAL, STAND_IN):
+        raise CannLessUnavailable(f"{TORCH_NPU_CHOICE_VAR} must be '{REAL}', '{STAND_IN}' or unset, got {choice!r}")
+    return choice
 
 
 def current_mode() -> Mode:
-    """This process's mode: the one import_torchair chose, else what it would choose now."""
+    """This process's mode: the one import_torchair chose, else what it would choose now.
+
+    Before the import, a real torch_npu is assumed to load (finding out costs a child process);
+    after it, the answer is what ran.
+    """
     if _mode is not None:
         return _mode
-    return decide_mode(_environment.cann_home(), _environment.torch_npu_installed())
+    if "torch_npu" in sys.modules and _environment.cann_home() is None:
+        return Mode.REAL_TORCH_NPU  # imported by the user over their own stand-ins for CANN
+    return decide_mode(_environment.cann_home(), _environment.torch_npu_installed(), choice=_torch_npu_choice())
 
 
 class _BlockTorchNpu(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -97,6 +145,7 @@ class _Loaded:
         self.undo: List[Callable[[], None]] = []
         self.stubs: Optional[_stubs.StubSet] = None
         self.libraries: list = []  # ctypes handles: keep them referenced
+        self.fallback_reason = ""
 
 
 _lock = threading.RLock()
@@ -106,21 +155,98 @@ _loaded: Optional[_Loaded] = None
 
 
 def _torch_npu_dir() -> str:
-    import importlib.util
-
     spec = importlib.util.find_spec("torch_npu")
     if spec is None or not spec.submodule_search_locations:
         raise CannLessUnavailable(f"torch-npu is not installed: {INSTALL_TORCH_NPU}")
     return list(spec.submodule_search_locations)[0]
 
 
-def native_modules() -> List[str]:
-    """torchair's native extension modules in the installed torch-npu (the stubs' input)."""
-    core = os.path.join(_torch_npu_dir(), "dynamo", "torchair", "core")
-    modules = sorted(os.path.join(core, f) for f in os.listdir(core) if f.endswith(".so"))
+def _shared_objects(directory: str, pattern: str = "*.so") -> List[str]:
+    return sorted(glob.glob(os.path.join(directory, pattern)))
+
+
+def native_modules(real_torch_npu: bool = False) -> List[str]:
+    """The native modules the stubs are planned from: torchair's, plus torch_npu's own when the
+    real torch_npu is to be loaded (its ``_C`` and ``lib/*.so``)."""
+    root = _torch_npu_dir()
+    core = os.path.join(root, "dynamo", "torchair", "core")
+    modules = _shared_objects(core)
     if not modules:
         raise CannLessUnavailable(f"no native modules under {core}: is torch-npu installed completely?")
+    if real_torch_npu:
+        modules += _shared_objects(root, "_C*.so") + _shared_objects(os.path.join(root, "lib"))
     return modules
+
+
+# Opened with dlopen by torch_npu at import time (not a DT_NEEDED entry), by some releases (2.6).
+_DLOPENED_SONAMES = ("libopapi.so",)
+
+
+def preload_stubs(real_torch_npu: bool = False) -> Tuple[_stubs.StubSet, list]:
+    """Build (or reuse) the stub libraries for the installed torch-npu and load them globally.
+
+    Returns the stub set and the ctypes handles (keep them referenced). CannLessUnavailable when
+    torch-npu or a build tool is missing.
+    """
+    import torch  # the stubs must come after torch's own libraries are loaded
+
+    try:
+        stubs = _stubs.ensure_stubs(
+            native_modules(real_torch_npu), _torch_npu_version(), torch.__version__,
+            extra_sonames=_DLOPENED_SONAMES if real_torch_npu else (),
+        )
+    except _stubs.MissingTool as exc:
+        raise CannLessUnavailable(str(exc)) from exc
+    return stubs, _stubs.preload(stubs)
+
+
+def _torch_npu_version() -> str:
+    try:
+        return importlib.metadata.version("torch-npu")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --- does the real torch_npu load here? ---------------------------------------------------------
+_PROBE_FILE = "real_torch_npu_probe.json"
+_PROBE_CODE = """
+import ctypes, sys
+import torch
+for path in sys.argv[1:]:
+    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+import torch_npu
+assert not torch.npu.is_available()
+print("torch_npu loaded")
+"""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    loads: bool
+    detail: str  # the child's last line of output when it did not load
+
+
+def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
+    """Import the real torch_npu over ``stubs`` in a child process; remembered in the stub entry."""
+    record = stubs.directory / _PROBE_FILE
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        return ProbeResult(bool(data["loads"]), str(data["detail"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    env = dict(os.environ, **{_environment.AUTOLOAD_VAR: "0"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE_CODE, *map(str, stubs.libraries())],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    loads = proc.returncode == 0 and "torch_npu loaded" in proc.stdout
+    result = ProbeResult(loads, "" if loads else f"exit {proc.returncode}: {lines[-1] if lines else 'no output'}")
+    try:
+        record.write_text(json.dumps({"loads": result.loads, "detail": result.detail}), encoding="utf-8")
+    except OSError:
+        pass  # an unwritable cache only costs the probe again next time
+    return result
 
 
 def stub_libraries() -> Optional[_stubs.StubSet]:
@@ -128,33 +254,58 @@ def stub_libraries() -> Optional[_stubs.StubSet]:
     return _loaded.stubs if _loaded is not None else None
 
 
-def preload_stubs() -> Tuple[_stubs.StubSet, list]:
-    """Build (or reuse) the stub libraries for the installed torch-npu and load them globally.
-
-    Returns the stub set and the ctypes handles (keep them referenced). Step 1 of the CANN-less
-    import, on its own for tests that import torchair another way (e.g. through torch_npu's
-    lazy ``torchair`` proxy). CannLessUnavailable when torch-npu or a build tool is missing.
-    """
-    import torch  # the stubs must come after torch's own libraries are loaded
-
-    try:
-        npu_version = importlib.metadata.version("torch-npu")
-    except importlib.metadata.PackageNotFoundError:
-        npu_version = "unknown"
-    try:
-        stubs = _stubs.ensure_stubs(native_modules(), npu_version, torch.__version__)
-    except _stubs.MissingTool as exc:
-        raise CannLessUnavailable(str(exc)) from exc
-    return stubs, _stubs.preload(stubs)
+def fallback_reason() -> str:
+    """Why this process runs on stand-ins rather than the real torch_npu ('' when it does not)."""
+    return _loaded.fallback_reason if _loaded is not None else ""
 
 
-def _import_cann_less() -> ModuleType:
+def _real_torchair_module(torchair: Any) -> ModuleType:
+    """The package behind torch_npu's lazy ``torchair`` proxy (touching an attribute loads it)."""
+    torchair.CompilerConfig  # noqa: B018
+    if isinstance(torchair, ModuleType):
+        return torchair
+    real = vars(torchair).get("_torchair")
+    return real if isinstance(real, ModuleType) else sys.modules["torch_npu.dynamo.torchair"]
+
+
+def _import_real_torch_npu() -> ModuleType:
+    global _loaded
+    import torch  # noqa: F401  (the stubs must come after torch's own libraries are loaded)
+
+    state = _Loaded()
+    if "torch_npu" not in sys.modules:
+        state.stubs, state.libraries = preload_stubs(real_torch_npu=True)
+        import torch_npu  # noqa: F401  (the plugin's registration makes way and re-plans)
+    import torchair
+
+    real = _real_torchair_module(torchair)
+    state.undo.extend(_interception.apply(real))
+    _loaded = state
+    return torchair
+
+
+def _real_loads() -> bool:
+    """Whether the real torch_npu imports here over stubs (a child process finds out once)."""
+    if "torch_npu" in sys.modules:
+        return True
+    stubs, _ = preload_stubs(real_torch_npu=True)
+    result = probe_real_torch_npu(stubs)
+    global _fallback_reason
+    _fallback_reason = "" if result.loads else f"the real torch_npu does not load here over CANN stubs ({result.detail})"
+    return result.loads
+
+
+_fallback_reason = ""
+
+
+def _import_stand_in() -> ModuleType:
     global _loaded
     import torch  # noqa: F401  (the stubs must come after torch's own libraries are loaded)
 
     if "torch_npu" in sys.modules and sys.modules["torch_npu"] is not None:
-        raise CannLessUnavailable("torch_npu is already imported: CANN-less capture needs a process without it")
+        raise CannLessUnavailable("torch_npu is already imported: stand-in capture needs a process without it")
     state = _Loaded()
+    state.fallback_reason = _fallback_reason
     try:
         dynamo_dir = os.path.join(_torch_npu_dir(), "dynamo")
         state.stubs, state.libraries = preload_stubs()
@@ -201,9 +352,18 @@ def import_torchair() -> ModuleType:
     global _torchair, _mode
     with _lock:
         if _torchair is None:
-            mode = current_mode()
+            mode = decide_mode(
+                _environment.cann_home(), _environment.torch_npu_installed(), _real_loads, _torch_npu_choice()
+            )
             if mode is Mode.UNAVAILABLE:
                 raise CannLessUnavailable(f"torch-npu is not installed (torchair ships inside it): {INSTALL_TORCH_NPU}")
-            _torchair = _import_native() if mode is Mode.NATIVE else _import_cann_less()
-            _mode = mode
+            importers = {Mode.NATIVE: _import_native, Mode.REAL_TORCH_NPU: _import_real_torch_npu,
+                         Mode.STAND_IN: _import_stand_in}
+            torchair = importers[mode]()
+            # Capture runs graphs eagerly on CPU: the dispatch/combine companions need a CPU
+            # kernel (and, without torch_npu, a definition) for chain graphs to capture.
+            from torchair_plugin.testing.companion_ops import define_companion_ops
+
+            define_companion_ops()
+            _torchair, _mode = torchair, mode
         return _torchair

@@ -1,8 +1,12 @@
-"""``npu_moe_distribute_dispatch_v2`` and ``npu_moe_distribute_combine_v2`` on a machine without torch_npu.
+"""``npu_moe_distribute_dispatch_v2`` and ``npu_moe_distribute_combine_v2`` for capture off the NPU.
 
-The chain the op exists for is update_expert -> dispatch_v2 -> combine_v2. To capture it where
-``import torch_npu`` is impossible (no CANN), :func:`define_companion_ops` defines the two ops in
-the ``npu`` namespace, only if they are absent, from the installed torch-npu itself:
+The chain the op exists for is update_expert -> dispatch_v2 -> combine_v2. Capture runs the FX
+graph eagerly on CPU tensors, so the two ops need a CPU kernel. :func:`define_companion_ops`:
+
+- where torch_npu is loaded (the real one, over CANN stubs or not), the ops, their schemas and
+  meta functions are torch_npu's own: it only adds a CPU kernel (below) where none exists;
+- where it cannot be loaded (the stand-in mode), it defines the two ops in the ``npu``
+  namespace, only if they are absent, from the installed torch-npu's files:
 
 - schemas: the ``func:`` lines of ``torch_npu/csrc/aten/npu_native_functions_by_codegen.yaml``;
 - shape functions: the meta functions of ``torch_npu/op_plugin/meta/_meta_registrations.py``,
@@ -164,13 +168,28 @@ def _op_exists(name: str) -> bool:
         return False
 
 
+def _native_meta_as_cpu_kernel(name: str) -> Callable:
+    import torch
+
+    return _zeros_like_meta(getattr(torch.ops.npu, name).default)
+
+
 def define_companion_ops() -> List[str]:
-    """Define the absent ones of :data:`OPS` (idempotent); return the names defined by this call."""
+    """Make :data:`OPS` runnable on CPU (idempotent); return the names defined by this call."""
     global _library
     import torch
 
     with _lock:
         absent = [name for name in OPS if not _op_exists(name)]
+        without_cpu = [
+            name for name in OPS
+            if name not in absent and not torch._C._dispatch_has_kernel_for_dispatch_key(f"npu::{name}", "CPU")
+        ]
+        if without_cpu:
+            library = _library if _library is not None else torch.library.Library("npu", "FRAGMENT")
+            for name in without_cpu:
+                library.impl(name, _native_meta_as_cpu_kernel(name), "CPU")
+            _library = library
         if not absent:
             return []
         root = torch_npu_dir()

@@ -43,6 +43,14 @@ def pytest_addoption(parser: Any) -> None:
     )
 
 
+def pytest_report_header(config: Any) -> str:
+    """Which torch_npu the session's GE captures run against (cheap: imports nothing)."""
+    from torchair_plugin.testing import current_mode, fallback_reason
+
+    reason = fallback_reason()
+    return f"torchair-plugin GE capture: {current_mode().value}" + (f" ({reason})" if reason else "")
+
+
 def require_ge_capture() -> Any:
     """Return torchair ready for capture, or skip the calling test/module saying what to install.
 
