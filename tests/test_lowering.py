@@ -147,7 +147,9 @@ def test_lowering(case, ge_golden, ours_registered):
     n_inputs = len(case.inputs())
     assert graph.op_types() == ["Data"] * n_inputs + ["MoeUpdateExpert", "NetOutput"]  # no Cast, no Identity
     node = graph.ops_of_type("MoeUpdateExpert")[0]
-    assert [i.source for i in node.inputs] == [f"Data_{i}:0" for i in range(n_inputs)] + ["<none>"] * (5 - n_inputs)
+    # Data ops are named after the function's arguments (ids, table, scales, threshold, mask)
+    names = ["ids", "table", "scales", "threshold", "mask"][:n_inputs]
+    assert [i.source for i in node.inputs] == [f"Data({n}):0" for n in names] + ["<none>"] * (5 - n_inputs)
     assert [o.dtype for o in node.outputs] == [GE_DTYPES[case.ids_dtype], "DT_BOOL"]
     if case.scales_dtype is not None:
         assert node.inputs[2].dtype == GE_DTYPES[case.scales_dtype]

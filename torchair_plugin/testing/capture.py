@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import inspect
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
@@ -32,15 +33,21 @@ MarkDynamic = Mapping[int, Union[int, Sequence[int]]]
 
 
 class CapturedGraph:
-    """One lowered GE graph: the raw protobuf ``GraphDef`` and its stable renderings."""
+    """One lowered GE graph: the raw protobuf ``GraphDef`` and its stable renderings.
 
-    def __init__(self, graph_def: Any) -> None:
+    ``input_names[i]`` names the graph input that the ``Data`` op with index ``i`` stands for
+    (``ids``, ``self.w.weight``, ``ids.size(0)``): the stable text names Data ops by it, since
+    the order Dynamo gives graph inputs, and so their index, differs between torch versions.
+    """
+
+    def __init__(self, graph_def: Any, input_names: Optional[Sequence[str]] = None) -> None:
         self.graph_def = graph_def
+        self.input_names = list(input_names) if input_names is not None else None
 
     @functools.cached_property
     def ops(self) -> List[graph_text.Op]:
         """Normalised ops (see :mod:`torchair_plugin.testing.graph_text`)."""
-        return graph_text.normalize(self.graph_def)
+        return graph_text.normalize(self.graph_def, input_names=self.input_names)
 
     @property
     def text(self) -> str:
@@ -73,6 +80,8 @@ class CaptureResult:
 
     graphs: List[CapturedGraph] = field(default_factory=list)
     fx_graphs: List[Any] = field(default_factory=list)  # torch.fx.GraphModule, one per compile
+    # names of the inputs of the FX graph being lowered now (see CapturedGraph.input_names)
+    pending_input_names: Optional[List[str]] = field(default=None, repr=False)
     graph_breaks: int = 0
     outputs: Any = None
 
@@ -118,7 +127,7 @@ def _install_hook() -> None:
                 # Copy: the GeConcreteGraph may keep editing its graph for runtime (ref data).
                 graph_def = type(self.graph._proto)()
                 graph_def.CopyFrom(self.graph._proto)
-                stack[-1].graphs.append(CapturedGraph(graph_def))
+                stack[-1].graphs.append(CapturedGraph(graph_def, stack[-1].pending_input_names))
             return result
 
         GeConcreteGraph.optimize_graph_without_runtime = optimize_and_record
@@ -179,6 +188,7 @@ class GraphCapture:
 
         def counting_backend(gm, example_inputs):
             self.result.fx_graphs.append(gm)
+            self.result.pending_input_names = graph_text.dynamo_input_names(gm)
             return backend(gm, example_inputs)
 
         self._compiled = torch.compile(fn, backend=counting_backend, dynamic=dynamic, fullgraph=fullgraph)
@@ -219,6 +229,16 @@ def capture_ge_graphs(
 # --- the path without Dynamo --------------------------------------------------------------------
 
 
+def _argument_names(fn: Callable, count: int) -> List[str]:
+    """Names for ``fn``'s first ``count`` positional arguments, as Dynamo would name them."""
+    try:
+        params = [p.name for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"input{i}" for i in range(count)]
+
+
 def lower_fx(fn: Callable, *args: Any, dynamic: bool = False, config: Any = None) -> CapturedGraph:
     """Trace ``fn`` with ``make_fx`` on fake copies of ``args`` and lower it to one GE graph.
 
@@ -238,7 +258,7 @@ def lower_fx(fn: Callable, *args: Any, dynamic: bool = False, config: Any = None
 
     gm = make_fx(as_tuple, tracing_mode="symbolic" if dynamic else "fake")(*args)
     example_inputs = [node.meta["val"] for node in gm.graph.nodes if node.op == "placeholder"]
-    result = CaptureResult(fx_graphs=[gm])
+    result = CaptureResult(fx_graphs=[gm], pending_input_names=_argument_names(fn, len(example_inputs)))
     with _Recording(result):
         fake_mode = torch._guards.detect_fake_mode(example_inputs)
         with fake_mode if fake_mode is not None else contextlib.nullcontext():

@@ -5,6 +5,9 @@ Contract of :func:`normalize` (and of :func:`to_text` / :func:`to_json` built on
 - ops in a canonical topological order (the same whatever order or names torchair gave them);
   each op renamed ``<Type>_<k>``, ``k`` counting ops of that type in that order, so names
   never carry torchair's global counters;
+- given ``input_names`` (what each graph input is: the capture knows it from Dynamo), ``Data``
+  ops are named ``Data(<input>)``, placed in the order of those names, and their ``index`` attr
+  (the input's position, which Dynamo orders differently across torch versions) is left out;
 - every input as ``producer:index`` in the new names, with its dtype and shape;
 - shapes as lists of ints, ``-1`` for a dynamic dim (symbolic sizes, whatever their name);
 - attrs sorted by name; torchair-internal attrs (name starting with ``_``) left out;
@@ -196,11 +199,11 @@ def _attr_value(value: Any) -> AttrValue:
 # --- normalisation -----------------------------------------------------------------------------
 
 
-def _topological_order(ops: Sequence[Any]) -> List[int]:
+def _topological_order(ops: Sequence[Any], labels: Optional[Sequence[Optional[str]]] = None) -> List[int]:
     """Indices of ``ops`` in a canonical topological order, independent of the list's order.
 
     Among the ops whose producers are all placed, the next is the smallest by: Data ops first
-    by their ``index`` attr; then by the positions of its producers, its type, its public
+    by their label (``labels[i]``, when given) or else their ``index`` attr; then by the positions of its producers, its type, its public
     attrs; the list position only separates ops that are identical in all of these.
     """
     index = {op.name: i for i, op in enumerate(ops)}
@@ -224,9 +227,10 @@ def _topological_order(ops: Sequence[Any]) -> List[int]:
     def key(i: int) -> Tuple:
         op = ops[i]
         if op.type == "Data" and "index" in op.attr:
-            return (0, op.attr["index"].i, (), "", "", i)
+            label = labels[i] if labels is not None and labels[i] is not None else ""
+            return (0, label, op.attr["index"].i, (), "", "", i)
         public = sorted((k, str(v)) for k, v in op.attr.items() if not k.startswith("_"))
-        return (1, 0, tuple(position[p] for p in producers[i]), op.type, str(public), i)
+        return (1, "", 0, tuple(position[p] for p in producers[i]), op.type, str(public), i)
 
     ready = [(key(i), i) for i in range(len(ops)) if waiting[i] == 0]
     heapq.heapify(ready)
@@ -249,18 +253,64 @@ def _is_placeholder(source: str, desc: Any) -> bool:
     return source == "" or (desc is not None and _dtype_name(desc, desc.dtype) == "DT_UNDEFINED")
 
 
-def normalize(graph_def: Any, irs: Optional[Mapping[str, OpIR]] = None) -> List[Op]:
+# torchair names a Data op after its FX placeholder; AOTAutograd names the placeholder for the
+# n-th input of the Dynamo graph ``arg<n>_1`` (symbolic sizes included, which get no Data op).
+_AOT_PLACEHOLDER = re.compile(r"arg(\d+)_\d+\Z")
+
+
+def _data_label(op: Any, input_names: Optional[Sequence[str]]) -> Optional[str]:
+    """Which graph input a Data op stands for: by its placeholder name, else by its index."""
+    if input_names is None or op.type != "Data" or "index" not in op.attr:
+        return None
+    match = _AOT_PLACEHOLDER.match(op.name)
+    position = int(match.group(1)) if match else op.attr["index"].i
+    return input_names[position] if 0 <= position < len(input_names) else None
+
+
+def _readable_source(name: str) -> str:
+    """Dynamo's source name as Python: ``L['self']._modules['w']._parameters['weight']`` ->
+    ``self.w.weight``; ``L['ids'].size()[0]`` -> ``ids.size(0)``."""
+    text = re.sub(r"^[LG]\[", "[", name)
+    text = re.sub(r"\._(?:modules|parameters|buffers)\[", "[", text)
+    text = re.sub(r"\[['\"]([^'\"]*)['\"]\]", r".\1", text)
+    text = re.sub(r"\.size\(\)\[(\d+)\]", r".size(\1)", text)
+    return text.lstrip(".")
+
+
+def dynamo_input_names(gm: Any) -> List[str]:
+    """What each placeholder of a Dynamo FX graph is, from Dynamo's record of its source.
+
+    ``ids`` for the argument ``ids``, ``self.w.weight`` for a parameter, ``ids.size(0)`` for a
+    symbolic size; the placeholder's own name where Dynamo recorded no source.
+    """
+    names = []
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        grapharg = node.meta.get("grapharg")
+        source = getattr(grapharg, "source", None)
+        if source is None:
+            names.append(node.name)
+            continue
+        name = source.name() if callable(source.name) else source.name  # a property on newer torch
+        names.append(_readable_source(name))
+    return names
+
+
+def normalize(graph_def: Any, irs: Optional[Mapping[str, OpIR]] = None,
+              input_names: Optional[Sequence[str]] = None) -> List[Op]:
     """The ops of a GE GraphDef in the stable form described in the module docstring."""
     irs = OP_IRS if irs is None else irs
     ops = list(graph_def.op)
-    order = _topological_order(ops)
+    labels = [_data_label(op, input_names) for op in ops]
+    order = _topological_order(ops, labels)
     new_names: Dict[str, str] = {}
     per_type: Dict[str, int] = {}
     for i in order:
         op = ops[i]
         k = per_type.get(op.type, 0)
         per_type[op.type] = k + 1
-        new_names[op.name] = f"{op.type}_{k}"
+        new_names[op.name] = f"Data({labels[i]})" if labels[i] is not None else f"{op.type}_{k}"
 
     def rename(source: str) -> str:
         producer, _, idx = source.rpartition(":")
@@ -281,6 +331,8 @@ def normalize(graph_def: Any, irs: Optional[Mapping[str, OpIR]] = None) -> List[
                 dtype = _dtype_name(desc, desc.dtype) if desc is not None else None
                 inputs.append(Input(name, rename(source), dtype, _desc_shape(desc) if desc is not None else None))
         attrs = {k: _attr_value(v) for k, v in op.attr.items() if not k.startswith("_")}
+        if labels[i] is not None:
+            del attrs["index"]
         ir = irs.get(op.type)
         if ir is not None:
             inputs = _inputs_in_ir_order(op.type, ir, inputs)

@@ -22,9 +22,10 @@ write the files instead of comparing; review the diff with git before committing
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Union
 
 import pytest
 
@@ -43,12 +44,24 @@ def pytest_addoption(parser: Any) -> None:
     )
 
 
-def pytest_report_header(config: Any) -> str:
-    """Which torch_npu the session's GE captures run against (cheap: imports nothing)."""
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _written:
+        terminalreporter.write_line(f"{UPDATE_OPTION}: wrote {len(_written)} golden file(s):")
+        for path in _written:
+            terminalreporter.write_line(f"  {path}")
+    terminalreporter.write_line(_capture_line())
+
+
+def _capture_line() -> str:
     from torchair_plugin.testing import current_mode, fallback_reason
 
     reason = fallback_reason()
     return f"torchair-plugin GE capture: {current_mode().value}" + (f" ({reason})" if reason else "")
+
+
+def pytest_report_header(config: Any) -> str:
+    """Which torch_npu the session's GE captures run against (cheap: imports nothing)."""
+    return _capture_line()
 
 
 def require_ge_capture() -> Any:
@@ -68,27 +81,47 @@ class GoldenMismatch(AssertionError):
     """The captured text differs from the golden file; the message is a unified diff."""
 
 
-class GoldenFiles:
-    """Compare text with golden files under one directory, or rewrite them (update mode)."""
+def torch_npu_tag() -> str:
+    """``torch_npu-<version>`` of the installed torch-npu: the folder of its own goldens."""
+    try:
+        return "torch_npu-" + importlib.metadata.version("torch-npu")
+    except importlib.metadata.PackageNotFoundError:
+        return "torch_npu-none"
 
-    def __init__(self, directory: Path, update: bool) -> None:
+
+_written: List[Path] = []  # goldens written by this session (reported at its end)
+
+
+class GoldenFiles:
+    """Compare text with golden files under one directory, or rewrite them (update mode).
+
+    A golden ``name`` is ``<directory>/name.txt``, unless the installed torch-npu has its own,
+    ``<directory>/torch_npu-<version>/name.txt`` (for a version whose torchair really lowers
+    the graph differently): then that one is compared, and rewritten in update mode.
+    """
+
+    def __init__(self, directory: Path, update: bool, tag: Optional[str] = None) -> None:
         self.directory = Path(directory)
         self.update = update
+        self.tag = tag or torch_npu_tag()
 
     def path(self, name: str) -> Path:
         relative = Path(name if name.endswith(".txt") else f"{name}.txt")
         if relative.is_absolute() or ".." in relative.parts:
             raise ValueError(f"golden name must be a relative path inside {self.directory}: {name!r}")
-        return self.directory / relative
+        own = self.directory / self.tag / relative
+        return own if own.exists() else self.directory / relative
 
     def check(self, graph_or_text: Union[str, Any], name: str) -> None:
         """Assert ``graph_or_text`` (a CapturedGraph or a string) equals golden ``name``."""
+        __tracebackhide__ = True  # a failure shows the diff, not this function's source
         text = graph_or_text if isinstance(graph_or_text, str) else graph_or_text.text
         path = self.path(name)
         if self.update:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 path.write_text(text, encoding="utf-8")
+                _written.append(path)
             return
         if not path.exists():
             raise GoldenMismatch(f"golden file {path} does not exist; create it with `pytest {UPDATE_OPTION}`")
@@ -102,7 +135,15 @@ class GoldenFiles:
                     tofile="captured",
                 )
             )
-            raise GoldenMismatch(f"GE graph differs from {path} (rewrite with `pytest {UPDATE_OPTION}`):\n{diff}")
+            whose = (
+                f"the golden of {self.tag}" if path.parent.name == self.tag
+                else f"the shared golden ({self.tag} has none of its own under {self.directory / self.tag})"
+            )
+            raise GoldenMismatch(
+                f"GE graph differs from {path}, {whose}. If the lowering changed on purpose, rewrite it with "
+                f"`pytest {UPDATE_OPTION}`; if only this torch-npu lowers differently, copy the captured text "
+                f"to {self.directory / self.tag / path.name}:\n{diff}"
+            )
 
 
 def update_requested(config: Any) -> bool:
