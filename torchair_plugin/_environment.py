@@ -6,10 +6,11 @@ Everything here must run before ``import torch`` (the package's ``__init__`` cal
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
-from typing import Mapping, MutableMapping, Optional
+from typing import Iterator, Mapping, MutableMapping, Optional
 
 AUTOLOAD_VAR = "TORCH_DEVICE_BACKEND_AUTOLOAD"
 
@@ -25,6 +26,23 @@ def torch_npu_installed() -> bool:
         return importlib.util.find_spec("torch_npu") is not None
     except (ImportError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def forgotten_if_failed(*packages: str) -> Iterator[None]:
+    """Run an import block; if it fails, drop from sys.modules what it added of ``packages``.
+
+    A failed ``import torch_npu`` (CANN found but broken, or absent) leaves the submodules that
+    did load behind without their package; a later import or ``in sys.modules`` test would then
+    find them half-made.
+    """
+    before = frozenset(sys.modules)
+    try:
+        yield
+    except BaseException:
+        for name in [n for n in sys.modules if n.split(".", 1)[0] in packages and n not in before]:
+            del sys.modules[name]
+        raise
 
 
 def cann_home(environ: Mapping[str, str] = os.environ) -> Optional[str]:

@@ -204,7 +204,8 @@ def _import_native_op_provider() -> None:
     if _environment.cann_home() is None:
         return
     try:
-        import torch_npu  # noqa: F401
+        with _environment.forgotten_if_failed("torch_npu"):
+            import torch_npu  # noqa: F401
     except Exception:  # a broken torch_npu install: proceed as without it, doctor reports it
         pass
 

@@ -17,7 +17,7 @@ import re
 import shlex
 import shutil
 import sys
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from torchair_plugin import _environment
 
@@ -110,7 +110,15 @@ def find_c_compiler(environ: Mapping[str, str] = os.environ) -> Optional[str]:
     return None
 
 
-def capture_requirements(torch_version: str) -> Dict[str, object]:
+def stub_cache() -> Tuple[str, Optional[str]]:
+    """(the stub cache directory, why stubs cannot be built there or None), creating nothing."""
+    from torchair_plugin.testing import _stubs
+
+    root = _stubs.cache_root()
+    return str(root), _stubs.cache_problem(root)
+
+
+def capture_requirements(torch_version: str, cache_dir: str, cache_problem: Optional[str]) -> Dict[str, object]:
     """What CANN-less GE capture needs, each None/False when missing."""
     torch_npu = distribution_version("torch_npu")
     protobuf = distribution_version("protobuf")
@@ -124,6 +132,7 @@ def capture_requirements(torch_version: str) -> Dict[str, object]:
         and version_tuple(torch_npu)[:2] == version_tuple(torch_version)[:2],
         "protobuf": protobuf if protobuf and version_tuple(protobuf)[:2] >= MIN_PROTOBUF else None,
         "capture_layer": importlib.util.find_spec("torchair_plugin.testing") is not None,
+        "stub_cache": cache_dir if cache_problem is None else None,
     }
 
 
@@ -138,7 +147,8 @@ def collect() -> Dict[str, object]:
     import torchair_plugin
 
     home = _environment.cann_home()
-    requirements = capture_requirements(torch.__version__)
+    cache_dir, cache_problem = stub_cache()
+    requirements = capture_requirements(torch.__version__, cache_dir, cache_problem)
     return {
         "plugin": torchair_plugin.__version__,
         "python": platform.python_version(),
@@ -155,6 +165,7 @@ def collect() -> Dict[str, object]:
         "capture": {
             "possible": not missing_requirements(requirements),
             "requirements": requirements,
+            "stub_cache": {"directory": cache_dir, "problem": cache_problem},
         },
         "registration": torchair_plugin.registration_report(),
     }

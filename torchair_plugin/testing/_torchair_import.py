@@ -34,9 +34,9 @@ INSTALL_TORCH_NPU = "pip install torch-npu==2.13.0 protobuf"
 
 
 class CannLessUnavailable(RuntimeError):
-    """A prerequisite is missing (torch-npu, protobuf, a C compiler, binutils), or torch_npu is
-    already imported; the message says what to install. Tests skip on this, never on other
-    errors (those are bugs to see)."""
+    """A prerequisite is missing (torch-npu, protobuf, a C compiler, binutils, a writable stub
+    cache), or torch_npu is already imported; the message says what to install or fix. Tests
+    skip on this, never on other errors (those are bugs to see)."""
 
 
 class Mode(enum.Enum):
@@ -133,7 +133,8 @@ def preload_stubs() -> Tuple[_stubs.StubSet, list]:
 
     Returns the stub set and the ctypes handles (keep them referenced). Step 1 of the CANN-less
     import, on its own for tests that import torchair another way (e.g. through torch_npu's
-    lazy ``torchair`` proxy). CannLessUnavailable when torch-npu or a build tool is missing.
+    lazy ``torchair`` proxy). CannLessUnavailable when torch-npu or a build tool is missing, or
+    the stub cache location cannot be written.
     """
     import torch  # the stubs must come after torch's own libraries are loaded
 
@@ -143,7 +144,7 @@ def preload_stubs() -> Tuple[_stubs.StubSet, list]:
         npu_version = "unknown"
     try:
         stubs = _stubs.ensure_stubs(native_modules(), npu_version, torch.__version__)
-    except _stubs.MissingTool as exc:
+    except (_stubs.MissingTool, _stubs.CacheUnusable) as exc:
         raise CannLessUnavailable(str(exc)) from exc
     return stubs, _stubs.preload(stubs)
 
@@ -187,12 +188,13 @@ def _forget_torchair_modules() -> None:
 
 
 def _import_native() -> ModuleType:
-    import torch_npu  # noqa: F401  (registers the NPU device; torchair expects it)
-    import torchair
+    with _environment.forgotten_if_failed("torch_npu", "torchair"):
+        import torch_npu  # noqa: F401  (registers the NPU device; torchair expects it)
+        import torchair
 
-    # torch_npu may install a lazy proxy as ``torchair``; touching an attribute makes it import
-    # the real package, so that ``torchair._ge_concrete_graph`` is importable for the capture hook.
-    torchair.CompilerConfig  # noqa: B018
+        # torch_npu may install a lazy proxy as ``torchair``; touching an attribute makes it import
+        # the real package, so that ``torchair._ge_concrete_graph`` is importable for the capture hook.
+        torchair.CompilerConfig  # noqa: B018
     return torchair
 
 
