@@ -133,3 +133,58 @@ def test_module_entry_point():
     )
     assert done.returncode == 2
     assert "--top-k: must be in [1, 16], got 0" in done.stderr and "Traceback" not in done.stderr
+
+
+def _capture_possible_somewhere():
+    from torchair_plugin.testing import Mode, current_mode
+
+    if current_mode() is not Mode.CANN_LESS:
+        pytest.skip("the stub cache is used only where torch-npu is installed without CANN")
+
+
+@pytest.mark.parametrize("variable", ["TORCHAIR_PLUGIN_CACHE_DIR", "HOME", "XDG_CACHE_HOME"])
+def test_unusable_cache_location_is_one_line_in_lower_and_demo(tmp_path, variable):
+    """lower: exit 2 naming the cache (not "cannot lower with these arguments"); demo: exit 0,
+    no traceback, capture reported impossible for that reason. One process runs both."""
+    _capture_possible_somewhere()
+    (tmp_path / "file").write_text("")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for name in ("TORCHAIR_PLUGIN_CACHE_DIR", "XDG_CACHE_HOME"):
+        env.pop(name, None)
+    env[variable] = str(tmp_path / "file" / "sub") if variable != "HOME" else str(tmp_path / "file")
+    code = (
+        "import contextlib, io, json\n"
+        "from torchair_plugin.__main__ import main\n"
+        f"for argv in (['lower'], {list(SMALL_DEMO) + ['--json']!r}):\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        status = main(argv)\n"
+        "    print(json.dumps([status, out.getvalue(), err.getvalue()]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (lower_status, lower_out, lower_err), (demo_status, demo_out, _) = map(json.loads, done.stdout.splitlines())
+    assert lower_status == 2 and lower_out == ""
+    assert lower_err.count("\n") == 1 and "Traceback" not in lower_err
+    assert "GE graph capture is unavailable here: stub cache directory " in lower_err
+    assert str(tmp_path / "file") in lower_err and "TORCHAIR_PLUGIN_CACHE_DIR" in lower_err
+    assert demo_status == 0
+    capture = json.loads(demo_out)["capture"]
+    assert capture["available"] is False
+    assert capture["reason"].startswith("capture is not possible here: stub cache directory ")
+
+
+def test_doctor_does_not_claim_capture_with_an_unusable_cache(capsys, monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TORCHAIR_PLUGIN_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    status, out, _ = _run(capsys, "doctor", "--json")
+    facts = json.loads(out)
+    assert facts["capture"]["possible"] is False
+    assert facts["capture"]["requirements"]["stub_cache"] is None
+    problem = facts["capture"]["stub_cache"]["problem"]
+    assert problem.startswith(f"stub cache directory {tmp_path / 'file' / 'cache'} is not usable: ")
+    assert not any("without CANN" in use for use in facts["usable_for"])
+    if facts["cann"]["home"] is None:
+        assert problem in facts["advice"]
+    status, out, _ = _run(capsys, "doctor")
+    assert "stub_cache              NOT USABLE (see advice)" in out
