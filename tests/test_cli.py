@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from capture_here import capture_possible, uses_stub_cache
 
 from torchair_plugin.__main__ import SUBCOMMANDS, build_parser, main
 
@@ -27,12 +28,28 @@ def test_every_subcommand_is_wired():
     assert len(SUBCOMMANDS) == len(COMMANDS)
 
 
+def _subparser(command):
+    return build_parser()._subparsers._group_actions[0].choices[command]
+
+
+def _words(text):
+    return " ".join(text.split())  # argparse rewraps paragraphs
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_explains(capsys, command):
+    """The help shows what the command does and explains every option, --json included."""
     status, out, _ = _run(capsys, command, "--help")
     assert status == 0
     assert out.startswith(f"usage: torchair-plugin {command}")
-    assert "--json" in out
+    parser = _subparser(command)
+    assert parser.description and _words(parser.description) in _words(out)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert any("--json" in a.option_strings for a in options)
+    for action in options:
+        assert action.help, f"{command} {action.option_strings[0]} has no help text"
+        assert action.option_strings[-1] in out
+        assert _words(action.help % vars(action))[:40] in _words(out)
 
 
 def test_doctor_text(capsys):
@@ -54,9 +71,12 @@ def test_doctor_json_shape(capsys):
     assert any(use.startswith("eager on CPU") for use in facts["usable_for"])
     assert any(use.startswith("tracing") for use in facts["usable_for"])
     assert set(facts["registration"]) >= {"op", "schema", "fake", "kernels"}
-    assert set(facts["capture"]) == {"possible", "requirements"}
-    assert isinstance(facts["capture"]["possible"], bool)
+    assert set(facts["capture"]) == {"possible", "requirements", "stub_cache"}
     if facts["cann"]["home"] is None:
+        # The verdict is what happens when capture is tried in this very environment.
+        assert facts["capture"]["possible"] is capture_possible()
+        claimed = any(use.startswith("GE graph capture without CANN") for use in facts["usable_for"])
+        assert claimed is facts["capture"]["possible"]
         assert facts["torch_npu"]["imported"] is False  # never imported without CANN
         assert any(line.startswith("CANN: not found") for line in facts["advice"])
 
@@ -94,7 +114,15 @@ def test_demo_json_keys_and_seed(capsys):
     assert set(row) == {"row", "active", "expert_ids", "expert_scales", "balanced_expert_ids", "balanced_active_mask"}
     assert result["op"]["rows"][-1]["active"] is False
     assert not any(result["op"]["rows"][-1]["balanced_active_mask"])
-    assert result["capture"]["available"] in (True, False)
+    capture = result["capture"]
+    assert capture["available"] is capture_possible()
+    if capture["available"]:
+        assert capture["op_types"].count("MoeUpdateExpert") == 1
+        assert capture["dispatch_inputs_from_update"] == {
+            "expert_ids": "MoeUpdateExpert_0:0", "x_active_mask": "MoeUpdateExpert_0:1"
+        }
+    else:
+        assert capture["reason"].startswith("capture is not possible here: ")
     _, again, _ = _run(capsys, *SMALL_DEMO, "--json", "--seed", "3")
     assert json.loads(again)["load"] == result["load"]  # seeded: the same numbers
 
@@ -135,18 +163,11 @@ def test_module_entry_point():
     assert "--top-k: must be in [1, 16], got 0" in done.stderr and "Traceback" not in done.stderr
 
 
-def _capture_possible_somewhere():
-    from torchair_plugin.testing import Mode, current_mode
-
-    if current_mode() is not Mode.CANN_LESS:
-        pytest.skip("the stub cache is used only where torch-npu is installed without CANN")
-
-
+@uses_stub_cache
 @pytest.mark.parametrize("variable", ["TORCHAIR_PLUGIN_CACHE_DIR", "HOME", "XDG_CACHE_HOME"])
 def test_unusable_cache_location_is_one_line_in_lower_and_demo(tmp_path, variable):
     """lower: exit 2 naming the cache (not "cannot lower with these arguments"); demo: exit 0,
     no traceback, capture reported impossible for that reason. One process runs both."""
-    _capture_possible_somewhere()
     (tmp_path / "file").write_text("")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for name in ("TORCHAIR_PLUGIN_CACHE_DIR", "XDG_CACHE_HOME"):

@@ -1,6 +1,7 @@
 """torchair_plugin.testing.pytest_plugin: golden files and the update switch."""
 
 import pytest
+from capture_here import uses_stub_cache
 
 from torchair_plugin.testing.pytest_plugin import GoldenFiles, GoldenMismatch
 
@@ -54,12 +55,9 @@ def test_the_switch_end_to_end(pytester, monkeypatch):
     assert (pytester.path / "goldens" / "one.txt").read_text() == "captured\n"
 
 
+@uses_stub_cache
 def test_unusable_cache_skips_a_capture_module_with_the_reason(pytester, monkeypatch, tmp_path):
     """A module-level require_ge_capture() is a skip naming the cache, not a collection error."""
-    from torchair_plugin.testing import Mode, current_mode
-
-    if current_mode() is not Mode.CANN_LESS:
-        pytest.skip("the stub cache is used only where torch-npu is installed without CANN")
     (tmp_path / "file").write_text("")
     pytester.makeconftest('import torchair_plugin\npytest_plugins = ["torchair_plugin.testing.pytest_plugin"]')
     pytester.makepyfile(
