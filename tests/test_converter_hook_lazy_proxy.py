@@ -43,7 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [
     pytest.mark.skipif(not _environment.torch_npu_installed(), reason="needs torch-npu (pip install torch-npu==2.13.0)"),
     pytest.mark.skipif(_environment.cann_home() is not None, reason="torch_npu stand-ins: only where CANN is absent"),
-    pytest.mark.skipif(_stubs.find_c_compiler() is None, reason="needs a C compiler for the CANN stub libraries"),
+    pytest.mark.skipif(_environment.c_compiler() is None, reason="needs a C compiler for the CANN stub libraries"),
     pytest.mark.skipif(importlib.util.find_spec("google.protobuf") is None, reason="torchair needs protobuf"),
 ]
 

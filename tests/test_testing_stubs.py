@@ -8,10 +8,11 @@ import threading
 
 import pytest
 
+from torchair_plugin import _environment
 from torchair_plugin.testing import CannLessUnavailable, _stubs
 from torchair_plugin.testing._torchair_import import native_modules
 
-needs_cc = pytest.mark.skipif(_stubs.find_c_compiler() is None, reason="no C compiler: install gcc")
+needs_cc = pytest.mark.skipif(_environment.c_compiler() is None, reason="no C compiler: install gcc")
 
 
 def _torchair_modules():
@@ -78,7 +79,7 @@ def test_securec_implementations_behave(tmp_path):
     source = tmp_path / "s.c"
     source.write_text(_stubs.generate_c_source(["snprintf_s", "vsnprintf_s", "strcpy_s"]))
     lib_path = tmp_path / "libs.so"
-    _stubs._compile(_stubs.find_c_compiler(), source, lib_path, "libs.so")
+    _stubs._compile(_environment.c_compiler(), source, lib_path, "libs.so")
     lib = ctypes.CDLL(str(lib_path))
     buf = ctypes.create_string_buffer(8)
 
@@ -110,17 +111,9 @@ def test_cache_root_precedence(tmp_path):
 def test_missing_compiler_says_install_gcc(tmp_path, monkeypatch):
     import torch  # noqa: F401
 
-    monkeypatch.setattr(_stubs, "find_c_compiler", lambda environ=os.environ: None)
+    monkeypatch.setattr(_environment, "c_compiler", lambda environ=os.environ: None)
     with pytest.raises(_stubs.MissingTool, match="install gcc"):
         _stubs.ensure_stubs(_torchair_modules(), "2.13.0", torch.__version__, root=tmp_path)
-
-
-def test_find_c_compiler_honours_cc():
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler: install gcc")
-    assert _stubs.find_c_compiler({"CC": cc}) == cc
-    assert _stubs.find_c_compiler({"CC": "/nonexistent/cc"}) is not None  # falls back to cc/gcc
 
 
 def test_plan_reads_the_wheels_own_symbols():
@@ -145,7 +138,7 @@ def test_cache_is_built_once_then_reused(tmp_path):
     assert all(p.is_file() for p in first.libraries())
     mtimes = [p.stat().st_mtime_ns for p in first.libraries()]
     # A compiler that cannot run proves the second call compiles nothing.
-    second = _stubs.ensure_stubs(modules, "2.13.0", torch.__version__, root=tmp_path, cc="/nonexistent/cc")
+    second = _stubs.ensure_stubs(modules, "2.13.0", torch.__version__, root=tmp_path, cc=["/nonexistent/cc"])
     assert not second.built
     assert second.directory == first.directory
     assert [p.stat().st_mtime_ns for p in second.libraries()] == mtimes
@@ -184,7 +177,7 @@ def test_concurrent_builds_leave_one_complete_entry(tmp_path):
 @pytest.fixture(scope="module")
 def good_entry(tmp_path_factory):
     """A complete cache entry, built once; tests damage copies of it."""
-    if _stubs.find_c_compiler() is None:
+    if _environment.c_compiler() is None:
         pytest.skip("no C compiler: install gcc")
     import torch
 

@@ -68,7 +68,7 @@ class Options:
     @classmethod
     def from_environ(cls, environ=os.environ) -> "Options":
         return cls(
-            keep_native_fake=environ.get(NATIVE_FAKE_ENV, "") not in ("", "0"),
+            keep_native_fake=_environment.flag_set(environ, NATIVE_FAKE_ENV),
             keep_native_converter=_converter_hook.keep_native_requested(environ),
         )
 

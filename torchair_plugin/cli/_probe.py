@@ -70,15 +70,11 @@ def torchair_location() -> Dict[str, Optional[str]]:
     standalone = distribution_version("torchair")
     if standalone is not None:
         return {"version": standalone, "source": "torchair distribution"}
-    try:
-        spec = importlib.util.find_spec("torch_npu")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            bundled = os.path.join(root, "dynamo", "torchair")
-            if os.path.isfile(os.path.join(bundled, "__init__.py")):
-                return {"version": distribution_version("torch_npu"), "source": f"bundled with torch-npu {distribution_version('torch_npu')} ({bundled})"}
+    root = _environment.torch_npu_dir()
+    bundled = os.path.join(root, "dynamo", "torchair") if root is not None else None
+    if bundled is not None and os.path.isfile(os.path.join(bundled, "__init__.py")):
+        version = distribution_version("torch_npu")
+        return {"version": version, "source": f"bundled with torch-npu {version} ({bundled})"}
     return {"version": None, "source": None}
 
 
@@ -97,19 +93,6 @@ def npu_devices() -> Dict[str, object]:
     return {"visible": visible, "torch_npu_device_count": count, "device_nodes": nodes}
 
 
-def find_c_compiler(environ: Mapping[str, str] = os.environ) -> Optional[str]:
-    """$CC (its first word), else cc, else gcc: the compiler the capture layer builds stubs with."""
-    candidates = []
-    if environ.get("CC"):
-        candidates.append(shlex.split(environ["CC"])[0])
-    candidates += ["cc", "gcc"]
-    for candidate in candidates:
-        path = shutil.which(candidate)
-        if path:
-            return path
-    return None
-
-
 def stub_cache() -> Tuple[str, Optional[str]]:
     """(the stub cache directory, why stubs cannot be built there or None), creating nothing."""
     from torchair_plugin.testing import _stubs
@@ -121,10 +104,11 @@ def stub_cache() -> Tuple[str, Optional[str]]:
 def capture_requirements(torch_version: str, cache_dir: str, cache_problem: Optional[str]) -> Dict[str, object]:
     """What CANN-less GE capture needs, each None/False when missing."""
     torch_npu = distribution_version("torch_npu")
+    cc = _environment.c_compiler()
     protobuf = distribution_version("protobuf")
     return {
         "linux": platform.system() == "Linux",
-        "c_compiler": find_c_compiler(),
+        "c_compiler": shlex.join(cc) if cc else None,  # the command the stub build runs
         "nm": shutil.which("nm"),
         "readelf": shutil.which("readelf"),
         "torch_npu_wheel": torch_npu,

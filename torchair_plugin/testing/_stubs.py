@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
+from torchair_plugin import _environment
+
 CACHE_DIR_VAR = "TORCHAIR_PLUGIN_CACHE_DIR"
-CC_VAR = "CC"
 
 # Bump when the generated C or the layout of a cache entry changes: old entries are then ignored.
 _GENERATOR_VERSION = "2"
@@ -266,16 +268,6 @@ def plan_stubs(modules: Sequence[str]) -> SymbolPlan:
 # --- building and caching ----------------------------------------------------------------------
 
 
-def find_c_compiler(environ: Mapping[str, str] = os.environ) -> Optional[str]:
-    """Path of the C compiler ($CC, else cc, else gcc), or None."""
-    for candidate in (environ.get(CC_VAR), "cc", "gcc"):
-        if candidate:
-            path = shutil.which(candidate)
-            if path:
-                return path
-    return None
-
-
 def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
     """$TORCHAIR_PLUGIN_CACHE_DIR, else $XDG_CACHE_HOME/torchair-plugin, else ~/.cache/torchair-plugin."""
     if environ.get(CACHE_DIR_VAR):
@@ -315,15 +307,15 @@ class StubSet:
         return [self.all_symbols, *self.sonames]
 
 
-def _compile(cc: str, source: Path, output: Path, soname: str) -> None:
-    argv = [cc, "-shared", "-fPIC", "-O0", f"-Wl,-soname,{soname}", "-o", str(output), str(source)]
+def _compile(cc: Sequence[str], source: Path, output: Path, soname: str) -> None:
+    argv = [*cc, "-shared", "-fPIC", "-O0", f"-Wl,-soname,{soname}", "-o", str(output), str(source)]
     try:
         subprocess.run(argv, check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as exc:
-        raise StubError(f"building {soname} with {cc} failed:\n{exc.stderr.strip()}") from exc
+        raise StubError(f"building {soname} with {shlex.join(cc)} failed:\n{exc.stderr.strip()}") from exc
 
 
-def _build(directory: Path, cc: str, plan: SymbolPlan) -> None:
+def _build(directory: Path, cc: Sequence[str], plan: SymbolPlan) -> None:
     source = directory / "cann_stubs.c"
     source.write_text(generate_c_source(plan.symbols), encoding="utf-8")
     _compile(cc, source, directory / _ALL_SYMBOLS_LIB, _ALL_SYMBOLS_LIB)
@@ -446,7 +438,7 @@ def _exclusive(final: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _install(final: Path, cc: str, plan: SymbolPlan) -> StubSet:
+def _install(final: Path, cc: Sequence[str], plan: SymbolPlan) -> StubSet:
     """Under the entry's lock: reuse what another process built meanwhile, else (re)build.
 
     A damaged entry is moved aside before the new one is renamed into place, so that a reader
@@ -477,7 +469,7 @@ def ensure_stubs(
     torch_npu_version: str,
     torch_version: str,
     root: Optional[Path] = None,
-    cc: Optional[str] = None,
+    cc: Optional[Sequence[str]] = None,
 ) -> StubSet:
     """The cached stub set for these modules, building it (atomically) when absent or damaged.
 
@@ -495,7 +487,7 @@ def ensure_stubs(
         if cached is not None:
             return cached
         damage = ""
-    cc = cc or find_c_compiler()
+    cc = cc or _environment.c_compiler()
     if cc is None:
         raise MissingTool("no C compiler found (tried $CC, cc, gcc): install gcc, e.g. `apt-get install gcc`")
     plan = plan_stubs(modules)

@@ -106,12 +106,10 @@ _loaded: Optional[_Loaded] = None
 
 
 def _torch_npu_dir() -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec("torch_npu")
-    if spec is None or not spec.submodule_search_locations:
+    directory = _environment.torch_npu_dir()
+    if directory is None:
         raise CannLessUnavailable(f"torch-npu is not installed: {INSTALL_TORCH_NPU}")
-    return list(spec.submodule_search_locations)[0]
+    return directory
 
 
 def native_modules() -> List[str]:

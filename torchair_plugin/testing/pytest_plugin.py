@@ -28,6 +28,8 @@ from typing import Any, Optional, Union
 
 import pytest
 
+from torchair_plugin import _environment
+
 UPDATE_OPTION = "--update-goldens"
 UPDATE_ENV = "TORCHAIR_PLUGIN_UPDATE_GOLDENS"
 GOLDEN_DIR = "goldens"
@@ -38,7 +40,7 @@ def pytest_addoption(parser: Any) -> None:
     group.addoption(
         UPDATE_OPTION,
         action="store_true",
-        default=os.environ.get(UPDATE_ENV, "") not in ("", "0"),
+        default=_environment.flag_set(os.environ, UPDATE_ENV),
         help=f"rewrite GE graph golden files instead of comparing (env {UPDATE_ENV}=1 does the same)",
     )
 
