@@ -1,6 +1,6 @@
 """GE converter for ``npu.npu_moe_update_expert``: one ``MoeUpdateExpert`` node, nothing else.
 
-The node is the GE IR of shared/docs/op-semantics.md: inputs expert_ids, eplb_table and the
+The node is the GE IR of docs/ge-lowering.md (the op itself: docs/op.md): inputs expert_ids, eplb_table and the
 optional expert_scales, pruning_threshold, active_mask, in that order; Int attrs local_rank_id
 (-1), world_size (-1), balance_mode (0); outputs balanced_expert_ids (expert_ids' dtype) and
 balanced_active_mask (bool). Output dtypes and shapes are set by torchair from ``meta_outputs``

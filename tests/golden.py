@@ -1,5 +1,5 @@
 """An independent golden for npu_moe_update_expert: a plain loop over (token, k), written from the
-contract in shared/docs/op-semantics.md and the kernel's per-element code, with numpy float32
+contract in docs/op.md and the kernel's per-element code, with numpy float32
 scalars for the pruning arithmetic. Slow on purpose; shares no code with the package."""
 
 import numpy as np

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import torchair_plugin  # noqa: F401
+import torchair_plugin
 from torchair_plugin.checks import check_update_expert_args
 
 op = torch.ops.npu.npu_moe_update_expert.default
@@ -158,3 +158,32 @@ def test_dynamic_batch_error_shows_the_concrete_size():
     compiled(torch.zeros(8, 2, dtype=torch.int32))
     with pytest.raises(Exception, match=r"BS = expert_ids.size\(0\) must be in \(0, 512\], got 513 \(symbolic s\d+\)"):
         compiled(torch.zeros(513, 2, dtype=torch.int32))
+
+
+# A required tensor passed as None (issue 10, item 7): the dispatcher hands None to the kernels.
+MISSING = [
+    ("expert_ids", r"expert_ids must be a tensor \(BS, K\), got None"),
+    ("eplb_table", r"eplb_table must be a tensor \(moe_expert_num, F\), got None"),
+]
+
+
+@pytest.mark.parametrize("name,message", MISSING)
+def test_none_for_a_required_tensor_is_named_in_every_path(name, message):
+    args = with_(**{name: None})
+    message = "npu_moe_update_expert: " + message
+    with pytest.raises(RuntimeError, match=message):
+        torchair_plugin.npu_moe_update_expert(**args)  # eager, through the public wrapper
+    with pytest.raises(RuntimeError, match=message):
+        op(**{k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in args.items()})
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
+        op(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()})
+    torch._dynamo.reset()
+    tensors = {k: v for k, v in args.items() if isinstance(v, torch.Tensor)}
+    compiled = torch.compile(lambda **t: op(**t, **{name: None}, local_rank_id=0, world_size=2), backend="eager")
+    with pytest.raises(Exception, match=message):
+        compiled(**tensors)
+
+
+def test_a_required_tensor_of_another_type_is_named():
+    with pytest.raises(RuntimeError, match=r"eplb_table must be a tensor \(moe_expert_num, F\), got list"):
+        check_update_expert_args(**with_(eplb_table=[[1, 0]]))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from capture_here import capture_possible, uses_stub_cache
 
 from torchair_plugin.__main__ import SUBCOMMANDS, build_parser, main
 
@@ -27,12 +28,28 @@ def test_every_subcommand_is_wired():
     assert len(SUBCOMMANDS) == len(COMMANDS)
 
 
+def _subparser(command):
+    return build_parser()._subparsers._group_actions[0].choices[command]
+
+
+def _words(text):
+    return " ".join(text.split())  # argparse rewraps paragraphs
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_explains(capsys, command):
+    """The help shows what the command does and explains every option, --json included."""
     status, out, _ = _run(capsys, command, "--help")
     assert status == 0
     assert out.startswith(f"usage: torchair-plugin {command}")
-    assert "--json" in out
+    parser = _subparser(command)
+    assert parser.description and _words(parser.description) in _words(out)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert any("--json" in a.option_strings for a in options)
+    for action in options:
+        assert action.help, f"{command} {action.option_strings[0]} has no help text"
+        assert action.option_strings[-1] in out
+        assert _words(action.help % vars(action))[:40] in _words(out)
 
 
 def test_doctor_text(capsys):
@@ -54,10 +71,13 @@ def test_doctor_json_shape(capsys):
     assert any(use.startswith("eager on CPU") for use in facts["usable_for"])
     assert any(use.startswith("tracing") for use in facts["usable_for"])
     assert set(facts["registration"]) >= {"op", "schema", "fake", "kernels"}
-    assert set(facts["capture"]) == {"possible", "requirements"}
-    assert isinstance(facts["capture"]["possible"], bool)
+    assert set(facts["capture"]) == {"possible", "requirements", "stub_cache"}
     if facts["cann"]["home"] is None:
-        # imported without CANN only over stubs, by capture (this session's conftest does it)
+        # The verdict is what happens when capture is tried in this very environment.
+        assert facts["capture"]["possible"] is capture_possible()
+        claimed = any(use.startswith("GE graph capture without CANN") for use in facts["usable_for"])
+        assert claimed is facts["capture"]["possible"]
+        # without CANN, imported only over stubs, by capture (this session's conftest does it)
         assert facts["torch_npu"]["imported"] is ("torch_npu" in sys.modules)
         assert any(line.startswith("CANN: not found") for line in facts["advice"])
 
@@ -95,7 +115,15 @@ def test_demo_json_keys_and_seed(capsys):
     assert set(row) == {"row", "active", "expert_ids", "expert_scales", "balanced_expert_ids", "balanced_active_mask"}
     assert result["op"]["rows"][-1]["active"] is False
     assert not any(result["op"]["rows"][-1]["balanced_active_mask"])
-    assert result["capture"]["available"] in (True, False)
+    capture = result["capture"]
+    assert capture["available"] is capture_possible()
+    if capture["available"]:
+        assert capture["op_types"].count("MoeUpdateExpert") == 1
+        assert capture["dispatch_inputs_from_update"] == {
+            "expert_ids": "MoeUpdateExpert_0:0", "x_active_mask": "MoeUpdateExpert_0:1"
+        }
+    else:
+        assert capture["reason"].startswith("capture is not possible here: ")
     _, again, _ = _run(capsys, *SMALL_DEMO, "--json", "--seed", "3")
     assert json.loads(again)["load"] == result["load"]  # seeded: the same numbers
 
@@ -134,3 +162,51 @@ def test_module_entry_point():
     )
     assert done.returncode == 2
     assert "--top-k: must be in [1, 16], got 0" in done.stderr and "Traceback" not in done.stderr
+
+
+@uses_stub_cache
+@pytest.mark.parametrize("variable", ["TORCHAIR_PLUGIN_CACHE_DIR", "HOME", "XDG_CACHE_HOME"])
+def test_unusable_cache_location_is_one_line_in_lower_and_demo(tmp_path, variable):
+    """lower: exit 2 naming the cache (not "cannot lower with these arguments"); demo: exit 0,
+    no traceback, capture reported impossible for that reason. One process runs both."""
+    (tmp_path / "file").write_text("")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for name in ("TORCHAIR_PLUGIN_CACHE_DIR", "XDG_CACHE_HOME"):
+        env.pop(name, None)
+    env[variable] = str(tmp_path / "file" / "sub") if variable != "HOME" else str(tmp_path / "file")
+    code = (
+        "import contextlib, io, json\n"
+        "from torchair_plugin.__main__ import main\n"
+        f"for argv in (['lower'], {list(SMALL_DEMO) + ['--json']!r}):\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        status = main(argv)\n"
+        "    print(json.dumps([status, out.getvalue(), err.getvalue()]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (lower_status, lower_out, lower_err), (demo_status, demo_out, _) = map(json.loads, done.stdout.splitlines())
+    assert lower_status == 2 and lower_out == ""
+    assert lower_err.count("\n") == 1 and "Traceback" not in lower_err
+    assert "GE graph capture is unavailable here: stub cache directory " in lower_err
+    assert str(tmp_path / "file") in lower_err and "TORCHAIR_PLUGIN_CACHE_DIR" in lower_err
+    assert demo_status == 0
+    capture = json.loads(demo_out)["capture"]
+    assert capture["available"] is False
+    assert capture["reason"].startswith("capture is not possible here: stub cache directory ")
+
+
+def test_doctor_does_not_claim_capture_with_an_unusable_cache(capsys, monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TORCHAIR_PLUGIN_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    status, out, _ = _run(capsys, "doctor", "--json")
+    facts = json.loads(out)
+    assert facts["capture"]["possible"] is False
+    assert facts["capture"]["requirements"]["stub_cache"] is None
+    problem = facts["capture"]["stub_cache"]["problem"]
+    assert problem.startswith(f"stub cache directory {tmp_path / 'file' / 'cache'} is not usable: ")
+    assert not any("without CANN" in use for use in facts["usable_for"])
+    if facts["cann"]["home"] is None:
+        assert problem in facts["advice"]
+    status, out, _ = _run(capsys, "doctor")
+    assert "stub_cache              NOT USABLE (see advice)" in out

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from capture_here import capture_possible
 
 from torchair_plugin import _environment
 
@@ -22,6 +23,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NPU_MARKER = "# requires: npu"
 DOCUMENTS = sorted(ROOT.glob("docs/*.md")) + [ROOT / "README.md"]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name != "eplb_distributed.py")
+# Lines an example must print, worked out by hand from docs/op.md (the example's closing comment
+# walks through them): a script that runs but prints something else fails.
+_KEPT = "kept [[True, True, True], [True, True, False], [False, False, False]]"
+EXPECTED_LINES = {
+    "eager_cpu.py": [
+        f"balance_mode 0: physical ids [[4, 6, 1], [6, 4, 7], [2, 4, 5]], {_KEPT}",
+        f"balance_mode 1: physical ids [[0, 3, 1], [6, 4, 7], [2, 0, 5]], {_KEPT}",
+    ],
+}
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -43,6 +53,7 @@ def test_there_is_something_to_run():
     assert (ROOT / "README.md").exists() and len(DOCUMENTS) >= 4
     assert all(python_blocks(doc) for doc in DOCUMENTS if doc.name in ("op.md", "eplb.md", "graph-mode.md"))
     assert {p.name for p in EXAMPLES} >= {"eager_cpu.py", "graph_mode_ascend.py"}
+    assert set(EXPECTED_LINES) <= {p.name for p in EXAMPLES}
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=_relative)
@@ -54,16 +65,6 @@ def test_document_code_blocks(document):
         if needs_npu(source):
             continue  # byte-compiled above: that is all an NPU block gets here
         exec(code, namespace)
-
-
-def capture_possible() -> bool:
-    from torchair_plugin.testing import CannLessUnavailable, import_torchair
-
-    try:
-        import_torchair()
-    except CannLessUnavailable:
-        return False
-    return True
 
 
 def _child_env():
@@ -93,6 +94,8 @@ def test_example(script):
         command + [str(script)], cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    missing = [line for line in EXPECTED_LINES.get(script.name, []) if line not in done.stdout.splitlines()]
+    assert not missing, f"{script.name} did not print {missing}:\n{done.stdout[-2000:]}"
     if script.name.startswith("test_") and capture_possible():
         assert re.search(r"\b[1-9]\d* passed", done.stdout) and "skipped" not in done.stdout, done.stdout[-2000:]
     if npu:

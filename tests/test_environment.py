@@ -1,6 +1,7 @@
 """When the plugin turns torch's backend autoload off, and when it must not."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -40,3 +41,51 @@ def test_plain_import_works_with_torch_npu_and_no_cann():
     done = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "npu_moe_update_expert" in done.stdout
+
+
+@pytest.mark.parametrize("value,expected", [(None, False), ("", False), ("0", False), ("1", True), ("yes", True)])
+def test_flag_set(value, expected):
+    assert env.flag_set({} if value is None else {"X": value}, "X") is expected
+
+
+@pytest.fixture
+def cc():
+    path = shutil.which("cc") or shutil.which("gcc")
+    if path is None:
+        pytest.skip("no C compiler: install gcc")
+    return path
+
+
+def test_c_compiler_honours_cc(cc):
+    assert env.c_compiler({"CC": cc}) == [cc]
+    assert env.c_compiler({"CC": "/nonexistent/cc"}) == [shutil.which("cc") or shutil.which("gcc")]  # falls back
+    assert env.c_compiler({"CC": "  "}) == env.c_compiler({})
+
+
+def test_a_cc_with_a_launcher_is_the_command_doctor_reports_and_the_build_runs(cc, tmp_path, monkeypatch):
+    """CC="ccache gcc" style: the first word runs the rest (issue 12: doctor said ccache, the
+    build ran cc). A logging launcher stands in for ccache."""
+    from torchair_plugin.cli import _probe
+    from torchair_plugin.testing import _stubs
+
+    log = tmp_path / "log"
+    launcher = tmp_path / "launcher.sh"
+    launcher.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec "$@"\n')
+    launcher.chmod(0o755)
+    monkeypatch.setenv("CC", f"{launcher} {cc}")
+    assert env.c_compiler() == [str(launcher), cc]
+    assert _probe.capture_requirements("2.13.0", str(tmp_path), None)["c_compiler"] == f"{launcher} {cc}"
+    source = tmp_path / "s.c"
+    source.write_text("int f(void) { return 1; }\n")
+    _stubs._compile(env.c_compiler(), source, tmp_path / "libs.so", "libs.so")
+    assert log.read_text().startswith(f"{cc} -shared ")
+    assert (tmp_path / "libs.so").is_file()
+
+
+def test_torch_npu_dir_agrees_with_find_spec():
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch_npu")
+    expected = list(spec.submodule_search_locations)[0] if spec is not None else None
+    assert env.torch_npu_dir() == expected
+    assert env.torch_npu_installed() is (expected is not None)

@@ -40,8 +40,8 @@ def test_targets_on_256_experts_32_ranks_9_slots(skew, mode, target):
     assert plan.balancedness >= _true_balancedness(greedy_table(load, 32, 9), load, 32, mode)
 
 
-def test_issue_figures_for_the_greedy():
-    """The baseline reproduces the issue's numbers: 0.992 at s=1.0, 0.849 at s=1.5 (mode 1)."""
+def test_greedy_baseline_figures():
+    """The greedy baseline's balancedness, pinned: 0.992 at s=1.0, 0.849 at s=1.5 (mode 1)."""
     assert _true_balancedness(greedy_table(_zipf(1.0), 32, 9), _zipf(1.0), 32, 1) == pytest.approx(0.992, abs=5e-4)
     assert _true_balancedness(greedy_table(_zipf(1.5), 32, 9), _zipf(1.5), 32, 1) == pytest.approx(0.849, abs=5e-4)
 

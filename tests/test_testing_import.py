@@ -131,3 +131,24 @@ def test_apply_that_fails_midway_restores_what_it_patched(monkeypatch):
     with pytest.raises(KeyError, match="is_cann_compat"):
         _interception.apply(torchair)
     assert fx2ge.initialize_graph_engine is sentinel_engine
+
+
+def test_a_failed_native_import_leaves_no_half_imported_torch_npu(tmp_path):
+    """With a CANN directory that is not a working CANN, ``import torch_npu`` fails part-way (in
+    the package import and again in import_torchair): none of its submodules may stay behind."""
+    if not _environment.torch_npu_installed() or _environment.cann_home() is not None:
+        pytest.skip("needs torch-npu installed on a machine without CANN")
+    code = (
+        "import sys, torchair_plugin\n"
+        "from torchair_plugin.testing import import_torchair\n"
+        "left = lambda: sorted(n for n in sys.modules if n.split('.')[0] in ('torch_npu', 'torchair'))\n"
+        "print(left())\n"
+        "try:\n"
+        "    import_torchair()\n"
+        "except ImportError:\n"
+        "    print(left())\n"
+    )
+    env = dict(os.environ, ASCEND_HOME_PATH=str(tmp_path), TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["[]", "[]"]

@@ -1,6 +1,7 @@
 """torchair_plugin.testing.pytest_plugin: golden files and the update switch."""
 
 import pytest
+from capture_here import uses_stub_cache
 
 from torchair_plugin.testing.pytest_plugin import GoldenFiles, GoldenMismatch
 
@@ -52,3 +53,20 @@ def test_the_switch_end_to_end(pytester, monkeypatch):
     monkeypatch.setenv("TORCHAIR_PLUGIN_UPDATE_GOLDENS", "1")
     pytester.runpytest().assert_outcomes(passed=1)
     assert (pytester.path / "goldens" / "one.txt").read_text() == "captured\n"
+
+
+@uses_stub_cache
+def test_unusable_cache_skips_a_capture_module_with_the_reason(pytester, monkeypatch, tmp_path):
+    """A module-level require_ge_capture() is a skip naming the cache, not a collection error."""
+    (tmp_path / "file").write_text("")
+    pytester.makeconftest('import torchair_plugin\npytest_plugins = ["torchair_plugin.testing.pytest_plugin"]')
+    pytester.makepyfile(
+        test_capture="from torchair_plugin.testing.pytest_plugin import require_ge_capture\n"
+        "torchair = require_ge_capture()\n"
+        "def test_never_runs():\n"
+        "    assert False\n"
+    )
+    monkeypatch.setenv("TORCHAIR_PLUGIN_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*GE graph capture unavailable: stub cache directory *is not usable*"])

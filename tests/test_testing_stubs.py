@@ -1,16 +1,18 @@
 """torchair_plugin.testing._stubs: symbol validation, securec, planning, the cache."""
 
 import ctypes
+import json
 import os
 import shutil
 import threading
 
 import pytest
 
+from torchair_plugin import _environment
 from torchair_plugin.testing import CannLessUnavailable, _stubs
 from torchair_plugin.testing._torchair_import import native_modules
 
-needs_cc = pytest.mark.skipif(_stubs.find_c_compiler() is None, reason="no C compiler: install gcc")
+needs_cc = pytest.mark.skipif(_environment.c_compiler() is None, reason="no C compiler: install gcc")
 
 
 def _torchair_modules():
@@ -77,7 +79,7 @@ def test_securec_implementations_behave(tmp_path):
     source = tmp_path / "s.c"
     source.write_text(_stubs.generate_c_source(["snprintf_s", "vsnprintf_s", "strcpy_s"]))
     lib_path = tmp_path / "libs.so"
-    _stubs._compile(_stubs.find_c_compiler(), source, lib_path, "libs.so")
+    _stubs._compile(_environment.c_compiler(), source, lib_path, "libs.so")
     lib = ctypes.CDLL(str(lib_path))
     buf = ctypes.create_string_buffer(8)
 
@@ -109,17 +111,9 @@ def test_cache_root_precedence(tmp_path):
 def test_missing_compiler_says_install_gcc(tmp_path, monkeypatch):
     import torch  # noqa: F401
 
-    monkeypatch.setattr(_stubs, "find_c_compiler", lambda environ=os.environ: None)
+    monkeypatch.setattr(_environment, "c_compiler", lambda environ=os.environ: None)
     with pytest.raises(_stubs.MissingTool, match="install gcc"):
         _stubs.ensure_stubs(_torchair_modules(), "2.13.0", torch.__version__, root=tmp_path)
-
-
-def test_find_c_compiler_honours_cc():
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler: install gcc")
-    assert _stubs.find_c_compiler({"CC": cc}) == cc
-    assert _stubs.find_c_compiler({"CC": "/nonexistent/cc"}) is not None  # falls back to cc/gcc
 
 
 def test_plan_reads_the_wheels_own_symbols():
@@ -144,7 +138,7 @@ def test_cache_is_built_once_then_reused(tmp_path):
     assert all(p.is_file() for p in first.libraries())
     mtimes = [p.stat().st_mtime_ns for p in first.libraries()]
     # A compiler that cannot run proves the second call compiles nothing.
-    second = _stubs.ensure_stubs(modules, "2.13.0", torch.__version__, root=tmp_path, cc="/nonexistent/cc")
+    second = _stubs.ensure_stubs(modules, "2.13.0", torch.__version__, root=tmp_path, cc=["/nonexistent/cc"])
     assert not second.built
     assert second.directory == first.directory
     assert [p.stat().st_mtime_ns for p in second.libraries()] == mtimes
@@ -172,4 +166,132 @@ def test_concurrent_builds_leave_one_complete_entry(tmp_path):
         t.join()
     assert not errors
     assert len({r.directory for r in results}) == 1
-    assert [p.name for p in (tmp_path / "stubs").iterdir()] == [results[0].directory.name]  # no tmp dirs left
+    assert sum(r.built for r in results) == 1  # the other waited on the lock, then reused it
+    left = [p.name for p in (tmp_path / "stubs").iterdir() if not p.name.endswith(".lock")]
+    assert left == [results[0].directory.name]  # no tmp dirs left
+
+
+# --- damaged entries and unusable cache locations (issue 10, items 5 and 6) -------------------
+
+
+@pytest.fixture(scope="module")
+def good_entry(tmp_path_factory):
+    """A complete cache entry, built once; tests damage copies of it."""
+    if _environment.c_compiler() is None:
+        pytest.skip("no C compiler: install gcc")
+    import torch
+
+    root = tmp_path_factory.mktemp("cache")
+    return _stubs.ensure_stubs(_torchair_modules(), "2.13.0", torch.__version__, root=root)
+
+
+def _rewrite_manifest(directory, change):
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _truncate(path, size):
+    path.write_bytes(path.read_bytes()[:size])
+
+
+DAMAGE = {
+    "truncated manifest": lambda d: _truncate(d / "manifest.json", 100),
+    "manifest {}": lambda d: (d / "manifest.json").write_text("{}"),
+    "manifest a list": lambda d: (d / "manifest.json").write_text("[1]"),
+    "manifest not UTF-8": lambda d: (d / "manifest.json").write_bytes(b"\xff\xfe{"),
+    "manifest missing": lambda d: (d / "manifest.json").unlink(),
+    "truncated .so": lambda d: _truncate(d / "libtorchair_plugin_cann_stubs.so", 1000),
+    "missing .so": lambda d: (d / "libhccl.so").unlink(),
+    "soname escapes the entry": lambda d: _rewrite_manifest(
+        d, lambda m: m.__setitem__("sonames", ["../../../etc/passwd"])
+    ),
+    "symbol not an identifier": lambda d: _rewrite_manifest(d, lambda m: m["symbols"].append("a;b")),
+    "digests missing": lambda d: _rewrite_manifest(d, lambda m: m.pop("sha256")),
+}
+
+
+def _damaged_copy(entry, tmp_path, damage):
+    copy = tmp_path / "stubs" / entry.directory.name
+    shutil.copytree(entry.directory, copy)
+    DAMAGE[damage](copy)
+    return copy
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_entry_is_detected(good_entry, tmp_path, damage):
+    copy = _damaged_copy(good_entry, tmp_path, damage)
+    assert _stubs._load_entry(good_entry.directory, built=False).sonames  # the original is whole
+    with pytest.raises(_stubs._DamagedEntry):
+        _stubs._load_entry(copy, built=False)
+
+
+def test_an_entry_path_that_is_a_file_is_damaged(tmp_path):
+    (tmp_path / "entry").write_text("not a directory")
+    with pytest.raises(_stubs._DamagedEntry, match="unreadable"):
+        _stubs._load_entry(tmp_path / "entry", built=False)
+    assert _stubs._load_entry(tmp_path / "absent", built=False) is None
+
+
+@pytest.mark.parametrize("damage", ["truncated .so", "manifest a list"])
+def test_damaged_entry_is_rebuilt_and_loads(good_entry, tmp_path, damage):
+    import torch
+
+    copy = _damaged_copy(good_entry, tmp_path, damage)
+    entry = _stubs.ensure_stubs(_torchair_modules(), "2.13.0", torch.__version__, root=tmp_path)
+    assert entry.built and entry.directory == copy
+    assert [p.read_bytes() for p in entry.libraries()] == [p.read_bytes() for p in good_entry.libraries()]
+    assert _stubs.preload(entry)  # a truncated .so would have killed the process here (SIGBUS)
+    assert sorted(p.name for p in copy.parent.iterdir()) == sorted([copy.name, f".{copy.name}.lock"])
+
+
+def test_soname_is_validated_like_a_symbol_name():
+    assert _stubs.is_soname("libhccl.so") and _stubs.is_soname("libstdc++.so.6")
+    for bad in ("../../../etc/passwd", "a/b", ".hidden", "..", "", None, "lib\n.so"):
+        assert not _stubs.is_soname(bad)
+
+
+def _one_line_naming(message, directory):
+    assert "\n" not in message
+    assert f"stub cache directory {directory} is not usable" in message
+    assert _stubs.CACHE_DIR_VAR in message
+
+
+def test_cache_under_a_regular_file_is_refused_in_one_line(tmp_path):
+    import torch
+
+    (tmp_path / "file").write_text("")
+    root = tmp_path / "file" / "cache"
+    assert _stubs.cache_problem(tmp_path) is None
+    _one_line_naming(_stubs.cache_problem(root), root)
+    assert f"{tmp_path / 'file'} is not a directory" in _stubs.cache_problem(root)
+    with pytest.raises(_stubs.CacheUnusable) as info:
+        _stubs.ensure_stubs(_torchair_modules(), "2.13.0", torch.__version__, root=root)
+    _one_line_naming(str(info.value), root)
+
+
+@pytest.mark.parametrize("variable", ["HOME", "XDG_CACHE_HOME"])
+def test_home_or_xdg_under_a_regular_file_is_reported(tmp_path, monkeypatch, variable):
+    (tmp_path / "file").write_text("")
+    for name in (_stubs.CACHE_DIR_VAR, "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, str(tmp_path / "file"))  # expanduser reads HOME from os.environ
+    root = _stubs.cache_root()
+    assert str(root).startswith(str(tmp_path / "file"))
+    _one_line_naming(_stubs.cache_problem(root), root)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to any directory: nothing is unwritable")
+def test_damaged_entry_in_a_read_only_cache_says_how_to_clear_it(good_entry, tmp_path):
+    import torch
+
+    copy = _damaged_copy(good_entry, tmp_path, "manifest {}")
+    (tmp_path / "stubs").chmod(0o500)
+    try:
+        with pytest.raises(_stubs.CacheUnusable) as info:
+            _stubs.ensure_stubs(_torchair_modules(), "2.13.0", torch.__version__, root=tmp_path)
+    finally:
+        (tmp_path / "stubs").chmod(0o700)
+    _one_line_naming(str(info.value), tmp_path)
+    assert f"rm -rf '{copy}'" in str(info.value)

@@ -59,3 +59,17 @@ def test_active_mask_must_be_a_true_prefix():
         validate_active_mask(torch.tensor([True, False, False, True]))
     with pytest.raises(ValueError, match="1-D bool"):
         validate_active_mask(torch.tensor([1, 0]))
+
+
+@pytest.mark.parametrize("physical", [4, 2147483647, -5])
+def test_a_physical_id_outside_the_slots_is_returned_by_the_kernel_and_rejected_by_the_validator(physical):
+    """docs/op.md and docs/graph-mode.md: the NPU copies a physical id from the chosen column as
+    it is stored, so the reference kernel does too; only validate_eplb_table refuses it."""
+    bad = table([[2, 0, physical], [1, 1], [1, 2]])  # 4 slots on 2 ranks
+    ids = torch.tensor([[0, 1], [0, 2]], dtype=torch.int32)
+    balanced, _ = torch.ops.npu.npu_moe_update_expert(ids, bad, local_rank_id=1, world_size=2)
+    assert balanced.tolist() == [[physical, 1], [physical, 2]]  # rank 1 of 2 takes replica 2
+    balanced, _ = torch.ops.npu.npu_moe_update_expert(ids, bad, balance_mode=1)
+    assert balanced.tolist() == [[0, 1], [physical, 2]]  # row i takes replica i % 2 + 1
+    with pytest.raises(ValueError, match=rf"eplb_table\[0, 2\] .* in \[0, sum of counts=4\), got {physical}"):
+        validate_eplb_table(bad, world_size=2)

@@ -61,7 +61,7 @@ class Action(enum.Enum):
 
 
 def keep_native_requested(environ: Mapping[str, str] = os.environ) -> bool:
-    return environ.get(NATIVE_CONVERTER_ENV, "") not in ("", "0")
+    return _environment.flag_set(environ, NATIVE_CONVERTER_ENV)
 
 
 def plan_converter(

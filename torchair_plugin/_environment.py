@@ -6,12 +6,16 @@ Everything here must run before ``import torch`` (the package's ``__init__`` cal
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import shlex
+import shutil
 import sys
-from typing import Mapping, MutableMapping, Optional
+from typing import Iterator, List, Mapping, MutableMapping, Optional
 
 AUTOLOAD_VAR = "TORCH_DEVICE_BACKEND_AUTOLOAD"
+CC_VAR = "CC"
 
 # CANN's set_env.sh exports these; a toolkit installed in the default place has no variable.
 _CANN_ENV_VARS = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH", "ASCEND_AICPU_PATH")
@@ -19,12 +23,56 @@ _CANN_DEFAULT_DIRS = ("/usr/local/Ascend/ascend-toolkit/latest", "/usr/local/Asc
 _CANN_RUNTIME_LIBRARY = "libascendcl.so"
 
 
+def flag_set(environ: Mapping[str, str], name: str) -> bool:
+    """An on/off environment variable: on unless unset, empty or ``0``."""
+    return environ.get(name, "") not in ("", "0")
+
+
+def torch_npu_dir() -> Optional[str]:
+    """The installed torch_npu package's directory, found without importing it; None if absent."""
+    try:
+        spec = importlib.util.find_spec("torch_npu")
+    except (ImportError, ValueError):  # a broken entry in sys.modules, or torch_npu.__spec__ None
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
 def torch_npu_installed() -> bool:
     """True when the torch_npu distribution is on the path (found without importing it)."""
+    return torch_npu_dir() is not None
+
+
+def c_compiler(environ: Mapping[str, str] = os.environ) -> Optional[List[str]]:
+    """The C compiler command as argv: ``$CC`` split like a shell does (``CC="ccache gcc"`` is
+    ccache running gcc), else cc, else gcc; the first word resolved on PATH. None if none is found.
+
+    The stub build runs it and doctor reports it: both ask here, so they cannot disagree.
+    """
+    candidates = [shlex.split(environ[CC_VAR])] if environ.get(CC_VAR, "").strip() else []
+    for argv in candidates + [["cc"], ["gcc"]]:
+        path = shutil.which(argv[0])
+        if path:
+            return [path, *argv[1:]]
+    return None
+
+
+@contextlib.contextmanager
+def forgotten_if_failed(*packages: str) -> Iterator[None]:
+    """Run an import block; if it fails, drop from sys.modules what it added of ``packages``.
+
+    A failed ``import torch_npu`` (CANN found but broken, or absent) leaves the submodules that
+    did load behind without their package; a later import or ``in sys.modules`` test would then
+    find them half-made.
+    """
+    before = frozenset(sys.modules)
     try:
-        return importlib.util.find_spec("torch_npu") is not None
-    except (ImportError, ValueError):
-        return False
+        yield
+    except BaseException:
+        for name in [n for n in sys.modules if n.split(".", 1)[0] in packages and n not in before]:
+            del sys.modules[name]
+        raise
 
 
 def cann_home(environ: Mapping[str, str] = os.environ) -> Optional[str]:

@@ -71,6 +71,14 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: tuple, expected_text
         _check(ok, f"{name}.shape", limit, tuple(got))
 
 
+def check_required_tensors(expert_ids, eplb_table) -> None:
+    """The two required inputs are tensors. torch's dispatcher passes ``None`` for a ``Tensor``
+    argument straight to Python kernels, where it would surface as an AttributeError."""
+    for name, value, shape in (("expert_ids", expert_ids, "(BS, K)"), ("eplb_table", eplb_table, "(moe_expert_num, F)")):
+        if not isinstance(value, torch.Tensor):
+            _check(False, name, f"a tensor {shape}", "None" if value is None else type(value).__name__)
+
+
 def check_attributes(local_rank_id: int, world_size: int, balance_mode: int) -> None:
     """The Int attrs: balance_mode first, then (mode 0 only) world_size and local_rank_id."""
     _check(balance_mode in limits.BALANCE_MODES, "balance_mode", "0 or 1", balance_mode)
@@ -112,6 +120,7 @@ def check_update_expert_args(
     balance_mode: int = 0,
 ) -> None:
     """Every check of the NPU's tiling, in its order. Raises RuntimeError naming the culprit."""
+    check_required_tensors(expert_ids, eplb_table)
     check_attributes(local_rank_id, world_size, balance_mode)
 
     _check_dtype("expert_ids", expert_ids, limits.EXPERT_IDS_DTYPES)

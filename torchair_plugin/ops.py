@@ -6,6 +6,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from torchair_plugin.checks import check_required_tensors
+
 
 def npu_moe_update_expert(
     expert_ids: torch.Tensor,
@@ -25,6 +27,9 @@ def npu_moe_update_expert(
     ``torch.ops.npu.npu_moe_update_expert``: the native kernel on an NPU, the plugin's reference
     kernel elsewhere; traceable by torch.compile. See docs/op.md for the exact semantics.
     """
+    # The dispatcher lets None through for a Tensor argument; the kernels would then fail on
+    # ``None.shape`` instead of naming the argument.
+    check_required_tensors(expert_ids, eplb_table)
     return torch.ops.npu.npu_moe_update_expert.default(
         expert_ids,
         eplb_table,

@@ -69,7 +69,7 @@ class Options:
     @classmethod
     def from_environ(cls, environ=os.environ) -> "Options":
         return cls(
-            keep_native_fake=environ.get(NATIVE_FAKE_ENV, "") not in ("", "0"),
+            keep_native_fake=_environment.flag_set(environ, NATIVE_FAKE_ENV),
             keep_native_converter=_converter_hook.keep_native_requested(environ),
         )
 
@@ -217,7 +217,8 @@ def _import_native_op_provider() -> None:
     if _environment.cann_home() is None:
         return
     try:
-        import torch_npu  # noqa: F401
+        with _environment.forgotten_if_failed("torch_npu"):
+            import torch_npu  # noqa: F401
     except Exception:  # a broken torch_npu install: proceed as without it, doctor reports it
         pass
 

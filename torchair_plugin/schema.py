@@ -4,7 +4,7 @@ NAMESPACE = "npu"
 OP_NAME = "npu_moe_update_expert"
 QUALNAME = f"{NAMESPACE}::{OP_NAME}"
 
-# Copied from no one: this is the contract in shared/docs/op-semantics.md, and must stay
+# Copied from no one: this is the contract in docs/op.md ("Prototype"), and must stay
 # byte-for-byte equal to torch_npu's so that code written for Ascend runs unchanged.
 SCHEMA = (
     "(Tensor expert_ids, Tensor eplb_table, *, Tensor? expert_scales=None, "

@@ -17,7 +17,7 @@ import re
 import shlex
 import shutil
 import sys
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from torchair_plugin import _environment
 
@@ -70,15 +70,11 @@ def torchair_location() -> Dict[str, Optional[str]]:
     standalone = distribution_version("torchair")
     if standalone is not None:
         return {"version": standalone, "source": "torchair distribution"}
-    try:
-        spec = importlib.util.find_spec("torch_npu")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            bundled = os.path.join(root, "dynamo", "torchair")
-            if os.path.isfile(os.path.join(bundled, "__init__.py")):
-                return {"version": distribution_version("torch_npu"), "source": f"bundled with torch-npu {distribution_version('torch_npu')} ({bundled})"}
+    root = _environment.torch_npu_dir()
+    bundled = os.path.join(root, "dynamo", "torchair") if root is not None else None
+    if bundled is not None and os.path.isfile(os.path.join(bundled, "__init__.py")):
+        version = distribution_version("torch_npu")
+        return {"version": version, "source": f"bundled with torch-npu {version} ({bundled})"}
     return {"version": None, "source": None}
 
 
@@ -97,26 +93,22 @@ def npu_devices() -> Dict[str, object]:
     return {"visible": visible, "torch_npu_device_count": count, "device_nodes": nodes}
 
 
-def find_c_compiler(environ: Mapping[str, str] = os.environ) -> Optional[str]:
-    """$CC (its first word), else cc, else gcc: the compiler the capture layer builds stubs with."""
-    candidates = []
-    if environ.get("CC"):
-        candidates.append(shlex.split(environ["CC"])[0])
-    candidates += ["cc", "gcc"]
-    for candidate in candidates:
-        path = shutil.which(candidate)
-        if path:
-            return path
-    return None
+def stub_cache() -> Tuple[str, Optional[str]]:
+    """(the stub cache directory, why stubs cannot be built there or None), creating nothing."""
+    from torchair_plugin.testing import _stubs
+
+    root = _stubs.cache_root()
+    return str(root), _stubs.cache_problem(root)
 
 
-def capture_requirements(torch_version: str) -> Dict[str, object]:
+def capture_requirements(torch_version: str, cache_dir: str, cache_problem: Optional[str]) -> Dict[str, object]:
     """What CANN-less GE capture needs, each None/False when missing."""
     torch_npu = distribution_version("torch_npu")
+    cc = _environment.c_compiler()
     protobuf = distribution_version("protobuf")
     return {
         "linux": platform.system() == "Linux",
-        "c_compiler": find_c_compiler(),
+        "c_compiler": shlex.join(cc) if cc else None,  # the command the stub build runs
         "nm": shutil.which("nm"),
         "readelf": shutil.which("readelf"),
         "torch_npu_wheel": torch_npu,
@@ -124,6 +116,7 @@ def capture_requirements(torch_version: str) -> Dict[str, object]:
         and version_tuple(torch_npu)[:2] == version_tuple(torch_version)[:2],
         "protobuf": protobuf if protobuf and version_tuple(protobuf)[:2] >= MIN_PROTOBUF else None,
         "capture_layer": importlib.util.find_spec("torchair_plugin.testing") is not None,
+        "stub_cache": cache_dir if cache_problem is None else None,
     }
 
 
@@ -138,7 +131,8 @@ def collect() -> Dict[str, object]:
     import torchair_plugin
 
     home = _environment.cann_home()
-    requirements = capture_requirements(torch.__version__)
+    cache_dir, cache_problem = stub_cache()
+    requirements = capture_requirements(torch.__version__, cache_dir, cache_problem)
     return {
         "plugin": torchair_plugin.__version__,
         "python": platform.python_version(),
@@ -155,6 +149,7 @@ def collect() -> Dict[str, object]:
         "capture": {
             "possible": not missing_requirements(requirements),
             "requirements": requirements,
+            "stub_cache": {"directory": cache_dir, "problem": cache_problem},
         },
         "registration": torchair_plugin.registration_report(),
     }

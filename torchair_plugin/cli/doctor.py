@@ -85,7 +85,10 @@ def advice(facts: Dict) -> List[str]:
         for name in _probe.missing_requirements(facts["capture"]["requirements"]):
             if name == "torch_npu_matches_torch" and torch_npu is None:
                 continue  # the torch_npu_wheel line already covers it
-            lines.append(_REQUIREMENT_ADVICE[name])
+            if name == "stub_cache":  # the reason depends on the location: say it exactly
+                lines.append(facts["capture"]["stub_cache"]["problem"])
+            else:
+                lines.append(_REQUIREMENT_ADVICE[name])
     converter = facts["registration"]["converter"]
     if converter.startswith("unavailable"):
         lines.append("GE converter: torchair is not installed; graph mode needs it (it ships inside torch-npu)")
@@ -129,7 +132,8 @@ def _format(facts: Dict) -> str:
         verdict = "possible" if facts["capture"]["possible"] else "not possible"
         lines.append(f"GE graph capture without CANN: {verdict}")
         for name, value in facts["capture"]["requirements"].items():
-            lines.append(f"  {name:<24}{'ok' if value is True else value or 'MISSING'}")
+            missing = "NOT USABLE (see advice)" if name == "stub_cache" else "MISSING"
+            lines.append(f"  {name:<24}{'ok' if value is True else value or missing}")
     lines += ["", "Registration"] + ["  " + line for line in format_registration(facts["registration"])]
     lines += ["", "Usable here for"] + ([f"  - {use}" for use in facts["usable_for"]] or ["  nothing"])
     if facts["advice"]:

@@ -145,8 +145,9 @@ def add_lower_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         "--optional", nargs="*", choices=OPTIONAL_INPUTS, default=[], metavar="INPUT",
         help=f"optional inputs to give, of {', '.join(OPTIONAL_INPUTS)} (pruning needs the first two together)",
     )
-    inputs.add_argument("--ids-dtype", choices=IDS_DTYPES, default="int32")
-    inputs.add_argument("--scales-dtype", choices=SCALES_DTYPES, default="float32")
+    inputs.add_argument("--ids-dtype", choices=IDS_DTYPES, default="int32", help="dtype of expert_ids (default int32)")
+    inputs.add_argument("--scales-dtype", choices=SCALES_DTYPES, default="float32",
+                        help="dtype of expert_scales (default float32)")
     inputs.add_argument("--threshold-shape", choices=("k", "1k"), default="k", help="pruning_threshold (K,) or (1, K)")
     inputs.add_argument("--x-dtype", choices=X_DTYPES, default="bfloat16", help="--chain: dtype of x")
     parser.add_argument("--dynamic", action="store_true", help="compile with dynamic=True (symbolic shapes, -1 dims)")

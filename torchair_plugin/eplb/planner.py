@@ -1,7 +1,7 @@
 """Plan a placement: from per-expert load to replica counts, slots on ranks and an eplb_table.
 
 The planner models how the op really splits a logical expert's tokens over its replicas
-(shared/docs/op-semantics.md):
+(docs/op.md, "Formula"):
 - balance_mode 1 splits by token row: each of ``count`` replicas gets load / count;
 - balance_mode 0 sends every token of a source rank to one replica, source ranks grouped
   contiguously, ``ceil(world_size / count)`` per replica: replica k gets the load of source ranks

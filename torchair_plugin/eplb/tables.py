@@ -1,7 +1,7 @@
 """Build ``eplb_table`` from the placement formats users have, and convert it back.
 
 An eplb_table is int32 of shape (moe_expert_num, F); row e is
-``[count, phys_1, ..., phys_count, PADDING, ...]`` (see shared/docs/op-semantics.md). The order of
+``[count, phys_1, ..., phys_count, PADDING, ...]`` (see docs/op.md). The order of
 a row's replicas matters in balance_mode 0: replica k serves the k-th contiguous group of source
 ranks. Every builder keeps the order it is given, and validates its result with
 ``validate_eplb_table``, so a table that would read out of bounds on the NPU never leaves here.

@@ -16,11 +16,14 @@ Tools: ``nm`` and ``readelf`` (binutils, installed with gcc) and the system C co
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,11 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
+from torchair_plugin import _environment
+
 CACHE_DIR_VAR = "TORCHAIR_PLUGIN_CACHE_DIR"
-CC_VAR = "CC"
 
 # Bump when the generated C or the layout of a cache entry changes: old entries are then ignored.
-_GENERATOR_VERSION = "2"
+_GENERATOR_VERSION = "3"
 _ALL_SYMBOLS_LIB = "libtorchair_plugin_cann_stubs.so"
 _MANIFEST = "manifest.json"
 
@@ -284,16 +288,6 @@ def plan_stubs(modules: Sequence[str], extra_sonames: Sequence[str] = ()) -> Sym
 # --- building and caching ----------------------------------------------------------------------
 
 
-def find_c_compiler(environ: Mapping[str, str] = os.environ) -> Optional[str]:
-    """Path of the C compiler ($CC, else cc, else gcc), or None."""
-    for candidate in (environ.get(CC_VAR), "cc", "gcc"):
-        if candidate:
-            path = shutil.which(candidate)
-            if path:
-                return path
-    return None
-
-
 def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
     """$TORCHAIR_PLUGIN_CACHE_DIR, else $XDG_CACHE_HOME/torchair-plugin, else ~/.cache/torchair-plugin."""
     if environ.get(CACHE_DIR_VAR):
@@ -336,15 +330,15 @@ class StubSet:
         return [self.all_symbols, *self.sonames]
 
 
-def _compile(cc: str, source: Path, output: Path, soname: str) -> None:
-    argv = [cc, "-shared", "-fPIC", "-O0", f"-Wl,-soname,{soname}", "-o", str(output), str(source)]
+def _compile(cc: Sequence[str], source: Path, output: Path, soname: str) -> None:
+    argv = [*cc, "-shared", "-fPIC", "-O0", f"-Wl,-soname,{soname}", "-o", str(output), str(source)]
     try:
         subprocess.run(argv, check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as exc:
-        raise StubError(f"building {soname} with {cc} failed:\n{exc.stderr.strip()}") from exc
+        raise StubError(f"building {soname} with {shlex.join(cc)} failed:\n{exc.stderr.strip()}") from exc
 
 
-def _build(directory: Path, cc: str, plan: SymbolPlan) -> None:
+def _build(directory: Path, cc: Sequence[str], plan: SymbolPlan) -> None:
     source = directory / "cann_stubs.c"
     source.write_text(generate_c_source(plan.symbols), encoding="utf-8")
     _compile(cc, source, directory / _ALL_SYMBOLS_LIB, _ALL_SYMBOLS_LIB)
@@ -353,25 +347,144 @@ def _build(directory: Path, cc: str, plan: SymbolPlan) -> None:
     empty = directory / "empty.c"
     empty.write_text("/* intentionally empty: see torchair_plugin/testing/_stubs.py */\n", encoding="utf-8")
     for soname in plan.missing_sonames:
-        if not _SONAME.match(soname):
+        if not is_soname(soname):
             raise ValueError(f"refusing to build a stub for the soname {soname!r}")
         _compile(cc, empty, directory / soname, soname)
-    manifest = {"sonames": list(plan.missing_sonames), "symbols": list(plan.symbols)}
+    _write_manifest(directory, plan)
+
+
+# --- the cache entry on disk -------------------------------------------------------------------
+# An entry is trusted only as far as its manifest vouches for it: a process killed mid-write, a
+# full disk or a hand edit can leave a truncated .so, which the loader maps and then dies on
+# (SIGBUS), so every library's SHA-256 is recorded and checked before it is loaded.
+
+
+class CacheUnusable(StubError):
+    """The stub cache location cannot hold stubs (not a directory, not writable, damaged and not
+    repairable): the message names the directory and what to do."""
+
+
+class _DamagedEntry(Exception):
+    """An entry directory exists but is not a complete entry written by _build."""
+
+
+def is_soname(name: str) -> bool:
+    """True when ``name`` may be a file name in a cache entry (no separator, no leading dot)."""
+    return isinstance(name, str) and _SONAME.match(name) is not None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_manifest(directory: Path, plan: SymbolPlan) -> None:
+    libraries = [_ALL_SYMBOLS_LIB, *plan.missing_sonames]
+    manifest = {
+        "sonames": list(plan.missing_sonames),
+        "symbols": list(plan.symbols),
+        "sha256": {name: _sha256(directory / name) for name in libraries},
+    }
     (directory / _MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
 
+def _string_list(manifest: dict, key: str, valid) -> List[str]:
+    values = manifest.get(key)
+    if not isinstance(values, list) or not all(valid(v) for v in values):
+        raise _DamagedEntry(f"{_MANIFEST} has no valid {key!r} list")
+    return values
+
+
 def _load_entry(directory: Path, built: bool) -> Optional[StubSet]:
-    try:
-        manifest = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The entry in ``directory``, None when there is none; _DamagedEntry when it is not whole."""
+    if not directory.exists():  # also False under a path that is not a directory
         return None
+    try:
+        raw = (directory / _MANIFEST).read_bytes()
+    except OSError as exc:
+        raise _DamagedEntry(f"{_MANIFEST} is unreadable ({exc.strerror})") from exc
+    try:
+        manifest = json.loads(raw)  # bytes: a decoding error is a ValueError too
+    except ValueError as exc:
+        raise _DamagedEntry(f"{_MANIFEST} is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise _DamagedEntry(f"{_MANIFEST} holds a {type(manifest).__name__}, not an object")
+    sonames = _string_list(manifest, "sonames", is_soname)
+    symbols = _string_list(manifest, "symbols", is_c_identifier)
+    digests = manifest.get("sha256")
+    libraries = [_ALL_SYMBOLS_LIB, *sonames]
+    if not isinstance(digests, dict) or sorted(digests) != sorted(libraries):
+        raise _DamagedEntry(f"{_MANIFEST} does not list a digest for each library")
+    for name in libraries:
+        try:
+            intact = _sha256(directory / name) == digests[name]
+        except OSError as exc:
+            raise _DamagedEntry(f"{name} is unreadable ({exc.strerror})") from exc
+        if not intact:
+            raise _DamagedEntry(f"{name} differs from what was built (truncated or modified)")
     return StubSet(
         directory=directory,
         all_symbols=directory / _ALL_SYMBOLS_LIB,
-        sonames=tuple(directory / s for s in manifest["sonames"]),
-        symbols=tuple(manifest["symbols"]),
+        sonames=tuple(directory / s for s in sonames),
+        symbols=tuple(symbols),
         built=built,
     )
+
+
+def _unusable(root: Path, reason: str, damaged: Optional[Path] = None) -> str:
+    remedy = f"set {CACHE_DIR_VAR} to a writable directory"
+    if damaged is not None:
+        remedy = f"remove the damaged entry (rm -rf '{damaged}') or {remedy}"
+    return f"stub cache directory {root} is not usable: {reason}; {remedy}"
+
+
+def cache_problem(root: Path) -> Optional[str]:
+    """Why stubs cannot be built under ``root`` (one line), found without creating anything;
+    None when nothing is in the way."""
+    path = Path(root) / "stubs"
+    while not path.exists() and path.parent != path:
+        path = path.parent  # the nearest existing ancestor is the one that must be writable
+    if not path.is_dir():
+        return _unusable(root, f"{path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        return _unusable(root, f"{path} is not writable")
+    return None
+
+
+@contextlib.contextmanager
+def _exclusive(final: Path):
+    """Hold the entry's lock file: one process at a time builds, repairs or renames an entry."""
+    with open(final.parent / f".{final.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _install(final: Path, cc: Sequence[str], plan: SymbolPlan) -> StubSet:
+    """Under the entry's lock: reuse what another process built meanwhile, else (re)build.
+
+    A damaged entry is moved aside before the new one is renamed into place, so that a reader
+    (which takes no lock) sees the old entry or the new one, never a mixture.
+    """
+    with _exclusive(final):
+        try:
+            entry = _load_entry(final, built=False)
+        except _DamagedEntry:
+            entry = None
+            aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.damaged.", dir=final.parent))
+            os.rename(final, aside / final.name)
+            shutil.rmtree(aside, ignore_errors=True)
+        if entry is not None:
+            return entry
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            _build(tmp, cc, plan)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return _load_entry(final, built=True)
 
 
 def ensure_stubs(
@@ -379,36 +492,37 @@ def ensure_stubs(
     torch_npu_version: str,
     torch_version: str,
     root: Optional[Path] = None,
-    cc: Optional[str] = None,
+    cc: Optional[Sequence[str]] = None,
     extra_sonames: Sequence[str] = (),
 ) -> StubSet:
-    """The cached stub set for these modules, building it (atomically) when absent."""
+    """The cached stub set for these modules, building it (atomically) when absent or damaged.
+
+    CacheUnusable when the cache location cannot be written (or holds a damaged entry that
+    cannot be replaced); the message names the directory.
+    """
     root = cache_root() if root is None else Path(root)
     final = root / "stubs" / cache_key(torch_npu_version, torch_version, modules, extra_sonames)
-    cached = _load_entry(final, built=False)
-    if cached is not None:
-        return cached
-    cc = cc or find_c_compiler()
+    damaged = None
+    try:
+        cached = _load_entry(final, built=False)
+    except _DamagedEntry as exc:
+        damaged, damage = final, f"{final} is damaged ({exc}) and could not be rebuilt: "
+    else:
+        if cached is not None:
+            return cached
+        damage = ""
+    cc = cc or _environment.c_compiler()
     if cc is None:
         raise MissingTool("no C compiler found (tried $CC, cc, gcc): install gcc, e.g. `apt-get install gcc`")
     plan = plan_stubs(modules, extra_sonames)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        _build(tmp, cc, plan)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            # Another process renamed its complete copy into place first: use that one.
-            if _load_entry(final, built=False) is None:
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    entry = _load_entry(final, built=True)
-    if entry is None:
-        raise StubError(f"stub cache entry {final} is unreadable")
-    return entry
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return _install(final, cc, plan)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise CacheUnusable(_unusable(root, f"{damage}{exc.strerror or exc}{where}", damaged)) from exc
+    except _DamagedEntry as exc:  # damaged again right after it was written: the disk, not us
+        raise StubError(f"stub cache entry {final} was damaged right after it was built: {exc}") from exc
 
 
 def preload(stubs: StubSet) -> List[ctypes.CDLL]:

@@ -50,9 +50,9 @@ INSTALL_TORCH_NPU = "pip install torch-npu==2.13.0 protobuf"
 
 
 class CannLessUnavailable(RuntimeError):
-    """A prerequisite is missing (torch-npu, protobuf, a C compiler, binutils), or torch_npu is
-    already imported; the message says what to install. Tests skip on this, never on other
-    errors (those are bugs to see)."""
+    """A prerequisite is missing (torch-npu, protobuf, a C compiler, binutils, a writable stub
+    cache), or torch_npu is already imported; the message says what to install or fix. Tests
+    skip on this, never on other errors (those are bugs to see)."""
 
 
 class Mode(enum.Enum):
@@ -155,10 +155,10 @@ _loaded: Optional[_Loaded] = None
 
 
 def _torch_npu_dir() -> str:
-    spec = importlib.util.find_spec("torch_npu")
-    if spec is None or not spec.submodule_search_locations:
+    directory = _environment.torch_npu_dir()
+    if directory is None:
         raise CannLessUnavailable(f"torch-npu is not installed: {INSTALL_TORCH_NPU}")
-    return list(spec.submodule_search_locations)[0]
+    return directory
 
 
 def _shared_objects(directory: str, pattern: str = "*.so") -> List[str]:
@@ -195,7 +195,7 @@ def preload_stubs(real_torch_npu: bool = False) -> Tuple[_stubs.StubSet, list]:
             native_modules(real_torch_npu), _torch_npu_version(), torch.__version__,
             extra_sonames=_DLOPENED_SONAMES if real_torch_npu else (),
         )
-    except _stubs.MissingTool as exc:
+    except (_stubs.MissingTool, _stubs.CacheUnusable) as exc:
         raise CannLessUnavailable(str(exc)) from exc
     return stubs, _stubs.preload(stubs)
 
@@ -338,12 +338,13 @@ def _forget_torchair_modules() -> None:
 
 
 def _import_native() -> ModuleType:
-    import torch_npu  # noqa: F401  (registers the NPU device; torchair expects it)
-    import torchair
+    with _environment.forgotten_if_failed("torch_npu", "torchair"):
+        import torch_npu  # noqa: F401  (registers the NPU device; torchair expects it)
+        import torchair
 
-    # torch_npu may install a lazy proxy as ``torchair``; touching an attribute makes it import
-    # the real package, so that ``torchair._ge_concrete_graph`` is importable for the capture hook.
-    torchair.CompilerConfig  # noqa: B018
+        # torch_npu may install a lazy proxy as ``torchair``; touching an attribute makes it import
+        # the real package, so that ``torchair._ge_concrete_graph`` is importable for the capture hook.
+        torchair.CompilerConfig  # noqa: B018
     return torchair
 
 

@@ -27,13 +27,14 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib
-import importlib.util
 import math
 import os
 import re
 import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional
+
+from torchair_plugin import _environment
 
 OPS = ("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2")
 SCHEMA_FILE = os.path.join("csrc", "aten", "npu_native_functions_by_codegen.yaml")
@@ -70,10 +71,10 @@ STAND_INS: Dict[str, Any] = {
 
 
 def torch_npu_dir() -> str:
-    spec = importlib.util.find_spec("torch_npu")
-    if spec is None or not spec.submodule_search_locations:
+    directory = _environment.torch_npu_dir()
+    if directory is None:
         raise ModuleNotFoundError("torch-npu is not installed (pip install torch-npu==2.13.0)", name="torch_npu")
-    return list(spec.submodule_search_locations)[0]
+    return directory
 
 
 def read_schemas(yaml_text: str, names=OPS) -> Dict[str, str]:

@@ -48,7 +48,7 @@ class OpIR:
 
 
 # Extend this table (or call register_op_ir) when a converter emits a new op type. Values come
-# from the op's GE IR (docs/op-semantics.md for MoeUpdateExpert).
+# from the op's GE IR (docs/ge-lowering.md for MoeUpdateExpert).
 OP_IRS: Dict[str, OpIR] = {
     "MoeUpdateExpert": OpIR(
         inputs=("expert_ids", "eplb_table", "expert_scales", "pruning_threshold", "active_mask"),

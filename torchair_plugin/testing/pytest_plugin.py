@@ -29,6 +29,8 @@ from typing import Any, List, Optional, Union
 
 import pytest
 
+from torchair_plugin import _environment
+
 UPDATE_OPTION = "--update-goldens"
 UPDATE_ENV = "TORCHAIR_PLUGIN_UPDATE_GOLDENS"
 GOLDEN_DIR = "goldens"
@@ -39,13 +41,13 @@ def pytest_addoption(parser: Any) -> None:
     group.addoption(
         UPDATE_OPTION,
         action="store_true",
-        default=os.environ.get(UPDATE_ENV, "") not in ("", "0"),
+        default=_environment.flag_set(os.environ, UPDATE_ENV),
         help=f"rewrite GE graph golden files instead of comparing (env {UPDATE_ENV}=1 does the same)",
     )
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _written:
+def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
+    if _written and update_requested(config):
         terminalreporter.write_line(f"{UPDATE_OPTION}: wrote {len(_written)} golden file(s):")
         for path in _written:
             terminalreporter.write_line(f"  {path}")
