@@ -38,7 +38,7 @@ from torchair_plugin.checks import check_update_expert_args
 from torchair_plugin.schema import OP_NAME
 
 
-# Integer division is not vectorised on CPU (~20 ns an element): both modes look the replica up
+# Integer division is not vectorised on CPU (a scalar loop): both modes look the replica up
 # in small tables computed once per shape instead. They are cached per device and read-only.
 # A count of 0 maps to _INVALID, far below any valid flat index, so the table gather rejects it.
 _INVALID = -(2**30)
@@ -73,7 +73,7 @@ def _flat_token_rows(k: int, device: torch.device) -> torch.Tensor:
 
 # The checks depend on metadata only (shapes, dtypes, devices, attrs): an eager call whose
 # signature already passed them skips them. The key is built inline from named parameters: a
-# generic ``map`` over ``*args`` cost ~0.8 us more a call (about half of the lookup).
+# generic ``map`` over ``*args`` doubled the cost of the lookup (bench/reference-kernel-notes.md).
 _PASSED_SIGNATURES: set = set()
 _MAX_SIGNATURES = 1024
 
@@ -132,12 +132,15 @@ def _mode1_physical_by_row(eplb_table) -> torch.Tensor:
     return flat.view(limits.MAX_BS, num_experts)
 
 
-def _map_to_physical(eplb_table, flat_ids, bs, k, local_rank_id, world_size, balance_mode):
-    """balanced_expert_ids, flat int32. Out-of-range values raise IndexError/RuntimeError on CPU."""
+def _map_to_physical(eplb_table, expert_ids, local_rank_id, world_size, balance_mode):
+    """balanced_expert_ids (BS, K) int32. Out-of-range values raise IndexError/RuntimeError on CPU."""
+    bs, k = expert_ids.shape
+    flat_ids = expert_ids.reshape(-1)
     if balance_mode == 0:
-        return _mode0_physical_by_expert(eplb_table, local_rank_id, world_size).index_select(0, flat_ids)
-    rows = _flat_token_rows(k, eplb_table.device).narrow(0, 0, bs * k)
-    return _mode1_physical(eplb_table, rows, flat_ids)
+        flat = _mode0_physical_by_expert(eplb_table, local_rank_id, world_size).index_select(0, flat_ids)
+    else:
+        flat = _mode1_physical(eplb_table, _flat_token_rows(k, eplb_table.device).narrow(0, 0, bs * k), flat_ids)
+    return flat.view(bs, k)
 
 
 def _gather_takes_int32_index() -> bool:
@@ -166,7 +169,7 @@ def _remembered(memo, key, dtype, derive, *args) -> Optional[torch.Tensor]:
     return value
 
 
-def _map_remembered(eplb_table, expert_ids, flat_ids, local_rank_id, world_size, balance_mode):
+def _map_remembered(eplb_table, expert_ids, local_rank_id, world_size, balance_mode):
     """balanced_expert_ids (BS, K) in expert_ids' dtype from values derived once per table
     content, or None where there are none: the caller takes the general path."""
     memo = _table_memo.memo_for(eplb_table)
@@ -176,15 +179,15 @@ def _map_remembered(eplb_table, expert_ids, flat_ids, local_rank_id, world_size,
     if balance_mode == 0:
         key = (local_rank_id, world_size, dtype)
         chosen = _remembered(memo, key, dtype, _mode0_physical_by_expert, eplb_table, local_rank_id, world_size)
-        return None if chosen is None else chosen.index_select(0, flat_ids).view(expert_ids.shape)
+        return None if chosen is None else chosen.index_select(0, expert_ids.reshape(-1)).view(expert_ids.shape)
     if not memo.seen_unchanged:
-        # A (MAX_BS, E) table costs ~100 calls to build: not for a table rewritten every call.
+        # A (MAX_BS, E) table costs many calls to build: not for a table rewritten every call.
         return None
     by_row = _remembered(memo, ("by_row", dtype), dtype, _mode1_physical_by_row, eplb_table)
     if by_row is None:
         return None
     index = expert_ids if _GATHER_TAKES_INT32 or dtype == torch.int64 else expert_ids.long()
-    return torch.gather(by_row.narrow(0, 0, expert_ids.size(0)), 1, index)
+    return torch.gather(by_row, 1, index)  # (BS, K): rows past BS are never read
 
 
 def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> None:
@@ -208,23 +211,23 @@ def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> None:
         )
 
 
-def _map_after_diagnosis(eplb_table, flat_ids, *rest):
+def _map_after_diagnosis(eplb_table, expert_ids, *rest):
     """The careful path: ValueError for a value the NPU would read out of bounds with; otherwise
     the mapping, with the counts of experts nobody routes to made harmless (as on the NPU, they
     are never read)."""
     f = eplb_table.size(1)
-    _check_values(flat_ids, eplb_table.select(1, 0), f)
+    _check_values(expert_ids.reshape(-1), eplb_table.select(1, 0), f)
     safe_table = eplb_table.clone()
     safe_table[:, 0].clamp_(1, f - 1)
-    return _map_to_physical(safe_table, flat_ids, *rest)
+    return _map_to_physical(safe_table, expert_ids, *rest)
 
 
 class _PruningWorkspace:
     """Float32 buffers for one (BS, K) pruning, with every view the pairwise tree reads made once.
 
     At BS=512 a torch call costs more than its arithmetic: a tree level written as
-    ``torch.add(*x.view(bs, -1, 2).unbind(2))`` is three calls (~7 us), while ``torch.add(even,
-    odd, out=level)`` on views made here is one (~2-3 us); widening the scales by ``copy_`` into
+    ``torch.add(*x.view(bs, -1, 2).unbind(2))`` is three calls, while ``torch.add(even, odd,
+    out=level)`` on views made here is one; widening the scales by ``copy_`` into
     the tree's first level is also cheaper than ``.to(torch.float32)``. The buffers never leave
     the op: its outputs are fresh tensors.
     """
@@ -304,24 +307,22 @@ def npu_moe_update_expert_reference(
         expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
         local_rank_id, world_size, balance_mode,
     )
-    bs, k = expert_ids.shape
-    flat_ids = expert_ids.reshape(-1)
-    mapping = (bs, k, local_rank_id, world_size, balance_mode)
+    mapping = (eplb_table, expert_ids, local_rank_id, world_size, balance_mode)
     if eplb_table.is_cpu:
         try:
-            balanced = _map_remembered(eplb_table, expert_ids, flat_ids, local_rank_id, world_size, balance_mode)
+            balanced = _map_remembered(*mapping)
             if balanced is None:
-                balanced = _map_to_physical(eplb_table, flat_ids, *mapping).view(bs, k)
+                balanced = _map_to_physical(*mapping)
         except (IndexError, RuntimeError):
-            balanced = _map_after_diagnosis(eplb_table, flat_ids, *mapping).view(bs, k)
+            balanced = _map_after_diagnosis(*mapping)
     else:
         # Off the CPU an out-of-range gather is a fatal device-side assert: check values first.
-        balanced = _map_after_diagnosis(eplb_table, flat_ids, *mapping).view(bs, k)
+        balanced = _map_after_diagnosis(*mapping)
     if balanced.dtype != expert_ids.dtype:
         balanced = balanced.to(expert_ids.dtype)
 
     if expert_scales is None:
-        # ones_like: ~1.5 us cheaper than torch.ones((bs, k), ...), which parses a size and a device.
+        # ones_like: cheaper than torch.ones((bs, k), ...), which parses a size and a device.
         mask = torch.ones_like(balanced, dtype=torch.bool)
     else:
         mask = _pruned_mask(expert_scales, pruning_threshold, active_mask)
