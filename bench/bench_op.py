@@ -1,15 +1,24 @@
-"""Per-call time of npu_moe_update_expert against its floor and its golden loop, in one run.
+"""Per-call time of npu_moe_update_expert against its floors and its golden loop, in one run.
 
-Shapes from the issue: BS=512, K=16, moe_expert_num=1024, F=9, world_size=64. The floor is one
-index_select of BS*K int32 elements from the flattened table: the least any implementation must
-do. Times are the best of repeated timer blocks; the machines are noisy, so read the ratios.
+Shapes from the issue: BS=512, K=16, moe_expert_num=1024, F=9, world_size=64. Two floors, the
+least any implementation must do: mapping, one index_select of BS*K int32 elements from the
+flattened table; pruning, the scales widened to float32, one sum over K, one multiply, one
+comparison. The full op (mode 1, pruning, active_mask) is reported against their sum. Times are
+the best of repeated timer blocks; the machines are noisy, so read the ratios.
 
-    python bench/bench_op.py [--json bench/results/op.json] [--threads 1]
+"Table changed every call" writes one table entry (the last: the content comparison reads the
+whole table before it finds the change) before each call, as an EPLB update would: the kernel
+cannot reuse anything it derived from the table. ``--baseline`` also times the Python kernel of
+another reference.py with the same cases in the same run, for before/after ratios:
+
+    git show REV:torchair_plugin/reference.py > /tmp/old_reference.py
+    python bench/bench_op.py [--json bench/results/op.json] [--threads 1] [--baseline /tmp/old_reference.py]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -59,21 +68,60 @@ def per_call_us(cases, sync, rounds=15, min_block_s=0.02):
     return best
 
 
-def run(device):
+def load_kernel(path):
+    """npu_moe_update_expert_reference from a reference.py file (e.g. an older revision)."""
+    spec = importlib.util.spec_from_file_location("baseline_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.npu_moe_update_expert_reference
+
+
+MAPPING_FLOOR = "floor: mapping (index_select of BS*K int32)"
+PRUNING_FLOOR = "floor: pruning (float, sum over K, mul, ge)"
+MODE0 = "op mode 0, unchanged table"
+FULL_OP = "op mode 1 + pruning + active_mask (full op)"
+
+
+def kernel_cases(kernel, label, ids, table, scales, threshold, active):
+    """The cases timed for a Python kernel called directly (this tree's and a baseline's)."""
+    changing_table = table.clone()  # its own: the other cases must see an unchanged table
+    last_entry = changing_table.view(-1)[-1:]  # a one-element view: writing it changes the table
+
+    def mode0_changed_table():
+        last_entry.add_(1)
+        return kernel(ids, changing_table, local_rank_id=5, world_size=WORLD, balance_mode=0)
+
+    return {
+        f"{label} mode 0, unchanged table": lambda: kernel(
+            ids, table, local_rank_id=5, world_size=WORLD, balance_mode=0),
+        f"{label} mode 0, table changed every call": mode0_changed_table,
+        f"{label} full op": lambda: kernel(ids, table, scales, threshold, active, balance_mode=1),
+    }
+
+
+def run(device, baseline=None):
     ids, table, scales, threshold, active = make_inputs(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     op = torch.ops.npu.npu_moe_update_expert.default
     flat_table, flat_index = table.view(-1), ids.view(-1)
     full = dict(expert_scales=scales, pruning_threshold=threshold, active_mask=active)
+
+    def pruning_floor():
+        wide = scales.float()
+        return torch.ge(wide, torch.mul(wide.sum(1, keepdim=True), threshold))
+
     cases = {
-        "floor: index_select of BS*K int32": lambda: flat_table.index_select(0, flat_index),
-        "op mode 0": lambda: op(ids, table, local_rank_id=5, world_size=WORLD, balance_mode=0),
+        MAPPING_FLOOR: lambda: flat_table.index_select(0, flat_index),
+        PRUNING_FLOOR: pruning_floor,
+        MODE0: lambda: op(ids, table, local_rank_id=5, world_size=WORLD, balance_mode=0),
         "op mode 0 + pruning": lambda: op(ids, table, **full, local_rank_id=5, world_size=WORLD),
         "op mode 1": lambda: op(ids, table, balance_mode=1),
-        "op mode 1 + pruning + active_mask (full op)": lambda: op(ids, table, **full, balance_mode=1),
-        "python reference, full op (no torch.ops)": lambda: npu_moe_update_expert_reference(
-            ids, table, scales, threshold, active, balance_mode=1),
+        FULL_OP: lambda: op(ids, table, **full, balance_mode=1),
     }
+    inputs = (ids, table, scales, threshold, active)
+    cases.update(kernel_cases(npu_moe_update_expert_reference, "python kernel:", *inputs))
+    if baseline is not None:
+        cases.update(kernel_cases(load_kernel(baseline), "baseline python kernel:", *inputs))
     results = per_call_us(cases, sync)
     if device == "cpu":
         cpu_args = [t.cpu() for t in (ids, table, scales, threshold, active)]
@@ -82,32 +130,44 @@ def run(device):
     return results
 
 
+def ratios_of(results):
+    floor, full_op = results[MAPPING_FLOOR], results[FULL_OP]
+    ratios = {
+        "mode0_unchanged_table_vs_mapping_floor": results[MODE0] / floor,
+        "full_op_vs_sum_of_floors": full_op / (floor + results[PRUNING_FLOOR]),
+        "full_op_vs_mapping_floor": full_op / floor,
+        "torch_ops_vs_python_kernel_full_op": full_op / results["python kernel: full op"],
+    }
+    for case in ("mode 0, unchanged table", "mode 0, table changed every call", "full op"):
+        if f"baseline python kernel: {case}" in results:
+            ratios[f"python kernel {case}: this tree vs baseline"] = (
+                results[f"python kernel: {case}"] / results[f"baseline python kernel: {case}"])
+    if "golden loop, full op" in results:
+        ratios["golden_loop_vs_full_op"] = results["golden loop, full op"] / full_op
+    return ratios
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers and ratios as JSON")
+    parser.add_argument("--baseline", metavar="REFERENCE_PY",
+                        help="also time the Python kernel of this reference.py file (before/after ratios)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report = {"shape": dict(BS=BS, K=K, moe_expert_num=EXPERTS, F=F, world_size=WORLD),
               "threads": args.threads, "torch": torch.__version__, "devices": {}}
     for device in devices:
-        results = run(device)
-        floor = results["floor: index_select of BS*K int32"]
+        results = run(device, args.baseline)
+        floor = results[MAPPING_FLOOR]
         print(f"\n{device} ({args.threads} thread(s)), BS={BS} K={K} experts={EXPERTS} F={F} world_size={WORLD}")
-        print(f"{'case':48s} {'us/call':>10s} {'x floor':>9s}")
+        print(f"{'case':60s} {'us/call':>10s} {'x mapping floor':>16s}")
         for name, us in results.items():
-            print(f"{name:48s} {us:10.1f} {us / floor:9.1f}")
-        full_op = results["op mode 1 + pruning + active_mask (full op)"]
-        ratios = {
-            "mode0_vs_floor": results["op mode 0"] / floor,
-            "full_op_vs_floor": full_op / floor,
-            "torch_ops_vs_python_reference": full_op / results["python reference, full op (no torch.ops)"],
-        }
-        if "golden loop, full op" in results:
-            ratios["golden_loop_vs_full_op"] = results["golden loop, full op"] / full_op
+            print(f"{name:60s} {us:10.1f} {us / floor:16.2f}")
+        ratios = ratios_of(results)
         for name, value in ratios.items():
-            print(f"ratio {name:42s} {value:10.2f}")
+            print(f"ratio {name:65s} {value:8.2f}")
         report["devices"][device] = {"us_per_call": results, "ratios": ratios}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -15,13 +15,17 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def assert_matches_golden(expert_ids, table, kwargs, device="cpu"):
+    # Twice: the first call on a new table takes the general path, the second reuses what the
+    # kernel derived from the unchanged table on CPU.
     moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-    balanced, mask = op(expert_ids.to(device), table.to(device), **moved)
     want_ids, want_mask = golden_update_expert(expert_ids, table, **kwargs)
-    assert balanced.dtype == expert_ids.dtype and mask.dtype == torch.bool
-    assert balanced.shape == expert_ids.shape == mask.shape
-    assert balanced.cpu().tolist() == want_ids
-    assert mask.cpu().tolist() == want_mask
+    on_device = expert_ids.to(device), table.to(device)
+    for _ in range(2):
+        balanced, mask = op(*on_device, **moved)
+        assert balanced.dtype == expert_ids.dtype and mask.dtype == torch.bool
+        assert balanced.shape == expert_ids.shape == mask.shape
+        assert balanced.cpu().tolist() == want_ids
+        assert mask.cpu().tolist() == want_mask
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -160,3 +164,34 @@ def test_pruning_from_several_threads_matches_golden():
     with ThreadPoolExecutor(4) as pool:
         for got, want in zip(pool.map(run, cases), wants):
             assert all(g == want for g in got)
+
+
+def _boundary_case(bs=64, k=16, seed=3):
+    # Softmax-like rows, thresholds s[j] / sum(s) of row 0 in float32, every other one a float32
+    # ulp higher: entries at the keep/prune boundary, where float32 and wider arithmetic disagree.
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.rand(bs, k, generator=gen, dtype=torch.float32).softmax(1).sort(1, descending=True).values
+    scales[: bs // 2] = scales[0]
+    threshold = scales[0] / scales[0].sum()
+    threshold[1::2] = torch.nextafter(threshold[1::2], torch.tensor(1.0, dtype=torch.float32))
+    ids = torch.arange(k, dtype=torch.int32).repeat(bs, 1)
+    table = table_of([[1, e] for e in range(k)], 2)
+    return ids, table, dict(expert_scales=scales, pruning_threshold=threshold,
+                            active_mask=torch.ones(bs, dtype=torch.bool), balance_mode=1)
+
+
+@pytest.mark.parametrize("default_dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_pruning_ignores_the_default_dtype_and_stays_right_after_it_is_set_back(default_dtype):
+    # Issue 10.1: the pruning buffers followed torch's default dtype, and the per-thread workspace
+    # kept that dtype after the default was set back.
+    ids, table, kwargs = _boundary_case()
+    want = golden_update_expert(ids, table, **kwargs)[1]
+    assert not all(all(row) for row in want), "the case must prune something to mean anything"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(default_dtype)
+    try:
+        under_that_default = op(ids, table, **kwargs)[1].tolist()
+    finally:
+        torch.set_default_dtype(previous)
+    assert op(ids, table, **kwargs)[1].tolist() == want  # the workspace kept no stale dtype
+    assert under_that_default == want
