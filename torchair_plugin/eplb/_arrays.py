@@ -99,6 +99,6 @@ def positive_int(name: str, value, high: Optional[int] = None) -> int:
     return check_int(name, value, 1, high)
 
 
-def num_experts(name: str, value) -> int:
+def expert_count(name: str, value) -> int:
     """A count of logical experts: the op's moe_expert_num is at most 1024."""
     return check_int(name, value, 1, limits.MAX_EXPERTS)

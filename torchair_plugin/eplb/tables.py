@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from torchair_plugin import limits
-from torchair_plugin.eplb._arrays import INT64, check_range, first_bad, int_array, num_experts, positive_int
+from torchair_plugin.eplb._arrays import INT64, check_range, expert_count, first_bad, int_array, positive_int
 from torchair_plugin.validate import check_int, max_columns, validate_eplb_table
 
 PADDING = -1
@@ -116,7 +116,7 @@ def table_from_phy2log(
         check_range("phy2log", array, 0, limits.MAX_EXPERTS - 1,
                     f"a logical expert id: the op takes at most {limits.MAX_EXPERTS} experts")
         num_logical = int(array.max()) + 1
-    num_logical = num_experts("num_logical", num_logical)
+    num_logical = expert_count("num_logical", num_logical)
     rows = array if stacked else array[None]
     layers = [
         _replicas_from_phy2log(row, num_logical, f"phy2log[{i}]" if stacked else "phy2log") for i, row in enumerate(rows)
