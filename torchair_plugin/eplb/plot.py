@@ -1,9 +1,11 @@
 """A PNG chart of a LoadReport, readable from 8 to 256 ranks (matplotlib optional).
 
-One bar per rank stops being readable past a few dozen ranks, so the chart draws lines whose
-size does not depend on the rank count: left, tokens per rank in rank order; right, the same
-loads sorted heaviest first and divided by the mean (the heaviest rank sets the step time, so
-the left end of each curve is what matters). The setup that produced the loads is in the title.
+One bar per rank stops being readable past a few dozen ranks, so nothing here is drawn per rank
+at a fixed width: left, every rank's load divided by the mean, sorted heaviest first, one curve
+per scenario on a log scale (a hot rank without redundancy can carry 15x the mean while a
+balanced table stays within a few percent of it, and both must be visible); right, the number
+that decides the step time, the heaviest rank / mean, per scenario. The setup that produced the
+loads is in the title.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ INSTALL_HINT = "the PNG chart needs matplotlib: pip install torchair-plugin[plot
 FIGURE_INCHES = (12.0, 5.6)
 DPI = 100  # 1200 x 560 pixels at any rank count
 _MARKERS_UP_TO = 32  # ranks; beyond, markers merge into a smear
+_FLOOR = 1e-2  # lowest load / mean drawn: a rank receiving nothing sits on the bottom edge
 
 
 def setup_line(report: LoadReport, notes: Sequence[str] = ()) -> str:
@@ -46,32 +49,46 @@ def plot_rank_loads(report: LoadReport, path: str, *, notes: Sequence[str] = (),
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
+        from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
 
     figure = Figure(figsize=FIGURE_INCHES, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
-    by_rank, sorted_axes = figure.subplots(1, 2)
+    curves, summary = figure.subplots(1, 2, width_ratios=(3, 2))
     ranks = np.arange(report.world_size)
     marker = "o" if report.world_size <= _MARKERS_UP_TO else None
     mean = report.scenarios[0].rank_tokens.mean()  # every scenario routes the same tokens
+    peaks, lowest = [], 1.0
     for scenario in report.scenarios:
-        label = f"{scenario.name} (max/mean {scenario.imbalance:.3f})"
-        by_rank.plot(ranks, scenario.rank_tokens, marker=marker, markersize=4, linewidth=1.5, label=label)
         relative = np.sort(scenario.rank_tokens)[::-1] / mean if mean > 0 else np.ones(report.world_size)
-        sorted_axes.plot(ranks, relative, marker=marker, markersize=4, linewidth=1.5, label=label)
-    by_rank.axhline(mean, color="black", linestyle="--", linewidth=1, label="mean")
-    sorted_axes.axhline(1.0, color="black", linestyle="--", linewidth=1)
-    by_rank.set(title="tokens received, by rank", xlabel="rank", ylabel="tokens")
-    sorted_axes.set(title="ranks sorted by load (heaviest sets the step time)",
-                    xlabel="ranks, heaviest first", ylabel="load / mean")
-    for axes in (by_rank, sorted_axes):
-        axes.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
-        axes.set_xlim(-0.5, report.world_size - 0.5)
-        axes.set_ylim(bottom=0)
-        axes.grid(alpha=0.3)
-    sorted_axes.legend(fontsize="medium", loc="lower left")
+        curves.plot(ranks, np.maximum(relative, _FLOOR), marker=marker, markersize=4, linewidth=1.8,
+                    label=scenario.name)
+        peaks.append(float(relative.max()))
+        lowest = min(lowest, float(relative.min()))
+    curves.axhline(1.0, color="black", linestyle="--", linewidth=1, label="mean")
+    curves.set_yscale("log")
+    curves.set_ylim(max(_FLOOR, lowest / 1.5), max(2.0, 1.5 * max(peaks)))
+    curves.set(title="every rank's load, heaviest first", xlabel="ranks, sorted by load",
+               ylabel="load / mean (log scale)")
+    curves.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.5, not 5 x 10^-1
+    curves.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    curves.yaxis.set_major_formatter(plain)
+    curves.yaxis.set_minor_formatter(plain)
+    curves.set_xlim(-0.5, report.world_size - 0.5)
+    curves.grid(alpha=0.3, which="both")
+    curves.legend(loc="lower left")
+
+    names = [s.name for s in report.scenarios]
+    colors = [line.get_color() for line in curves.get_lines()[: len(names)]]
+    bars = summary.barh(names, peaks, color=colors)
+    summary.invert_yaxis()  # scenarios top to bottom in report order
+    idle = [int((s.expert_tokens == 0).sum()) for s in report.scenarios]
+    summary.bar_label(bars, labels=[f" {p:.3f}  ({n} idle physical experts)" for p, n in zip(peaks, idle)])
+    summary.axvline(1.0, color="black", linestyle="--", linewidth=1)
+    summary.set_xlim(0, max(peaks) * 1.9)
+    summary.set(title="heaviest rank / mean (sets the step time)", xlabel="heaviest rank / mean")
     figure.suptitle(f"{title}\n{setup_line(report, notes)}", fontsize="large")
 
     _write_whole(figure, path)
