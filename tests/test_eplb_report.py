@@ -150,6 +150,7 @@ HOSTILE_FILES = {
     "bfloat16_table": _pt("t.pt", lambda: torch.ones((2, 2), dtype=torch.bfloat16)),
     "table_3d": _npy("t.npy", np.array([[[1, 0], [1, 1]]] * 2, dtype=np.int32)),
     "routing_32": _pt("r.pt", lambda: torch.full((2, 3, 1), 31)),
+    "routing_beyond_the_op": _json("r.json", [[[0]], [[1024]]]),
 }
 
 
@@ -162,7 +163,8 @@ HOSTILE_FILES = {
         ("zero_count", ["--table", "{d}/t.json", "--world-size", "2"], r"eplb_table\[0, 0\] .* got 0"),
         ("float_table", ["--table", "{d}/t.npy", "--world-size", "2"], "eplb_table must hold integers, got dtype float32"),
         ("wrong_key", ["--table", "{d}/t.json", "--world-size", "2"], "no entry 'eplb_table'"),
-        ("bad_routing", ["--routing", "{d}/r.pt", "--table", "{d}/t.json"], r"routing\[0\]: expert_ids\[0, 0\]"),
+        ("bad_routing", ["--routing", "{d}/r.pt", "--table", "{d}/t.json"],
+         r"r.pt: routing\[0, 0, 0\] must be a logical expert id in \[0, 2\) \(\S*t.json has 2 rows\), got 9"),
         (None, ["--experts", "4", "--top-k", "8"], r"top_k must be an int in \[1, 4\], got 8"),
         (None, ["--skew", "nan"], r"skew must be a number in \[0, 100\], got nan"),
         # Issue 10 item 3: out-of-range values were read as 0; now refused by file, row and column.
@@ -184,8 +186,10 @@ HOSTILE_FILES = {
         (None, ["--seed", str(10**23)], r"seed must be an int in \[0, 18446744073709551615\], got 10{23}".replace("10{23}", str(10**23))),
         (None, ["--experts", "100000000"], r"num_experts must be an int in \[1, 1024\], got 100000000"),
         (None, ["--tokens-per-rank", str(10**11)], r"tokens_per_rank must be an int in \[1, 4194304\]"),
+        ("routing_beyond_the_op", ["--routing", "{d}/r.json"],
+         r"r.json: routing\[1, 0, 0\] must be a logical expert id in \[0, 1024\) \(the op takes at most 1024 experts\), got 1024"),
         ("table_3d", ["--table", "{d}/t.npy", "--world-size", "2"], r"t.npy: balance needs one layer's eplb_table"),
-        ("routing_32", ["--routing", "{d}/r.pt", "--experts", "16"], r"routing\[0, 0, 0\] must be a logical expert id in \[0, num_experts=16\), got 31"),
+        ("routing_32", ["--routing", "{d}/r.pt", "--experts", "16"], r"r.pt: routing\[0, 0, 0\] must be a logical expert id in \[0, 16\) \(--experts\), got 31"),
         (None, ["--slots-per-rank", "1"], r"physical experts must be in \[experts = 64"),
     ],
 )

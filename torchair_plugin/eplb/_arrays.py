@@ -74,6 +74,16 @@ def int_array(name: str, value, ndims: Sequence[int]) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def check_expert_ids(name: str, ids: np.ndarray, num_experts: int, why: str = "") -> None:
+    """Every entry a logical expert id in [0, num_experts); else name the first offender."""
+    bad = (ids < 0) | (ids >= num_experts)
+    if bad.any():
+        where = first_bad(bad)
+        raise ValueError(
+            f"{name}{list(where)} must be a logical expert id in [0, {num_experts}){why}, got {ids[where]}"
+        )
+
+
 def load_array(name: str, value, ndims: Sequence[int]) -> np.ndarray:
     """Finite, non-negative loads (token counts or rates) as float64."""
     array = _to_numpy(name, value)

@@ -14,8 +14,8 @@ import sys
 
 from torchair_plugin import limits
 from torchair_plugin.cli._args import int_in
-from torchair_plugin.eplb._arrays import expert_count
-from torchair_plugin.eplb.io import load_eplb_table, load_routing
+from torchair_plugin.eplb._arrays import check_expert_ids
+from torchair_plugin.eplb.io import in_file, load_eplb_table, load_routing
 from torchair_plugin.eplb.load_report import format_report, load_report
 from torchair_plugin.eplb.planner import plan_placement
 from torchair_plugin.eplb.workload import expert_load, skewed_routing
@@ -66,8 +66,15 @@ def _num_experts(args, routing, table) -> int:
     if routing is not None:
         if routing.numel() == 0:
             raise ValueError(f"{args.routing}: routing holds no tokens, got shape {tuple(routing.shape)}")
-        return expert_count(f"{args.routing}: the largest expert id + 1", int(routing.max()) + 1)
+        return int(routing.max()) + 1  # load_routing keeps ids below 1024
     return DEFAULT_EXPERTS
+
+
+def _experts_source(args, table) -> str:
+    """Where the expert count came from, for the message of an id beyond it."""
+    if table is not None:
+        return f" ({args.table} has {table.shape[0]} rows)"
+    return " (--experts)"
 
 
 def _inputs(args):
@@ -85,6 +92,9 @@ def _inputs(args):
         raise ValueError(f"{args.table}: balance needs one layer's eplb_table (moe_expert_num, F), got shape "
                          f"{tuple(table.shape)}")
     num_experts = _num_experts(args, routing, table)
+    if routing is not None:
+        with in_file(args.routing):
+            check_expert_ids("routing", routing.numpy(), num_experts, _experts_source(args, table))
     if routing is None:
         routing = skewed_routing(num_experts, world_size, args.tokens_per_rank, args.top_k, args.skew, args.seed)
     plan = None

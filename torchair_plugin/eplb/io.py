@@ -16,7 +16,8 @@ import warnings
 import numpy as np
 import torch
 
-from torchair_plugin.eplb._arrays import INT32, check_range, int_array
+from torchair_plugin import limits
+from torchair_plugin.eplb._arrays import INT32, check_expert_ids, check_range, int_array
 from torchair_plugin.validate import validate_eplb_table
 
 SUFFIXES = (".pt", ".npy", ".json")
@@ -62,7 +63,7 @@ def _read(path: str):
 
 
 @contextlib.contextmanager
-def _about(path: str):
+def in_file(path: str):
     """Prefix every ValueError raised inside with the file's path."""
     try:
         yield
@@ -81,10 +82,12 @@ def _entry(path: str, key: str):
 
 
 def load_routing(path: str) -> torch.Tensor:
-    """Routing (world_size, tokens, K) int64: top-K logical expert ids per token per source rank."""
+    """Routing (world_size, tokens, K) int64: top-K logical expert ids (each in [0, 1024)) per token
+    per source rank."""
     value = _entry(path, "routing")
-    with _about(path):
+    with in_file(path):
         array = int_array("routing", value, (3,))
+        check_expert_ids("routing", array, limits.MAX_EXPERTS, f" (the op takes at most {limits.MAX_EXPERTS} experts)")
     return torch.from_numpy(array)
 
 
@@ -92,7 +95,7 @@ def load_eplb_table(path: str, world_size: int, *, balance_mode: int = 0) -> tor
     """An eplb_table (moe_expert_num, F), or a per-layer stack (L, moe_expert_num, F), cast to
     int32 and validated for ``world_size`` and ``balance_mode``."""
     value = _entry(path, "eplb_table")
-    with _about(path):
+    with in_file(path):
         array = int_array("eplb_table", value, (2, 3))
         check_range("eplb_table", array, INT32.min, INT32.max, "int32")
         table = torch.from_numpy(array.astype(np.int32))

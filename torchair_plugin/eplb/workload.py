@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from torchair_plugin import limits
-from torchair_plugin.eplb._arrays import expert_count, first_bad, int_array, positive_int
+from torchair_plugin.eplb._arrays import check_expert_ids, expert_count, int_array, positive_int
 from torchair_plugin.validate import check_int
 
 
@@ -47,9 +47,6 @@ def expert_load(routing, num_experts: int, *, per_source: bool = False) -> np.nd
     routing (world_size, tokens, top_k). ``num_experts`` <= 1024, the op's limit."""
     num_experts = expert_count("num_experts", num_experts)
     ids = int_array("routing", routing, (3,))
-    bad = (ids < 0) | (ids >= num_experts)
-    if bad.any():
-        where = first_bad(bad)
-        raise ValueError(f"routing{list(where)} must be a logical expert id in [0, num_experts={num_experts}), got {ids[where]}")
+    check_expert_ids("routing", ids, num_experts, f" (num_experts={num_experts})")
     per_rank = np.stack([np.bincount(rank.ravel(), minlength=num_experts) for rank in ids]).astype(np.float64)
     return per_rank if per_source else per_rank.sum(0)
