@@ -48,11 +48,16 @@ def check_range(name: str, array: np.ndarray, low: int, high: int, what: str) ->
         raise ValueError(f"{name}{list(where)} must be in [{low}, {high}] ({what}), got {array[where]}")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _python_ints(name: str, value) -> np.ndarray:
-    """Nested lists (JSON) element by element: numpy would read True as 1 and keep ints beyond
-    int64 as objects; name the first element that is not an int64."""
+    """Nested lists (JSON) element by element: numpy would read True as 1, mix huge and negative
+    ints into float64, and keep other huge ints as objects; name the first element that is not
+    an int64."""
     objects = np.array(value, dtype=object)
-    is_int = np.frompyfunc(lambda v: isinstance(v, int) and not isinstance(v, bool), 1, 1)(objects).astype(bool)
+    is_int = np.frompyfunc(_is_int, 1, 1)(objects).astype(bool)
     if not is_int.all():
         where = first_bad(~is_int)
         raise ValueError(f"{name}{list(where)} must be an integer, got {objects[where]!r}")
@@ -63,7 +68,7 @@ def _python_ints(name: str, value) -> np.ndarray:
 def int_array(name: str, value, ndims: Sequence[int]) -> np.ndarray:
     """An integer array of one of the given ranks, as int64 (bool and float are refused)."""
     array = _to_numpy(name, value)
-    if isinstance(value, (list, tuple)) and (array.dtype == object or np.issubdtype(array.dtype, np.integer)):
+    if isinstance(value, (list, tuple)) and array.size:
         array = _python_ints(name, value)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")

@@ -24,9 +24,10 @@ Algorithm (deterministic: stable sorts, ties to the lowest index):
 The table lists an expert's replicas in ascending physical id (the rule of every builder, see
 ``tables``), i.e. in rank order, and mode 0 gives the k-th listed replica the k-th group's share:
 every packing moves an expert's shares onto its ranks in that order before it is scored.
-Step 2 alone is the common greedy (DeepSeek EPLB's global policy), and steps 3 and 4 only accept
-improvements, so the plan is never worse than it for the modelled mode. Counts stay within
-[1, min(num_ranks, F - 1)] (F = ``num_columns`` when it is fixed).
+Step 2 alone is close to the common greedy (DeepSeek EPLB's global policy: counts and packing as
+if every replica got load / count); that greedy, scored with the mode's real shares, is the last
+candidate, and steps 3 and 4 only accept improvements, so the plan is never worse than it.
+Counts stay within [1, min(num_ranks, F - 1)] (F = ``num_columns`` when it is fixed).
 """
 
 from __future__ import annotations
@@ -248,7 +249,8 @@ def _swap_down(packing: _Packing) -> None:
         rank[a], rank[b] = rank[b], heaviest
 
 
-def _pack(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank: int) -> _Packing:
+def _place(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank: int) -> _Packing:
+    """Replicas heaviest first onto the least-loaded rank with a free slot."""
     expert = np.repeat(np.arange(counts.shape[0]), counts)
     replica = np.arange(expert.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
     size = np.concatenate([model.shares(e, int(c)) for e, c in enumerate(counts)])
@@ -263,7 +265,11 @@ def _pack(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank
         free[r] -= 1
         if free[r]:
             heapq.heappush(open_ranks, (loads[r], r))
-    packing = _Packing(counts, expert, replica, size, rank, loads)
+    return _Packing(counts, expert, replica, size, rank, loads)
+
+
+def _pack(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank: int) -> _Packing:
+    packing = _place(model, counts, num_ranks, slots_per_rank)
     # Swaps ignore the rank order of shares and the reorder can undo a swap's gain: alternate
     # while the heaviest rank gets lighter (mode 1's equal shares settle in one round).
     best = None
@@ -274,6 +280,17 @@ def _pack(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank
             break
         best = dataclasses.replace(packing, rank=packing.rank.copy(), rank_loads=packing.rank_loads.copy())
     return best
+
+
+def _common_greedy(model: _ShareModel, num_ranks: int, slots_per_rank: int, max_count: int) -> _Packing:
+    """DeepSeek EPLB's global policy: counts and placement as if every replica got load / count,
+    then scored with the mode's real shares, in rank order. The plan never loses to it."""
+    even = _ShareModel(model.source, 1)
+    counts = _greedy_counts(even, model.source.shape[1], num_ranks * slots_per_rank, max_count)
+    packing = _place(even, counts, num_ranks, slots_per_rank)
+    packing.size = np.concatenate([model.shares(e, int(c)) for e, c in enumerate(counts)])
+    _shares_in_rank_order(packing)
+    return packing
 
 
 def _shares_in_rank_order(packing: _Packing) -> None:
@@ -353,7 +370,7 @@ def plan_placement(
 
     # A row holds at most F - 1 replicas: a fixed F caps the counts (an invalid F is reported by tables).
     max_count = num_ranks
-    if isinstance(num_columns, int) and not isinstance(num_columns, bool) and 2 <= num_columns <= num_ranks + 1:
+    if isinstance(num_columns, (int, np.integer)) and not isinstance(num_columns, bool) and 2 <= num_columns <= num_ranks + 1:
         max_count = num_columns - 1
         if num_slots > num_experts * max_count:
             raise ValueError(
@@ -367,6 +384,9 @@ def plan_placement(
     found = _bound_search(model, _peak_table(source, max_count, balance_mode), packing, num_ranks, slots_per_rank)
     if found is not packing:
         packing = _local_search(model, found, num_ranks, slots_per_rank, max_count)
+    common = _common_greedy(model, num_ranks, slots_per_rank, max_count)
+    if common.peak < packing.peak:
+        packing = common
 
     # Physical ids rank by rank; within a rank by (expert, replica), so the result is canonical
     # and every expert's replicas ascend in rank order, as their shares were modelled.

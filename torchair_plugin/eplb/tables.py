@@ -124,6 +124,23 @@ def table_from_phy2log(
     return _build(layers, world_size, num_columns, balance_mode, stacked)
 
 
+def _check_unique(map_name: str, mapping: np.ndarray, in_row: np.ndarray) -> None:
+    """No physical id twice within a layer, named by its two places in the caller's map (ids are
+    already in [0, P))."""
+    places = np.argwhere(in_row)  # row-major, like mapping[in_row]
+    layer = places[:, 0] if mapping.ndim == 3 else np.zeros(len(places), dtype=np.int64)
+    ids = mapping[in_row]
+    key = layer * (int(ids.max()) + 1) + ids
+    order = np.argsort(key, kind="stable")
+    repeated = np.flatnonzero(key[order][1:] == key[order][:-1])
+    if repeated.size:
+        first, second = places[order[repeated[0]]], places[order[repeated[0] + 1]]
+        raise ValueError(
+            f"{map_name}{first.tolist()} and {map_name}{second.tolist()} hold the same physical expert "
+            f"{ids[order[repeated[0]]]}: each physical slot holds exactly one logical expert"
+        )
+
+
 def _replica_lists(map_name: str, count_name: str, mapping, counts, world_size: int, num_columns: Optional[int],
                    balance_mode: int) -> torch.Tensor:
     """The log2phy-style formats: a -1 padded map plus per-expert replica counts."""
@@ -150,6 +167,7 @@ def _replica_lists(map_name: str, count_name: str, mapping, counts, world_size: 
             f"{map_name}{list(where)} (replica {where[-1] + 1} of logical expert {where[-2]}) must be a physical "
             f"expert id in [0, sum of {count_name}={totals[where]}), got {mapping[where]}"
         )
+    _check_unique(map_name, mapping, in_row)
     ordered = np.sort(np.where(in_row, mapping, INT64.max), axis=-1)  # ascending ids, padding last
     stacked = mapping.ndim == 3
     layers = list(zip(ordered, counts)) if stacked else [(ordered, counts)]
