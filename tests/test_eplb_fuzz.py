@@ -110,44 +110,43 @@ def _balance(argv):
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+def _balance_refuses(capsys, directory, hostile, flag, companion, write_companion):
+    """Write the hostile file and a valid companion; ``balance`` must exit 2 with one line naming
+    the hostile file and write nothing. Returns (path, index, stderr)."""
+    suffix, writer, index = hostile
+    path = directory / f"hostile{suffix}"
+    writer(path)
+    write_companion(directory / companion)
+    other = "--routing" if flag == "--table" else "--table"
+    argv = [flag, str(path), other, str(directory / companion), "--png", str(directory / "out.png")]
+    assert _balance(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("balance: error: ")
+    _one_line_naming(err, str(path))
+    assert sorted(p.name for p in directory.iterdir()) == sorted([companion, path.name])
+    return path, index, err
+
+
 @FUZZ
 @given(hostile=hostile_files(TABLE))
 def test_hostile_table_files(tmp_path_factory, capsys, hostile):
-    directory = tmp_path_factory.mktemp("table")
-    suffix, writer, index = hostile
-    path = directory / f"t{suffix}"
-    writer(path)
+    path, index, _ = _balance_refuses(capsys, tmp_path_factory.mktemp("table"), hostile, "--table", "r.pt",
+                                      lambda p: torch.save(torch.tensor(ROUTING), p))
     with pytest.raises(ValueError) as error:
         load_eplb_table(str(path), 2)
     _one_line_naming(str(error.value), str(path))
     if index is not None:
         assert f"[{index[0]}, {index[1]}]" in str(error.value) or "physical expert" in str(error.value)
-    torch.save(torch.tensor(ROUTING), directory / "r.pt")
-    png = directory / "out.png"
-    assert _balance(["--table", str(path), "--routing", str(directory / "r.pt"), "--png", str(png)]) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err.startswith("balance: error: ")
-    _one_line_naming(err, str(path))
-    assert sorted(p.name for p in directory.iterdir()) == sorted(["r.pt", path.name])
 
 
 @FUZZ
 @given(hostile=hostile_files(ROUTING))
 def test_hostile_routing_files(tmp_path_factory, capsys, hostile):
-    directory = tmp_path_factory.mktemp("routing")
-    suffix, writer, index = hostile
-    path = directory / f"r{suffix}"
-    writer(path)
     # Ids 2 .. 1023 are valid routing on their own; only with the 2-expert table they are not.
-    np.save(directory / "t.npy", np.array(TABLE, dtype=np.int32))
-    png = directory / "out.png"
-    assert _balance(["--routing", str(path), "--table", str(directory / "t.npy"), "--png", str(png)]) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err.startswith("balance: error: ")
-    _one_line_naming(err, str(path))
+    path, index, err = _balance_refuses(capsys, tmp_path_factory.mktemp("routing"), hostile, "--routing", "t.npy",
+                                        lambda p: np.save(p, np.array(TABLE, dtype=np.int32)))
     if index is not None:
         assert f"routing{list(index)}" in err
-    assert sorted(p.name for p in directory.iterdir()) == sorted(["t.npy", path.name])
     try:
         load_routing(str(path))
     except ValueError as error:
