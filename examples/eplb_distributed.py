@@ -8,7 +8,7 @@ autoload then fails) before this script runs: launch it as
 
 Every rank routes its own tokens through the op with its own local_rank_id and world_size, then
 exchanges per-destination token counts with all_to_all_single, as dispatch exchanges the tokens
-themselves. Rank 0 prints the tokens each rank receives with no redundancy (first replica only),
+themselves. Rank 0 prints the tokens each rank receives with no redundancy (one copy per expert),
 balance_mode 0 and balance_mode 1. CPU with gloo; an Ascend NPU with HCCL when torch_npu sees one.
 Without files, every rank generates the same skewed workload and plans the same table.
 """
@@ -24,6 +24,7 @@ from torchair_plugin.eplb import (
     expert_load,
     load_eplb_table,
     load_routing,
+    physical_ranks,
     plan_placement,
     skewed_routing,
     source_expert_tokens,
@@ -77,19 +78,25 @@ def main():
 
     received = {}
     for scenario in SCENARIOS:
-        # What this rank sends to each physical expert, laid out by destination rank.
+        # What this rank sends to each physical expert of the scenario's layout, laid out by
+        # destination rank (no redundancy has one copy per logical expert: its own layout).
         sent = source_expert_tokens(my_tokens, table, rank, world_size, scenario).to(device)
-        got = torch.empty_like(sent)
-        dist.all_to_all_single(got, sent)  # got[s * slots + j]: from source s to my j-th expert
-        expert_tokens = got.view(world_size, slots).sum(0)
-        gathered = [torch.empty_like(expert_tokens) for _ in range(world_size)]
-        dist.all_gather(gathered, expert_tokens)
-        received[scenario] = torch.cat(gathered).cpu()
+        owner = torch.from_numpy(physical_ranks(sent.shape[0], world_size)).to(device)
+        held = torch.bincount(owner, minlength=world_size).tolist()  # physical experts per rank
+        got = torch.empty(world_size * held[rank], dtype=sent.dtype, device=device)
+        dist.all_to_all_single(got, sent, output_split_sizes=[held[rank]] * world_size, input_split_sizes=held)
+        expert_tokens = torch.zeros_like(sent)
+        expert_tokens[owner == rank] = got.view(world_size, held[rank]).sum(0)  # from every source
+        dist.all_reduce(expert_tokens)  # each rank filled its own experts: the sum is the whole
+        received[scenario] = expert_tokens.cpu()
 
     if rank == 0:
         result = {"world_size": world_size, "slots_per_rank": slots, "scenarios": {}}
         print(f"{'rank':>6} " + " ".join(f"{name:>15}" for name in SCENARIOS))
-        per_rank = {name: tokens.view(world_size, slots).sum(1) for name, tokens in received.items()}
+        per_rank = {
+            name: torch.bincount(torch.from_numpy(physical_ranks(tokens.shape[0], world_size)), tokens, world_size).long()
+            for name, tokens in received.items()
+        }
         for r in range(world_size):
             print(f"{r:>6} " + " ".join(f"{int(per_rank[name][r]):>15}" for name in SCENARIOS))
         for name in SCENARIOS:

@@ -22,9 +22,10 @@ def _free_port():
 
 
 def test_distributed_example_matches_report(tmp_path):
-    routing = skewed_routing(24, 4, 700, 4, 1.3, seed=5)  # 700 rows: two op batches per rank
+    # 22 experts on 4 ranks: the no-redundancy layout is uneven (6, 5, 6, 5 experts per rank).
+    routing = skewed_routing(22, 4, 700, 4, 1.3, seed=5)  # 700 rows: two op batches per rank
     # Planned for mode 1 with 3 replicas on some experts: mode 0's uneven groups show up too.
-    table = plan_placement(expert_load(routing, 24), 4, 8).eplb_table
+    table = plan_placement(expert_load(routing, 22), 4, 8).eplb_table
     torch.save(routing, tmp_path / "routing.pt")
     torch.save(table, tmp_path / "table.pt")
     out = tmp_path / "loads.json"

@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from eplb_greedy import greedy_table
 from torchair_plugin import validate_eplb_table
-from torchair_plugin.eplb import balancedness, expected_loads, plan_placement, replica_shares, table_to_phy2log
+from torchair_plugin.eplb import (
+    balancedness,
+    expected_loads,
+    plan_placement,
+    replica_shares,
+    table_from_phy2log,
+    table_to_phy2log,
+)
 
 
 def _true_balancedness(table, load, num_ranks, mode):
@@ -118,7 +125,10 @@ def test_fixed_columns_cap_the_counts(mode):
         ([1.0] * 5, 2, 2, {}, r"num_ranks \* slots_per_rank = 4 physical experts must be in \[experts = 5"),
         ([1.0] * 2, 4, 1024, {}, r"must be in \[experts = 2, min\(1024"),
         ([1.0] * 2, 2, 3, {}, r"min\(1024, experts \* num_ranks = 4\)"),
-        ([1.0] * 2, 0, 1, {}, "num_ranks must be a positive int"),
+        ([1.0] * 2, 0, 1, {}, r"num_ranks must be an int in \[1, 1024\], got 0"),
+        ([1.0] * 2, 10**30, 1, {}, r"num_ranks must be an int in \[1, 1024\], got 10{30}"),
+        ([1.0] * 2, 2, 2**70, {}, r"slots_per_rank must be an int in \[1, 1024\]"),
+        ([1.0] * 2, np.int64(2), 1.0, {}, r"slots_per_rank must be an int, got float"),
         ([1.0] * 2, 2, 1, {"balance_mode": 2}, "balance_mode must be 0 or 1"),
         ([1.0] * 2, 1, 2, {"balance_mode": 0}, "balance_mode 0 needs num_ranks"),
     ],
@@ -126,3 +136,33 @@ def test_fixed_columns_cap_the_counts(mode):
 def test_bad_load(load, ranks, slots, kwargs, message):
     with pytest.raises(ValueError, match=message):
         plan_placement(load, ranks, slots, **kwargs)
+
+
+def test_one_rank_is_a_trivial_plan():
+    """Issue 10 item 2: num_ranks=1 failed inside the swap step (argmin of an empty sequence)."""
+    plan = plan_placement([3.0, 1.0, 2.0], 1, 3)
+    assert plan.eplb_table.tolist() == [[1, 0], [1, 1], [1, 2]]
+    assert plan.rank_loads.tolist() == [6.0] and plan.balancedness == 1.0
+
+
+def test_loads_near_the_float_maximum():
+    """Issue 10: balancedness was inf (the mean of two 1e308 loads overflows)."""
+    plan = plan_placement([1e308, 1e308, 1, 1], 2, 3)
+    assert plan.balancedness == pytest.approx(1.0)
+    assert np.isfinite(plan.rank_loads).all()
+    assert balancedness([1e308, 1.5e308]) == pytest.approx(2.5 / 3)
+    small = plan_placement([1e-300, 2e-300, 0, 0], 2, 3)
+    assert torch.equal(small.eplb_table, plan_placement([1, 2, 0, 0], 2, 3).eplb_table)  # scale-free
+
+
+@settings(max_examples=40, deadline=None)
+@given(num_ranks=st.integers(2, 6), slots_per_rank=st.integers(1, 4), mode=st.sampled_from([0, 1]), data=st.data())
+def test_plan_table_is_the_table_of_its_phy2log(num_ranks, slots_per_rank, mode, data):
+    """The planner's own table is what table_from_phy2log gives for plan.phy2log (replicas in
+    ascending physical id), so saving phy2log and rebuilding routes the same in mode 0."""
+    num_experts = data.draw(st.integers(slots_per_rank, num_ranks * slots_per_rank))
+    load = data.draw(st.lists(st.floats(0, 1e4), min_size=num_ranks, max_size=num_ranks).map(
+        lambda rank_scale: np.outer(rank_scale, np.arange(1, num_experts + 1) ** -1.2)))
+    plan = plan_placement(load, num_ranks, slots_per_rank, balance_mode=mode)
+    assert torch.equal(table_from_phy2log(plan.phy2log, num_ranks, num_logical=num_experts), plan.eplb_table)
+    assert _true_balancedness(plan.eplb_table, load, num_ranks, mode) == pytest.approx(plan.balancedness)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from torchair_plugin import limits
@@ -21,33 +22,51 @@ def _as_tensor(name: str, value) -> torch.Tensor:
     return value.detach().cpu()
 
 
-def validate_eplb_table(eplb_table: torch.Tensor, world_size: int) -> int:
-    """Check an eplb_table row by row; return the number of physical experts (sum of counts).
+def check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
+    """``value`` as an int in [low, high] (no upper bound when ``high`` is None). Python and numpy
+    integers are accepted alike (tables and loads often come from numpy); bool is refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {bound}, got {value}")
+    return value
 
-    Row e is ``[count, phys_1, ..., phys_count, padding...]``. Checked: int32, 2-D with F >= 2;
-    every count in [1, min(world_size, F-1)]; every physical id in [0, sum of counts) and used by
-    exactly one (expert, replica); sum of counts <= 1024 and divisible by world_size (it is the
-    ``moe_expert_num`` that dispatch/combine are given: the same number of slots on every rank).
-    The padding after a row's replicas is not read by the NPU and is not checked.
-    """
-    table = _as_tensor("eplb_table", eplb_table)
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    if table.dtype not in limits.EPLB_TABLE_DTYPES:
-        raise ValueError(f"eplb_table.dtype must be int32, got {table.dtype}")
-    if table.dim() != 2 or table.size(1) < 2 or table.size(0) < 1:
-        raise ValueError(f"eplb_table.shape must be (moe_expert_num >= 1, F >= 2), got {tuple(table.shape)}")
+
+def max_columns(world_size: int, balance_mode: int) -> int:
+    """The op's bound on F: world_size + 1 in balance_mode 0, 769 in mode 1 (which ignores world_size)."""
+    return world_size + 1 if balance_mode == 0 else limits.MODE1_MAX_F
+
+
+def _count_error(row: int, count: int, world_size: int, f: int, balance_mode: int) -> str:
+    if balance_mode == 1:
+        bound = f"[1, F-1={f - 1}]"
+    else:
+        bound = f"[1, min(world_size={world_size}, F-1={f - 1})]"
+    message = f"eplb_table[{row}, 0] (replica count of logical expert {row}) must be in {bound}, got {count}"
+    if balance_mode == 0 and world_size < count <= f - 1:
+        message += (
+            "; balance_mode 0 uses at most world_size replicas per expert: cap the replicas at world_size "
+            "(plan_placement does), or use the table with balance_mode=1"
+        )
+    return message
+
+
+def _validate_layer(table: torch.Tensor, world_size: int, balance_mode: int) -> int:
     num_experts, f = table.shape
-
     counts = table[:, 0]
-    max_count = min(world_size, f - 1)
+    # Mode 0 splits an expert over groups of source ranks: more replicas than ranks are never used.
+    max_count = min(world_size, f - 1) if balance_mode == 0 else f - 1
     bad = ((counts < 1) | (counts > max_count)).nonzero()
     if bad.numel():
         row = bad[0].item()
-        raise ValueError(
-            f"eplb_table[{row}, 0] (replica count of logical expert {row}) must be in "
-            f"[1, min(world_size={world_size}, F-1={f - 1})], got {counts[row].item()}"
-        )
+        raise ValueError(_count_error(row, counts[row].item(), world_size, f, balance_mode))
+    # After the counts: a count beyond world_size needs a wider row, and its message says what to do.
+    max_f = max_columns(world_size, balance_mode)
+    if f > max_f:
+        bound = "world_size + 1" if balance_mode == 0 else "the op's limit"
+        raise ValueError(f"eplb_table's F (columns) must be <= {max_f} ({bound} in balance_mode {balance_mode}), got {f}")
 
     total = int(counts.sum())
     if total > limits.MAX_EXPERTS:
@@ -82,9 +101,45 @@ def validate_eplb_table(eplb_table: torch.Tensor, world_size: int) -> int:
     return total
 
 
+def validate_eplb_table(eplb_table: torch.Tensor, world_size: int, *, balance_mode: int = 0) -> int:
+    """Check an eplb_table row by row; return the number of physical experts (sum of counts).
+
+    Row e is ``[count, phys_1, ..., phys_count, padding...]``. Checked: int32; 2-D (E, F), or a
+    per-layer stack (L, E, F) whose layers hold the same number of physical experts; E >= 1 and
+    2 <= F <= world_size + 1 (balance_mode 0) or 769 (balance_mode 1), the op's bound; every count
+    in [1, F-1], and in balance_mode 0 also <= world_size; every physical id in [0, sum of counts)
+    and used by exactly one (expert, replica); sum of counts <= 1024 and divisible by world_size
+    (it is the ``moe_expert_num`` that dispatch/combine are given: the same number of slots on
+    every rank). The padding after a row's replicas is not read by the NPU and is not checked.
+    A table valid for balance_mode 0 is valid for mode 1 too.
+    """
+    table = _as_tensor("eplb_table", eplb_table)
+    world_size = check_int("world_size", world_size, 1)
+    balance_mode = check_int("balance_mode", balance_mode, 0, 1)
+    if table.dtype not in limits.EPLB_TABLE_DTYPES:
+        raise ValueError(f"eplb_table.dtype must be int32, got {table.dtype}")
+    if table.dim() not in (2, 3) or table.size(-2) < 1 or table.size(-1) < 2:
+        raise ValueError(
+            f"eplb_table.shape must be (moe_expert_num >= 1, F >= 2) or (layers, moe_expert_num >= 1, F >= 2), "
+            f"got {tuple(table.shape)}"
+        )
+    if table.dim() == 2:
+        return _validate_layer(table, world_size, balance_mode)
+    totals = []
+    for layer, layer_table in enumerate(table):
+        try:
+            totals.append(_validate_layer(layer_table, world_size, balance_mode))
+        except ValueError as error:
+            raise ValueError(f"layer {layer}: {error}") from None
+    if len(set(totals)) > 1:
+        raise ValueError(f"every layer must hold the same number of physical experts, got {totals}")
+    return totals[0]
+
+
 def validate_expert_ids(expert_ids: torch.Tensor, moe_expert_num: int) -> None:
     """Every logical expert id in [0, moe_expert_num)."""
     ids = _as_tensor("expert_ids", expert_ids)
+    moe_expert_num = check_int("moe_expert_num", moe_expert_num, 1)
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise ValueError(f"expert_ids must hold integers, got {ids.dtype}")
     bad = ((ids < 0) | (ids >= moe_expert_num)).nonzero()

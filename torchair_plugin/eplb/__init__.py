@@ -16,6 +16,7 @@ from torchair_plugin.eplb.load_report import (
     ScenarioLoad,
     format_report,
     load_report,
+    physical_ranks,
     source_expert_tokens,
 )
 from torchair_plugin.eplb.planner import Placement, balancedness, expected_loads, plan_placement, replica_shares
@@ -43,6 +44,7 @@ __all__ = [
     "load_eplb_table",
     "load_report",
     "load_routing",
+    "physical_ranks",
     "plan_placement",
     "plot_rank_loads",
     "replica_shares",

@@ -2,9 +2,13 @@
 
 The mapping is the op's own: every source rank's routing goes through
 ``torch.ops.npu.npu_moe_update_expert`` with that rank's ``local_rank_id`` (nothing here
-re-implements it). Three scenarios: no redundancy (every expert's first replica only), and
-balance_mode 0 and 1 on the full table. Physical expert p lives on rank p // (P / world_size),
-the dispatch convention.
+re-implements it). Three scenarios: no redundancy, and balance_mode 0 and 1 on the full table.
+
+No redundancy is a fixed baseline that does not depend on the table: E logical experts, one
+physical copy each, in the usual expert-parallel layout (expert e on rank e * world_size // E, i.e.
+E / world_size consecutive experts per rank). Physical expert p of P lives on rank
+p * world_size // P, which is p // (P / world_size), the dispatch convention, when world_size
+divides P (always so for a valid table).
 """
 
 from __future__ import annotations
@@ -16,20 +20,24 @@ import numpy as np
 import torch
 
 from torchair_plugin import limits
-from torchair_plugin.validate import validate_eplb_table, validate_expert_ids
+from torchair_plugin.validate import check_int, validate_eplb_table, validate_expert_ids
 
 NO_REDUNDANCY = "no redundancy"
 SCENARIOS = (NO_REDUNDANCY, "balance_mode 0", "balance_mode 1")
 
 
 def scenario_table(eplb_table: torch.Tensor, scenario: str) -> tuple:
-    """(table, balance_mode) the op is called with in a scenario: no redundancy keeps every
-    expert's first replica (count 1), so its table is the same with counts forced to 1."""
+    """(table, balance_mode) the op is called with in a scenario: no redundancy is the identity
+    table (expert e on physical expert e, count 1), whatever ``eplb_table`` plans."""
     if scenario == NO_REDUNDANCY:
-        table = eplb_table.clone()
-        table[:, 0] = 1
-        return table, 0
+        experts = torch.arange(eplb_table.shape[0], dtype=torch.int32, device=eplb_table.device)
+        return torch.stack([torch.ones_like(experts), experts], 1), 0
     return eplb_table, SCENARIOS.index(scenario) - 1
+
+
+def physical_ranks(num_physical: int, world_size: int) -> np.ndarray:
+    """Rank of every physical expert (P,): consecutive blocks, as even as P allows."""
+    return np.arange(num_physical) * world_size // num_physical
 
 
 def source_expert_tokens(
@@ -41,7 +49,7 @@ def source_expert_tokens(
     as a serving engine would call it; balance_mode 1's row index restarts in every batch.
     """
     table, mode = scenario_table(eplb_table, scenario)
-    total = int(eplb_table[:, 0].sum())
+    total = int(table[:, 0].sum())
     sent = torch.zeros(total, dtype=torch.int64)
     for batch in torch.split(expert_ids, limits.MAX_BS):
         physical, _ = torch.ops.npu.npu_moe_update_expert(
@@ -74,11 +82,17 @@ class LoadReport:
     world_size: int
     slots_per_rank: int
     scenarios: Sequence[ScenarioLoad]
+    num_experts: int  # logical
+    tokens: int  # over all source ranks
+    top_k: int
 
     def to_dict(self) -> Dict:
         return {
             "world_size": self.world_size,
             "slots_per_rank": self.slots_per_rank,
+            "num_experts": self.num_experts,
+            "tokens": self.tokens,
+            "top_k": self.top_k,
             "scenarios": {
                 s.name: {
                     "imbalance": s.imbalance,
@@ -111,13 +125,13 @@ def load_report(routing, eplb_table: torch.Tensor, world_size: int) -> LoadRepor
     """Tokens per physical expert and per rank for every scenario.
 
     ``routing``: top-K logical ids per token for each source rank, a (world_size, tokens, K)
-    tensor or a sequence of world_size (tokens_r, K) tensors. world_size >= 2 (balance_mode 0).
+    tensor or a sequence of world_size (tokens_r, K) tensors. world_size in [2, 768] and a table
+    valid for balance_mode 0 (the report runs both modes).
     """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < limits.MIN_WORLD_SIZE:
-        raise ValueError(f"world_size must be an int >= {limits.MIN_WORLD_SIZE} (balance_mode 0), got {world_size!r}")
+    world_size = check_int("world_size", world_size, limits.MIN_WORLD_SIZE, limits.MAX_WORLD_SIZE)
     total = validate_eplb_table(eplb_table, world_size)
-    if world_size > limits.MAX_WORLD_SIZE:
-        raise ValueError(f"world_size must be <= {limits.MAX_WORLD_SIZE}, got {world_size}")
+    if eplb_table.dim() != 2:
+        raise ValueError(f"eplb_table must be one layer's (moe_expert_num, F), got shape {tuple(eplb_table.shape)}")
     ranks = _routing_per_rank(routing, world_size, eplb_table.shape[0])
     for rank, ids in enumerate(ranks):
         try:
@@ -128,8 +142,11 @@ def load_report(routing, eplb_table: torch.Tensor, world_size: int) -> LoadRepor
     for name in SCENARIOS:
         expert = sum(source_expert_tokens(ids, eplb_table, rank, world_size, name) for rank, ids in enumerate(ranks))
         expert = expert.numpy()
-        scenarios.append(ScenarioLoad(name, expert, expert.reshape(world_size, -1).sum(1)))
-    return LoadReport(world_size, total // world_size, tuple(scenarios))
+        rank_tokens = np.bincount(physical_ranks(expert.shape[0], world_size), weights=expert, minlength=world_size)
+        scenarios.append(ScenarioLoad(name, expert, rank_tokens.astype(np.int64)))
+    tokens = sum(int(ids.shape[0]) for ids in ranks)
+    return LoadReport(world_size, total // world_size, tuple(scenarios), int(eplb_table.shape[0]), tokens,
+                      int(ranks[0].shape[1]))
 
 
 def format_report(report: LoadReport) -> str:
@@ -138,7 +155,9 @@ def format_report(report: LoadReport) -> str:
     width = max(12, *(len(n) for n in names))
     header = f"{'rank':>8} " + " ".join(f"{n:>{width}}" for n in names)
     lines = [
-        f"tokens per rank (world_size {report.world_size}, {report.slots_per_rank} physical experts per rank)",
+        f"tokens per rank (world_size {report.world_size}; no redundancy: {report.num_experts} experts, "
+        f"expert e on rank e * world_size // {report.num_experts}; the table: {report.slots_per_rank} "
+        f"physical experts per rank)",
         header,
         "-" * len(header),
     ]

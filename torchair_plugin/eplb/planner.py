@@ -1,7 +1,7 @@
 """Plan a placement: from per-expert load to replica counts, slots on ranks and an eplb_table.
 
 The planner models how the op really splits a logical expert's tokens over its replicas
-(docs/op.md, "Formula"):
+(docs/op.md):
 - balance_mode 1 splits by token row: each of ``count`` replicas gets load / count;
 - balance_mode 0 sends every token of a source rank to one replica, source ranks grouped
   contiguously, ``ceil(world_size / count)`` per replica: replica k gets the load of source ranks
@@ -21,9 +21,13 @@ Algorithm (deterministic: stable sorts, ties to the lowest index):
    all <= R, the spare slots to the experts with the smallest shares (fillers), pack as in
    step 2, and lower R while the packing reaches it; the lightest packing seen, refined by step
    3, replaces the plan when it is lighter.
-Step 2 alone is the common greedy (DeepSeek EPLB's global policy), and steps 3 and 4 only accept
-improvements, so the plan is never worse than it for the modelled mode. Counts stay within
-[1, min(num_ranks, F - 1)] (F = ``num_columns`` when it is fixed).
+The table lists an expert's replicas in ascending physical id (the rule of every builder, see
+``tables``), i.e. in rank order, and mode 0 gives the k-th listed replica the k-th group's share:
+every packing moves an expert's shares onto its ranks in that order before it is scored.
+Step 2 alone is close to the common greedy (DeepSeek EPLB's global policy: counts and packing as
+if every replica got load / count); that greedy, scored with the mode's real shares, is the last
+candidate, and steps 3 and 4 only accept improvements, so the plan is never worse than it.
+Counts stay within [1, min(num_ranks, F - 1)] (F = ``num_columns`` when it is fixed).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 
 from torchair_plugin import limits
 from torchair_plugin.eplb._arrays import load_array, positive_int
-from torchair_plugin.eplb.tables import PADDING, table_from_log2phy
+from torchair_plugin.eplb.tables import table_from_phy2log
 from torchair_plugin.validate import validate_eplb_table
 
 # Local-search breadth: heavy experts tried per round x donor experts tried per heavy expert.
@@ -46,13 +50,15 @@ _DONOR_CANDIDATES = 4
 _MAX_ROUNDS = 200
 _MAX_SWAPS = 1000
 _BISECTIONS = 30
+_ORDER_ROUNDS = 4
 
 
 def balancedness(rank_loads) -> float:
     """Mean rank load / max rank load (1.0 is perfect; 1.0 when there is no load at all)."""
     loads = np.asarray(rank_loads, dtype=np.float64)
     peak = loads.max()
-    return float(loads.mean() / peak) if peak > 0 else 1.0
+    # Divided before averaging: the sum of loads near the float64 maximum overflows to inf.
+    return float((loads / peak).mean()) if peak > 0 else 1.0
 
 
 def per_source_load(load, world_size: int) -> np.ndarray:
@@ -229,6 +235,8 @@ def _swap_down(packing: _Packing) -> None:
         top = loads[heaviest]
         mine = np.flatnonzero(rank == heaviest)
         others = np.flatnonzero(rank != heaviest)
+        if not others.size:  # one rank: nothing to swap with
+            return
         delta = size[others][None, :] - size[mine][:, None]  # what the heaviest rank gains
         after = np.maximum(top + delta, loads[rank[others]][None, :] - delta)
         best = int(after.argmin())
@@ -241,7 +249,8 @@ def _swap_down(packing: _Packing) -> None:
         rank[a], rank[b] = rank[b], heaviest
 
 
-def _pack(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank: int) -> _Packing:
+def _place(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank: int) -> _Packing:
+    """Replicas heaviest first onto the least-loaded rank with a free slot."""
     expert = np.repeat(np.arange(counts.shape[0]), counts)
     replica = np.arange(expert.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
     size = np.concatenate([model.shares(e, int(c)) for e, c in enumerate(counts)])
@@ -256,9 +265,40 @@ def _pack(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank
         free[r] -= 1
         if free[r]:
             heapq.heappush(open_ranks, (loads[r], r))
-    packing = _Packing(counts, expert, replica, size, rank, loads)
-    _swap_down(packing)
+    return _Packing(counts, expert, replica, size, rank, loads)
+
+
+def _pack(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank: int) -> _Packing:
+    packing = _place(model, counts, num_ranks, slots_per_rank)
+    # Swaps ignore the rank order of shares and the reorder can undo a swap's gain: alternate
+    # while the heaviest rank gets lighter (mode 1's equal shares settle in one round).
+    best = None
+    for _ in range(_ORDER_ROUNDS):
+        _swap_down(packing)
+        _shares_in_rank_order(packing)
+        if best is not None and packing.peak >= best.peak * (1 - 1e-12):
+            break
+        best = dataclasses.replace(packing, rank=packing.rank.copy(), rank_loads=packing.rank_loads.copy())
+    return best
+
+
+def _common_greedy(model: _ShareModel, num_ranks: int, slots_per_rank: int, max_count: int) -> _Packing:
+    """DeepSeek EPLB's global policy: counts and placement as if every replica got load / count,
+    then scored with the mode's real shares, in rank order. The plan never loses to it."""
+    even = _ShareModel(model.source, 1)
+    counts = _greedy_counts(even, model.source.shape[1], num_ranks * slots_per_rank, max_count)
+    packing = _place(even, counts, num_ranks, slots_per_rank)
+    packing.size = np.concatenate([model.shares(e, int(c)) for e, c in enumerate(counts)])
+    _shares_in_rank_order(packing)
     return packing
+
+
+def _shares_in_rank_order(packing: _Packing) -> None:
+    """Give each expert's k-th replica (share) its k-th lowest rank: the table lists replicas in
+    ascending physical id, and physical ids ascend with the rank. Items are in (expert, replica)
+    order, so sorting the ranks within each expert's block is the whole move."""
+    packing.rank = packing.rank[np.lexsort((packing.rank, packing.expert))]
+    packing.rank_loads = np.bincount(packing.rank, weights=packing.size, minlength=packing.rank_loads.shape[0])
 
 
 def _improve_counts(model: _ShareModel, packing: _Packing, num_ranks: int, slots_per_rank: int, max_count: int):
@@ -308,8 +348,10 @@ def plan_placement(
     balance_mode 0 needs for exact shares. ``num_columns`` fixes the table's F (see tables).
     Physical expert p lives on rank p // slots_per_rank (the dispatch convention).
     """
-    num_ranks = positive_int("num_ranks", num_ranks)
-    slots_per_rank = positive_int("slots_per_rank", slots_per_rank)
+    # Every rank holds at least one of at most 1024 physical experts: this bounds both, before
+    # anything is sized by them.
+    num_ranks = positive_int("num_ranks", num_ranks, limits.MAX_EXPERTS)
+    slots_per_rank = positive_int("slots_per_rank", slots_per_rank, limits.MAX_EXPERTS)
     _check_mode(balance_mode)
     if balance_mode == 0 and num_ranks < limits.MIN_WORLD_SIZE:
         raise ValueError(f"balance_mode 0 needs num_ranks (world_size) >= {limits.MIN_WORLD_SIZE}, got {num_ranks}")
@@ -321,10 +363,14 @@ def plan_placement(
             f"min({limits.MAX_EXPERTS}, experts * num_ranks = {num_experts * num_ranks})] (each expert has "
             f"1..num_ranks replicas)"
         )
+    # Planned in units of the largest load: a plan does not depend on the scale, and sums of loads
+    # near the float64 maximum would overflow to inf.
+    scale = float(source.max()) or 1.0
+    source = source / scale
 
     # A row holds at most F - 1 replicas: a fixed F caps the counts (an invalid F is reported by tables).
     max_count = num_ranks
-    if isinstance(num_columns, int) and not isinstance(num_columns, bool) and 2 <= num_columns <= num_ranks + 1:
+    if isinstance(num_columns, (int, np.integer)) and not isinstance(num_columns, bool) and 2 <= num_columns <= num_ranks + 1:
         max_count = num_columns - 1
         if num_slots > num_experts * max_count:
             raise ValueError(
@@ -338,19 +384,20 @@ def plan_placement(
     found = _bound_search(model, _peak_table(source, max_count, balance_mode), packing, num_ranks, slots_per_rank)
     if found is not packing:
         packing = _local_search(model, found, num_ranks, slots_per_rank, max_count)
+    common = _common_greedy(model, num_ranks, slots_per_rank, max_count)
+    if common.peak < packing.peak:
+        packing = common
 
-    # Physical ids rank by rank; within a rank by (expert, replica) so the result is canonical.
+    # Physical ids rank by rank; within a rank by (expert, replica), so the result is canonical
+    # and every expert's replicas ascend in rank order, as their shares were modelled.
     order = np.lexsort((packing.replica, packing.expert, packing.rank))
-    physical = np.empty_like(order)
-    physical[order] = np.arange(order.shape[0])
-    log2phy = np.full((num_experts, int(packing.counts.max())), PADDING, dtype=np.int64)
-    log2phy[packing.expert, packing.replica] = physical
-    table = table_from_log2phy(log2phy, packing.counts, num_ranks, num_columns=num_columns)
+    phy2log = packing.expert[order]
+    table = table_from_phy2log(phy2log, num_ranks, num_logical=num_experts, num_columns=num_columns)
     return Placement(
         eplb_table=table,
-        phy2log=packing.expert[order],
+        phy2log=phy2log,
         counts=packing.counts.copy(),
-        rank_loads=packing.rank_loads.copy(),
+        rank_loads=packing.rank_loads * scale,
         balancedness=balancedness(packing.rank_loads),
         balance_mode=balance_mode,
     )
