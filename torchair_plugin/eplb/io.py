@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import warnings
 
@@ -37,6 +38,8 @@ def _reason(error: Exception) -> str:
     unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     if unpickler:
         return f"not a file torch.save wrote ({unpickler.group(1).strip()})"
+    if isinstance(error, pickle.UnpicklingError):  # torch_npu's torch.load raises it unwrapped
+        return f"not a file torch.save wrote ({text.strip().splitlines()[0] if text.strip() else 'unreadable'})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return type(error).__name__ + (" (empty or truncated file)" if isinstance(error, EOFError) else "")
