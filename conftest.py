@@ -17,3 +17,52 @@ def pytest_configure(config):
         import_torchair()
     except CannLessUnavailable:
         pass  # the capture tests skip, each with the reason
+
+
+# --- the compatibility report (noxfile.py's matrix writes docs/compatibility.md from it) ---------
+
+
+def pytest_addoption(parser):
+    parser.addoption("--compat-report", default=None, help="write what this torch-npu provides and the test counts as JSON")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = session.config.getoption("--compat-report")
+    if not path:
+        return
+    import importlib.metadata
+    import json
+
+    import torch
+
+    from torchair_plugin import registration
+    from torchair_plugin.testing import current_mode, fallback_reason
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    counts = {k: len(reporter.stats.get(k, [])) for k in ("passed", "failed", "skipped", "error")} if reporter else {}
+    first = registration.first_seen_state()
+    facts = {
+        "torch": torch.__version__,
+        "native_op": first.schema_exists if first else None,
+        "native_meta": ("Meta" in first.kernel_keys) if first else None,
+        "native_converter": _native_converter_present(),
+        "registration": registration.register().sources(),
+        "capture": current_mode().value + (f" ({fallback_reason()})" if fallback_reason() else ""),
+        "tests": counts,
+        "exit_status": int(exitstatus),
+    }
+    try:
+        facts["torch_npu_version"] = importlib.metadata.version("torch-npu")
+    except importlib.metadata.PackageNotFoundError:
+        facts["torch_npu_version"] = None
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(facts, f)
+
+
+def _native_converter_present():
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torchair._ge_concrete_graph.ge_converter.custom.npu_moe_update_expert") is not None
+    except (ImportError, ValueError):
+        return None

@@ -234,8 +234,17 @@ def register(qualname: str = schema.QUALNAME, options: Optional[Options] = None)
         return _register_now(qualname, options or Options.from_environ())
 
 
+_native_state: Dict[str, OpState] = {}  # what torch_npu itself provided, before any plugin piece
+
+
+def first_seen_state(qualname: str = schema.QUALNAME) -> Optional[OpState]:
+    """The op as torch_npu provided it (no plugin piece in it), last time the plugin looked."""
+    return _native_state.get(qualname)
+
+
 def _register_now(qualname: str, options: Options, torch_npu_failed: bool = False) -> Registration:
     state = probe_op_state(qualname)
+    _native_state[qualname] = state
     if torch_npu_failed:
         # Python drops a module whose import failed only after its loader returns, i.e. after
         # the watcher's callback that runs this: it is in sys.modules, but not loaded.
