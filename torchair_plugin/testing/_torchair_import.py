@@ -46,7 +46,7 @@ import importlib.util
 from torchair_plugin import _environment
 from torchair_plugin.testing import _interception, _stubs
 
-INSTALL_TORCH_NPU = "pip install torch-npu==2.13.0 protobuf"
+INSTALL_TORCH_NPU = "install torch-npu with --no-deps and protobuf (docs/cann-less-ci.md)"
 
 
 class CannLessUnavailable(RuntimeError):

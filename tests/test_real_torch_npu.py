@@ -1,0 +1,68 @@
+"""The suite's Ascend side against the real torch_npu, loaded over CANN stubs (conftest.py)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import torchair_plugin
+from torchair_plugin.testing import Mode, current_mode, stub_libraries
+from torchair_plugin.testing._torchair_import import native_modules
+from torchair_plugin.testing import _stubs
+
+pytestmark = pytest.mark.skipif(
+    current_mode() is not Mode.REAL_TORCH_NPU, reason="needs the real torch_npu loadable over CANN stubs"
+)
+
+
+def test_the_real_torch_npu_provides_the_op_and_the_plugin_adds_its_pieces():
+    assert "torch_npu" in sys.modules
+    report = torchair_plugin.registration_report()
+    assert report["schema"] == "native" and report["kernels"]["PrivateUse1"] == "native"
+    assert report["fake"] == "torchair_plugin (validating fake kernel)"
+    assert report["kernels"]["CPU"] == "torchair_plugin (reference kernel)"  # torch_npu has none
+    assert report["converter"] == "torchair_plugin"
+
+
+def test_the_stubs_answer_no_device():
+    assert torch.npu.is_available() is False
+    assert torch.npu.device_count() == 0
+
+
+def test_the_companion_ops_are_torch_npus_own():
+    for name in ("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"npu::{name}", "PrivateUse1")
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"npu::{name}", "CPU")  # capture's zeros
+
+
+def test_opcheck_with_the_real_torch_npu_loaded():
+    table = torch.tensor([[2, 0, 2], [1, 1, -1], [1, 3, -1]], dtype=torch.int32)
+    ids = torch.tensor([[0, 1], [0, 2]])
+    scales = torch.tensor([[0.7, 0.3], [0.5, 0.5]])
+    threshold = torch.tensor([0.1, 0.4])
+    torch.library.opcheck(
+        torch.ops.npu.npu_moe_update_expert.default, (ids, table),
+        dict(expert_scales=scales, pruning_threshold=threshold, local_rank_id=1, world_size=2),
+    )
+
+
+def test_the_real_plan_never_stubs_libtorch_npu():
+    plan = _stubs.plan_stubs(native_modules(real_torch_npu=True))
+    assert "libtorch_npu.so" not in plan.missing_sonames
+    assert "aclrtGetDeviceCount" in plan.symbols
+    assert all(lib.name != "libtorch_npu.so" for lib in stub_libraries().libraries())
+
+
+def test_a_device_call_fails_loudly_naming_the_cann_function():
+    code = (
+        "import torchair_plugin, torch\n"
+        "from torchair_plugin.testing import import_torchair\n"
+        "import_torchair()\n"
+        "torch.npu.set_device(0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0"))
+    assert proc.returncode != 0
+    assert "torchair_plugin.testing: CANN function aclInit was called" in proc.stderr, proc.stderr[-2000:]
