@@ -195,3 +195,12 @@ def test_pruning_ignores_the_default_dtype_and_stays_right_after_it_is_set_back(
         torch.set_default_dtype(previous)
     assert op(ids, table, **kwargs)[1].tolist() == want  # the workspace kept no stale dtype
     assert under_that_default == want
+
+
+@pytest.mark.parametrize("which", ["expert_ids", "eplb_table"])
+def test_none_for_a_required_tensor_through_torch_ops_names_it(which):
+    """Issue 10 item 7, the eager CPU path: was AttributeError: 'NoneType' object has no attribute 'shape'."""
+    args = {"expert_ids": torch.zeros(2, 2, dtype=torch.int64), "eplb_table": torch.ones(3, 3, dtype=torch.int32)}
+    args[which] = None
+    with pytest.raises(Exception, match=rf"{which} must be a tensor .*got None"):
+        torch.ops.npu.npu_moe_update_expert(args["expert_ids"], args["eplb_table"])

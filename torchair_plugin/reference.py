@@ -34,7 +34,7 @@ from typing import Optional, Tuple
 import torch
 
 from torchair_plugin import _table_memo, limits
-from torchair_plugin.checks import check_update_expert_args
+from torchair_plugin.checks import check_required_tensors, check_update_expert_args
 from torchair_plugin.schema import OP_NAME
 
 
@@ -85,12 +85,16 @@ def _optional_metadata(tensor: Optional[torch.Tensor]):
 def _check_args(expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
                 local_rank_id, world_size, balance_mode) -> None:
     """check_update_expert_args, remembered per signature for the eager hot path."""
-    signature = (
-        expert_ids.shape, expert_ids.dtype, expert_ids.device,
-        eplb_table.shape, eplb_table.dtype, eplb_table.device,
-        _optional_metadata(expert_scales), _optional_metadata(pruning_threshold),
-        _optional_metadata(active_mask), local_rank_id, world_size, balance_mode,
-    )
+    try:
+        signature = (
+            expert_ids.shape, expert_ids.dtype, expert_ids.device,
+            eplb_table.shape, eplb_table.dtype, eplb_table.device,
+            _optional_metadata(expert_scales), _optional_metadata(pruning_threshold),
+            _optional_metadata(active_mask), local_rank_id, world_size, balance_mode,
+        )
+    except AttributeError:  # None or a non-tensor: the same message as every other bad argument
+        check_required_tensors(expert_ids, eplb_table)
+        raise
     if signature in _PASSED_SIGNATURES:
         return
     check_update_expert_args(
