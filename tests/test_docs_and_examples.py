@@ -8,6 +8,7 @@ typing them in order. ``eplb_distributed.py`` is run by tests/test_eplb_example.
 """
 
 import importlib.util
+import linecache
 import os
 import pathlib
 import re
@@ -60,8 +61,13 @@ def test_there_is_something_to_run():
 def test_document_code_blocks(document):
     namespace = {"__name__": "__doc_block__"}
     for line, source in python_blocks(document):
-        # Blank lines in front keep tracebacks' line numbers equal to the document's.
-        code = compile("\n" * (line - 1) + source, _relative(document), "exec")
+        # Blank lines in front keep tracebacks' line numbers equal to the document's. The name is
+        # not the document's path: Dynamo (torch 2.6) reads a code object's file to find its source
+        # and tokenizes it as Python; linecache holds the block under the synthetic name instead.
+        filename = f"<{_relative(document)}:{line}>"
+        padded = "\n" * (line - 1) + source
+        linecache.cache[filename] = (len(padded), None, padded.splitlines(keepends=True), filename)
+        code = compile(padded, filename, "exec")
         if needs_npu(source):
             continue  # byte-compiled above: that is all an NPU block gets here
         exec(code, namespace)

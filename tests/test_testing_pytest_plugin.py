@@ -70,3 +70,20 @@ def test_unusable_cache_skips_a_capture_module_with_the_reason(pytester, monkeyp
     result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*GE graph capture unavailable: stub cache directory *is not usable*"])
+
+
+def test_version_goldens_are_written_only_where_the_version_differs(tmp_path):
+    from torchair_plugin.testing.pytest_plugin import GoldenFiles
+
+    (tmp_path / "same.txt").write_text("A\n")
+    (tmp_path / "differs.txt").write_text("A\n")
+    (tmp_path / "v9").mkdir()
+    (tmp_path / "v9" / "same.txt").write_text("stale\n")
+    writer = GoldenFiles(tmp_path, update=False, tag="v9", for_version=True)
+    writer.check("A\n", "same")
+    writer.check("B\n", "differs")
+    assert not (tmp_path / "v9" / "same.txt").exists()  # equal to the shared one: removed
+    assert (tmp_path / "v9" / "differs.txt").read_text() == "B\n"
+    assert (tmp_path / "differs.txt").read_text() == "A\n"  # the shared golden is untouched
+    GoldenFiles(tmp_path, update=False, tag="v9").check("B\n", "differs")  # that version now reads its own
+    GoldenFiles(tmp_path, update=False, tag="v8").check("A\n", "differs")  # others the shared one

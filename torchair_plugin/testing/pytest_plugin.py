@@ -33,6 +33,7 @@ from torchair_plugin import _environment
 
 UPDATE_OPTION = "--update-goldens"
 UPDATE_ENV = "TORCHAIR_PLUGIN_UPDATE_GOLDENS"
+UPDATE_VERSION_OPTION = "--update-goldens-for-version"
 GOLDEN_DIR = "goldens"
 
 
@@ -44,11 +45,18 @@ def pytest_addoption(parser: Any) -> None:
         default=_environment.flag_set(os.environ, UPDATE_ENV),
         help=f"rewrite GE graph golden files instead of comparing (env {UPDATE_ENV}=1 does the same)",
     )
+    group.addoption(
+        UPDATE_VERSION_OPTION,
+        action="store_true",
+        default=False,
+        help="write goldens for the installed torch-npu only (goldens/torch_npu-<version>/), where its graph "
+             "differs from the shared golden; remove its copies that equal the shared one",
+    )
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
     if _written and update_requested(config):
-        terminalreporter.write_line(f"{UPDATE_OPTION}: wrote {len(_written)} golden file(s):")
+        terminalreporter.write_line(f"goldens: wrote or removed {len(_written)} file(s):")
         for path in _written:
             terminalreporter.write_line(f"  {path}")
     terminalreporter.write_line(_capture_line())
@@ -102,10 +110,11 @@ class GoldenFiles:
     the graph differently): then that one is compared, and rewritten in update mode.
     """
 
-    def __init__(self, directory: Path, update: bool, tag: Optional[str] = None) -> None:
+    def __init__(self, directory: Path, update: bool, tag: Optional[str] = None, for_version: bool = False) -> None:
         self.directory = Path(directory)
         self.update = update
         self.tag = tag or torch_npu_tag()
+        self.for_version = for_version
 
     def path(self, name: str) -> Path:
         relative = Path(name if name.endswith(".txt") else f"{name}.txt")
@@ -119,6 +128,9 @@ class GoldenFiles:
         __tracebackhide__ = True  # a failure shows the diff, not this function's source
         text = graph_or_text if isinstance(graph_or_text, str) else graph_or_text.text
         path = self.path(name)
+        if self.for_version:
+            self._write_version_copy(text, name)
+            return
         if self.update:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists() or path.read_text(encoding="utf-8") != text:
@@ -148,8 +160,28 @@ class GoldenFiles:
             )
 
 
+    def _write_version_copy(self, text: str, name: str) -> None:
+        relative = self.path(name).relative_to(self.directory)
+        if relative.parts[0] == self.tag:
+            relative = Path(*relative.parts[1:])
+        shared, own = self.directory / relative, self.directory / self.tag / relative
+        if shared.exists() and shared.read_text(encoding="utf-8") == text:
+            if own.exists():
+                own.unlink()
+                _written.append(own)
+            return
+        if not own.exists() or own.read_text(encoding="utf-8") != text:
+            own.parent.mkdir(parents=True, exist_ok=True)
+            own.write_text(text, encoding="utf-8")
+            _written.append(own)
+
+
+def _option(config: Any, option: str) -> bool:
+    return bool(config.getoption(option.lstrip("-").replace("-", "_"), default=False))
+
+
 def update_requested(config: Any) -> bool:
-    return bool(config.getoption(UPDATE_OPTION.lstrip("-").replace("-", "_"), default=False))
+    return _option(config, UPDATE_OPTION) or _option(config, UPDATE_VERSION_OPTION)
 
 
 @pytest.fixture
@@ -160,4 +192,5 @@ def ge_torchair() -> Any:
 @pytest.fixture
 def ge_golden(request: Any) -> GoldenFiles:
     directory: Optional[Path] = Path(request.path).parent / GOLDEN_DIR
-    return GoldenFiles(directory, update_requested(request.config))
+    return GoldenFiles(directory, _option(request.config, UPDATE_OPTION),
+                       for_version=_option(request.config, UPDATE_VERSION_OPTION))
