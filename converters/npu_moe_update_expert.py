@@ -21,11 +21,10 @@ from typing import Optional
 
 from torchair.ge import Tensor, TensorSpec, attr, custom_op  # public torchair API only
 
+from torchair_plugin import schema
 from torchair_plugin.checks import check_attributes, check_optional_inputs
 
-OP_TYPE = "MoeUpdateExpert"
 OUTPUTS = ("balanced_expert_ids", "balanced_active_mask")
-ATTR_DEFAULTS = (("local_rank_id", -1), ("world_size", -1), ("balance_mode", 0))
 
 
 def convert_npu_moe_update_expert(
@@ -40,19 +39,18 @@ def convert_npu_moe_update_expert(
     balance_mode: int = 0,
     meta_outputs: Optional[TensorSpec] = None,
 ):
+    # The signature mirrors the schema (a test checks it): the node's inputs and attrs are then
+    # picked from the arguments by the schema's own tables, in its order.
+    arguments = dict(locals())
     # The fake kernel has already run these (and every shape/dtype check); they are repeated
     # because the attrs and the optional-input pattern are what this node encodes, and a graph
     # reaching here without the fake (a hand-built FX graph) must fail the same clear way.
     check_attributes(local_rank_id, world_size, balance_mode)
     check_optional_inputs(expert_scales, pruning_threshold, active_mask)
-    inputs = {"expert_ids": expert_ids, "eplb_table": eplb_table}
-    for name, tensor in (
-        ("expert_scales", expert_scales),
-        ("pruning_threshold", pruning_threshold),
-        ("active_mask", active_mask),
-    ):
-        if tensor is not None:
-            inputs[name] = tensor
-    values = {"local_rank_id": local_rank_id, "world_size": world_size, "balance_mode": balance_mode}
-    attrs = {name: attr.Int(values[name]) for name, default in ATTR_DEFAULTS if values[name] != default}
-    return custom_op(OP_TYPE, inputs=inputs, outputs=list(OUTPUTS), attrs=attrs)
+    inputs = {name: arguments[name] for name in schema.INPUTS if arguments[name] is not None}
+    attrs = {
+        name: attr.Int(arguments[name])
+        for name, default in schema.ATTR_DEFAULTS.items()
+        if arguments[name] != default
+    }
+    return custom_op(schema.GE_OP_TYPE, inputs=inputs, outputs=list(OUTPUTS), attrs=attrs)

@@ -8,7 +8,9 @@ moe_expert_num=1024 draws fast.
 import torch
 from hypothesis import strategies as st
 
-SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from torchair_plugin import limits
+
+SCALE_DTYPES = limits.INPUT_DTYPES["expert_scales"]
 
 
 @st.composite

@@ -116,7 +116,7 @@ def validate_eplb_table(eplb_table: torch.Tensor, world_size: int, *, balance_mo
     table = _as_tensor("eplb_table", eplb_table)
     world_size = check_int("world_size", world_size, 1)
     balance_mode = check_int("balance_mode", balance_mode, 0, 1)
-    if table.dtype not in limits.EPLB_TABLE_DTYPES:
+    if table.dtype not in limits.INPUT_DTYPES["eplb_table"]:
         raise ValueError(f"eplb_table.dtype must be int32, got {table.dtype}")
     if table.dim() not in (2, 3) or table.size(-2) < 1 or table.size(-1) < 2:
         raise ValueError(

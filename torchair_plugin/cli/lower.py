@@ -16,13 +16,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
 
+from torchair_plugin import limits
+from torchair_plugin.schema import OPTIONAL_INPUTS
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # bad arguments, and capture impossible on this machine (argparse's code)
-
-OPTIONAL_INPUTS = ("expert_scales", "pruning_threshold", "active_mask")
-IDS_DTYPES = ("int32", "int64")
-SCALES_DTYPES = ("float16", "bfloat16", "float32")
-X_DTYPES = ("bfloat16", "float16")
+IDS_DTYPES = limits.dtype_names("expert_ids")
+SCALES_DTYPES = limits.dtype_names("expert_scales")
+X_DTYPES = ("bfloat16", "float16")  # dispatch_v2's x (--chain), not an input of this op
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def _routing_per_rank(routing, world_size: int, num_experts: int) -> List[torch.
     if len(ranks) != world_size:
         raise ValueError(f"routing must hold one (tokens, K) tensor per rank: {world_size}, got {len(ranks)}")
     for rank, ids in enumerate(ranks):
-        if not isinstance(ids, torch.Tensor) or ids.dtype not in limits.EXPERT_IDS_DTYPES or ids.dim() != 2:
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in limits.INPUT_DTYPES["expert_ids"] or ids.dim() != 2:
             got = f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise ValueError(f"routing[{rank}] must be an int32/int64 tensor (tokens, K), got {got}")
         max_k = min(limits.MAX_K, num_experts)

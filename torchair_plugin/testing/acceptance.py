@@ -20,7 +20,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from torchair_plugin import limits
+
+SCALE_DTYPES = limits.INPUT_DTYPES["expert_scales"]
 Kernel = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
 
 

@@ -16,7 +16,8 @@ Contract of :func:`normalize` (and of :func:`to_text` / :func:`to_json` built on
   same (``<none>``), inputs are listed in IR order, and attrs equal to their IR default, omitted
   by the ``ir=`` path, are filled in. Other ops are shown as emitted, placeholders as ``<none>``.
 
-Nothing here needs torch or torchair: it reads the protobuf message's fields.
+Nothing here needs torch or torchair: it reads the protobuf message's fields (and the op's IR
+from :mod:`torchair_plugin.schema`, parsed without torch).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from torchair_plugin import schema
+from torchair_plugin.schema import split_top_level
 
 NONE_INPUT = "<none>"
 UNKNOWN_SHAPE = None  # a desc with neither dims nor a parseable ``_meta``
@@ -47,15 +51,16 @@ class OpIR:
     attr_defaults: Mapping[str, AttrValue] = field(default_factory=dict)
 
 
-# Extend this table (or call register_op_ir) when a converter emits a new op type. Values come
-# from the op's GE IR (docs/ge-lowering.md for MoeUpdateExpert).
-OP_IRS: Dict[str, OpIR] = {
-    "MoeUpdateExpert": OpIR(
-        inputs=("expert_ids", "eplb_table", "expert_scales", "pruning_threshold", "active_mask"),
-        optional_inputs=frozenset({"expert_scales", "pruning_threshold", "active_mask"}),
-        attr_defaults={"local_rank_id": -1, "world_size": -1, "balance_mode": 0},
-    ),
-}
+    @classmethod
+    def from_schema(cls, schema_text: str) -> "OpIR":
+        """The IR of an op whose GE node mirrors its torch schema (tensors as inputs, the other
+        arguments as attrs with the schema's defaults), as the plugin's converter writes it."""
+        tables = schema.OpTables.from_schema(schema_text)
+        return cls(tables.inputs, frozenset(tables.optional_inputs), dict(tables.attr_defaults))
+
+
+# Extend this table (or call register_op_ir) when a converter emits a new op type.
+OP_IRS: Dict[str, OpIR] = {schema.GE_OP_TYPE: OpIR.from_schema(schema.SCHEMA)}
 
 
 def register_op_ir(op_type: str, ir: OpIR) -> None:
@@ -112,25 +117,6 @@ def _dtype_name(message: Any, number: int) -> str:
     return f"DT_{number}"
 
 
-def _split_top_level(text: str) -> List[str]:
-    """Split on commas outside brackets: ``Max(1, s0), 4`` -> [``Max(1, s0)``, ``4``]."""
-    parts, depth, current = [], 0, []
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-        else:
-            current.append(ch)
-    tail = "".join(current).strip()
-    if tail:
-        parts.append(tail)
-    return parts
-
-
 _META_SHAPE = re.compile(r"shape=torch\.Size\(\[(.*)\]\)")
 
 
@@ -140,7 +126,7 @@ def parse_meta_shape(meta: str) -> Optional[List[int]]:
     if match is None:
         return None
     dims = []
-    for dim in _split_top_level(match.group(1)):
+    for dim in split_top_level(match.group(1)):
         dims.append(int(dim) if re.fullmatch(r"-?\d+", dim) else -1)
     return dims
 
