@@ -88,8 +88,8 @@ def test_without_torchair_nothing_is_installed():
         """
         import json, sys
         import torchair_plugin
-        from torchair_plugin import _converter_hook as hook, _import_watch
-        hook._status = None                       # as if torchair_plugin were imported first now,
+        from torchair_plugin import _converter_hook as hook, _import_watch, _registration_state
+        _registration_state.converter_status = None  # as if torchair_plugin were imported first now,
         hook._remove_finders()
         hook.torchair_importable = lambda: False  # on a machine without torch-npu
         status = hook.install()

@@ -7,6 +7,7 @@ here in a private namespace, standing in for torch_npu's native op with and with
 import importlib
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -72,25 +73,29 @@ def test_import_reload_and_register_again_change_nothing():
     assert torchair_plugin.registration_report() == before.sources()
 
 
-def test_concurrent_registration_registers_once():
-    qualname = "tpl_threads::npu_moe_update_expert"
-    results, errors = [], []
+def test_concurrent_registration_registers_once(monkeypatch):
+    # As before the first registration: threads racing into register() must install once. The
+    # installing step is slowed down so that they really overlap.
+    from torchair_plugin import _registration_state
 
-    def worker():
-        try:
-            results.append(reg.register(qualname))
-        except Exception as error:  # pragma: no cover - the assertion below shows it
-            errors.append(error)
+    monkeypatch.setattr(_registration_state, "registration", None)
+    monkeypatch.setattr(reg, "_import_native_op_provider", lambda: None)
+    installs = []
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
+    def slow_register_now(options):
+        installs.append(options)
+        time.sleep(0.05)
+        _registration_state.registration = object()
+        return _registration_state.registration
+
+    monkeypatch.setattr(reg, "_register_now", slow_register_now)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(reg.register(reg.Options()))) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    try:
-        assert not errors and len({id(r) for r in results}) == 1
-    finally:
-        reg.unregister(qualname)
+    assert len(installs) == 1 and len(results) == 8 and len({id(r) for r in results}) == 1
 
 
 @pytest.fixture
@@ -106,8 +111,15 @@ def native_op():
 
     library.impl("npu_moe_update_expert", unchecked_meta, "Meta")
     yield f"{namespace}::npu_moe_update_expert", getattr(torch.ops, namespace).npu_moe_update_expert.default
-    reg.unregister(f"{namespace}::npu_moe_update_expert")
     library._destroy()
+
+
+def apply(qualname, options):
+    """What register() does, for an op of the test's own namespace: the Registration and its Library."""
+    state = reg.probe_op_state(qualname)
+    plan = reg.plan_registration(state, options)
+    library = reg.apply_plan(plan, qualname)
+    return reg.Registration(qualname, state, plan, library, options), library
 
 
 def bad_batch_under_fake(op):
@@ -120,15 +132,15 @@ def bad_batch_under_fake(op):
 def test_native_meta_is_replaced_and_native_kernel_kept(native_op):
     qualname, op = native_op
     bad_batch_under_fake(op)  # the native meta accepts BS=600 silently
-    registration = reg.register(qualname, reg.Options())
+    registration, library = apply(qualname, reg.Options())
     assert registration.sources()["kernels"]["CPU"] == "native"
     with pytest.raises(RuntimeError, match=r"BS = expert_ids.size\(0\) must be in \(0, 512\], got 600"):
         bad_batch_under_fake(op)
     ids = torch.zeros(2, 2, dtype=torch.int32)
     assert op(ids, torch.ones(4, 3, dtype=torch.int32), balance_mode=1)[0].tolist() == [[42, 42]] * 2
-    reg.unregister(qualname)
-    # Unregistering brings the native meta back (checked on meta tensors: FakeTensorMode keeps
-    # calling a removed Python meta kernel it has run before, a torch 2.13 quirk of removal).
+    library._destroy()
+    # Removing the library brings the native meta back (checked on meta tensors: FakeTensorMode
+    # keeps calling a removed Python meta kernel it has run before, a torch 2.13 quirk of removal).
     meta_ids = torch.zeros(600, 2, dtype=torch.int32, device="meta")
     assert op(meta_ids, torch.ones(4, 3, dtype=torch.int32, device="meta"), balance_mode=1)[0].shape == (600, 2)
 
@@ -153,9 +165,12 @@ def test_older_torch_route_shadows_the_native_meta_with_a_meta_kernel(native_op)
 
 def test_opting_out_keeps_the_native_meta(native_op):
     qualname, op = native_op
-    registration = reg.register(qualname, reg.Options(keep_native_fake=True))
-    assert registration.sources()["fake"].startswith("native")
-    bad_batch_under_fake(op)
+    registration, library = apply(qualname, reg.Options(keep_native_fake=True))
+    try:
+        assert registration.sources()["fake"].startswith("native")
+        assert bad_batch_under_fake(op)[0].shape == (600, 2)
+    finally:
+        library._destroy()
 
 
 def test_a_failing_step_leaves_nothing_behind():
@@ -164,7 +179,9 @@ def test_a_failing_step_leaves_nothing_behind():
     with pytest.raises(Exception):
         reg.apply_plan(plan, qualname)
     assert not reg.probe_op_state(qualname).schema_exists
-    assert reg.current_registration(qualname) is None
     # and it can then be registered properly
-    reg.register(qualname)
-    reg.unregister(qualname)
+    library = reg.apply_plan(reg.Plan(define_schema=True, install_fake=True, reference_keys=("CPU",)), qualname)
+    try:
+        assert reg.probe_op_state(qualname).kernel_keys >= {"CPU"}
+    finally:
+        library._destroy()

@@ -21,8 +21,9 @@ torch-npu on an Ascend machine puts a lazy proxy in ``sys.modules["torchair"]`` 
 package is imported as ``torch_npu.dynamo.torchair``: both names are watched, and a proxy that
 has not loaded its package yet counts as "not imported".
 
-Idempotent and thread-safe: everything runs under one lock, and the converter is registered at
-most once per process (a second ``register()`` or a reload finds the recorded state).
+Idempotent and thread-safe: everything runs under the registration's lock, and the converter is
+registered at most once per process (a second ``register()`` or a reload finds the recorded
+state in :mod:`torchair_plugin._registration_state`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ import importlib
 import importlib.util
 import os
 import sys
-import threading
 import types
 import warnings
 from typing import Any, Mapping, Optional
 
 from torchair_plugin import _environment, _import_watch, schema
+from torchair_plugin import _registration_state as _state
 
 NATIVE_CONVERTER_ENV = "TORCHAIR_PLUGIN_NATIVE_CONVERTER"
 CONVERTER_PACKAGE = "torchair_plugin.converters"
@@ -141,15 +142,10 @@ def converter_module() -> types.ModuleType:
 
 # --- registering ----------------------------------------------------------------------------------
 
-_lock = threading.RLock()
-_status: Optional[str] = None  # None: install() not called yet in this process
-_keep_native = False
-
-
 def status() -> str:
     """Where the op's GE converter comes from now (``registration_report()["converter"]``)."""
-    with _lock:
-        return _status if _status is not None else STATUS_PENDING
+    with _state.lock:
+        return _state.converter_status if _state.converter_status is not None else STATUS_PENDING
 
 
 def _op():
@@ -191,14 +187,13 @@ def _register_with(torchair: types.ModuleType, keep_native: bool) -> str:
 
 
 def _on_torchair_imported(torchair: types.ModuleType) -> None:
-    global _status
-    with _lock:
-        if _status != STATUS_PENDING:
+    with _state.lock:
+        if _state.converter_status != STATUS_PENDING:
             return
         try:
-            _status = _register_with(torchair, _keep_native)
+            _state.converter_status = _register_with(torchair, _state.keep_native_converter)
         except Exception as exc:  # never break `import torchair`; say why instead
-            _status = f"failed: {type(exc).__name__}: {exc}"
+            _state.converter_status = f"failed: {type(exc).__name__}: {exc}"
             warnings.warn(f"torchair_plugin could not register its GE converter: {exc}", RuntimeWarning, stacklevel=2)
         finally:
             _remove_finders()  # the status is final either way: nothing is left watching imports
@@ -221,12 +216,11 @@ def op_redefined() -> None:
 
     The converter lives on the OpOverload object, and the old one is gone with the old schema.
     """
-    global _status
-    with _lock:
-        if _status is None or _status == STATUS_UNAVAILABLE:
+    with _state.lock:
+        if _state.converter_status in (None, STATUS_UNAVAILABLE):
             return
         torchair = loaded_torchair()
-        _status = STATUS_PENDING
+        _state.converter_status = STATUS_PENDING
         if torchair is not None:
             _on_torchair_imported(torchair)
         else:
@@ -235,12 +229,11 @@ def op_redefined() -> None:
 
 def install(keep_native: Optional[bool] = None) -> str:
     """Register now, or arrange to register when torchair is imported; return :func:`status`."""
-    global _status, _keep_native
-    with _lock:
-        if _status is not None:
-            return _status
+    with _state.lock:
+        if _state.converter_status is not None:
+            return _state.converter_status
         keep = keep_native_requested() if keep_native is None else keep_native
-        _keep_native = keep
+        _state.keep_native_converter = keep
         torchair = loaded_torchair()
         action = plan_converter(
             torchair_imported=torchair is not None,
@@ -249,11 +242,11 @@ def install(keep_native: Optional[bool] = None) -> str:
             keep_native=keep,
         )
         if action is Action.NOTHING:
-            _status = STATUS_UNAVAILABLE
+            _state.converter_status = STATUS_UNAVAILABLE
         elif action is Action.DEFER:
-            _status = STATUS_PENDING
+            _state.converter_status = STATUS_PENDING
             _import_watch.watch(_WATCH_TAG, WATCHED_NAMES, after=_after_torchair_exec)
         else:
-            _status = STATUS_PENDING
+            _state.converter_status = STATUS_PENDING
             _on_torchair_imported(torchair)
-        return _status
+        return _state.converter_status

@@ -1,10 +1,12 @@
 """Deciding what to install for npu_moe_update_expert, given what is already there, and doing it.
 
 This is the only module that registers anything with torch. ``import torchair_plugin`` calls
-:func:`register` once; it is idempotent (a second call, a reload of the package, two threads at
-once: all return the same :class:`Registration`) and atomic (every torch registration goes through
-one ``torch.library.Library``; if any step fails the library is destroyed, which removes all of
-them and restores whatever was there before).
+:func:`register` once; it is idempotent (a second call, a reload of the package or of this module,
+two threads at once: all return the same :class:`Registration`, kept with its lock in
+:mod:`torchair_plugin._registration_state`) and atomic (every torch registration goes through one
+``torch.library.Library``; if any step fails the library is destroyed, which removes all of them
+and restores whatever was there before). Tests apply plans to ops of their own namespaces with
+:func:`apply_plan`.
 
 The decision (:func:`plan_registration`) is a pure function of the observed :class:`OpState` and
 the user's :class:`Options`, so every combination is tested without an NPU:
@@ -30,7 +32,6 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Optional, Tuple
@@ -38,6 +39,7 @@ from typing import Dict, FrozenSet, Optional, Tuple
 import torch
 
 from torchair_plugin import _converter_hook, _environment, _import_watch, schema
+from torchair_plugin import _registration_state as _state
 from torchair_plugin.fake import npu_moe_update_expert_fake
 from torchair_plugin.reference import npu_moe_update_expert_reference
 
@@ -192,17 +194,9 @@ def apply_plan(
     return library
 
 
-_lock = threading.RLock()
-
-
-def _registry_entry(qualname: str):
-    # The simple registry entry is a per-process singleton that outlives reloads of this
-    # module, so it is where the registration is remembered (reload must not register twice).
-    return torch._library.simple_registry.singleton.find(qualname)
-
-
-def current_registration(qualname: str = schema.QUALNAME) -> Optional[Registration]:
-    return getattr(_registry_entry(qualname), "_torchair_plugin_registration", None)
+def current_registration() -> Optional[Registration]:
+    """The registration in force, or None (before :func:`register`, after :func:`unregister`)."""
+    return _state.registration
 
 
 def _import_native_op_provider() -> None:
@@ -223,42 +217,36 @@ def _import_native_op_provider() -> None:
         pass
 
 
-def register(qualname: str = schema.QUALNAME, options: Optional[Options] = None) -> Registration:
+def register(options: Optional[Options] = None) -> Registration:
     """Install the op's pieces once per process and return where each came from."""
-    with _lock:
-        existing = current_registration(qualname)
-        if existing is not None:
-            return existing
-        if qualname == schema.QUALNAME:
-            _import_native_op_provider()
-        return _register_now(qualname, options or Options.from_environ())
+    with _state.lock:
+        if _state.registration is not None:
+            return _state.registration
+        _import_native_op_provider()
+        return _register_now(options or Options.from_environ())
 
 
-_native_state: Dict[str, OpState] = {}  # what torch_npu itself provided, before any plugin piece
-
-
-def first_seen_state(qualname: str = schema.QUALNAME) -> Optional[OpState]:
+def first_seen_state() -> Optional[OpState]:
     """The op as torch_npu provided it (no plugin piece in it), last time the plugin looked."""
-    return _native_state.get(qualname)
+    return _state.native_state
 
 
-def _register_now(qualname: str, options: Options, torch_npu_failed: bool = False) -> Registration:
-    state = probe_op_state(qualname)
-    _native_state[qualname] = state
+def _register_now(options: Options, torch_npu_failed: bool = False) -> Registration:
+    state = probe_op_state()
+    _state.native_state = state
     if torch_npu_failed:
         # Python drops a module whose import failed only after its loader returns, i.e. after
         # the watcher's callback that runs this: it is in sys.modules, but not loaded.
         state = OpState(state.schema_exists, state.kernel_keys, torch_npu_loaded=False)
     plan = plan_registration(state, options)
-    library = apply_plan(plan, qualname)
-    registration = Registration(qualname, state, plan, library, options)
-    _registry_entry(qualname)._torchair_plugin_registration = registration
-    if qualname == schema.QUALNAME:
-        if plan.define_schema and not state.torch_npu_loaded and _environment.torch_npu_installed():
-            _import_watch.watch(_TORCH_NPU_WATCH_TAG, ("torch_npu",), before=_make_way_for_torch_npu,
-                                after=_register_after_torch_npu)
-        # After the op exists (the converter is registered on its OpOverload).
-        _converter_hook.install(options.keep_native_converter)
+    library = apply_plan(plan)
+    registration = Registration(schema.QUALNAME, state, plan, library, options)
+    _state.registration = registration
+    if plan.define_schema and not state.torch_npu_loaded and _environment.torch_npu_installed():
+        _import_watch.watch(_TORCH_NPU_WATCH_TAG, ("torch_npu",), before=_make_way_for_torch_npu,
+                            after=_register_after_torch_npu)
+    # After the op exists (the converter is registered on its OpOverload).
+    _converter_hook.install(options.keep_native_converter)
     return registration
 
 
@@ -272,28 +260,28 @@ def _register_now(qualname: str, options: Options, torch_npu_failed: bool = Fals
 _TORCH_NPU_WATCH_TAG = "torch_npu"
 
 
+def _remove_registration() -> Optional[Registration]:
+    registration, _state.registration = _state.registration, None
+    if registration is not None and registration.library is not None:
+        registration.library._destroy()
+    return registration
+
+
 def _make_way_for_torch_npu() -> None:
-    with _lock:
+    with _state.lock:
         _import_watch.unwatch(_TORCH_NPU_WATCH_TAG)
-        registration = current_registration(schema.QUALNAME)
-        if registration is None:
-            return
-        if registration.library is not None:
-            registration.library._destroy()
-        del _registry_entry(schema.QUALNAME)._torchair_plugin_registration
-        _yielded_options[schema.QUALNAME] = registration.options
-
-
-_yielded_options: Dict[str, Options] = {}
+        registration = _remove_registration()
+        if registration is not None:
+            _state.yielded_options = registration.options
 
 
 def _register_after_torch_npu(module, ok: bool) -> None:
-    with _lock:
-        options = _yielded_options.pop(schema.QUALNAME, None)
-        if options is None or current_registration(schema.QUALNAME) is not None:
+    with _state.lock:
+        options, _state.yielded_options = _state.yielded_options, None
+        if options is None or _state.registration is not None:
             return
         try:
-            _register_now(schema.QUALNAME, options, torch_npu_failed=not ok)
+            _register_now(options, torch_npu_failed=not ok)
         except Exception as exc:  # never turn `import torch_npu` into a failure of the plugin's
             warnings.warn(
                 f"torchair_plugin could not register {schema.QUALNAME} after torch_npu was imported "
@@ -306,14 +294,8 @@ def _register_after_torch_npu(module, ok: bool) -> None:
         _converter_hook.op_redefined()
 
 
-def unregister(qualname: str = schema.QUALNAME) -> None:
+def unregister() -> None:
     """Remove everything :func:`register` added (native pieces come back). Mostly for tests."""
-    with _lock:
-        if qualname == schema.QUALNAME:
-            _import_watch.unwatch(_TORCH_NPU_WATCH_TAG)
-        registration = current_registration(qualname)
-        if registration is None:
-            return
-        if registration.library is not None:
-            registration.library._destroy()
-        del _registry_entry(qualname)._torchair_plugin_registration
+    with _state.lock:
+        _import_watch.unwatch(_TORCH_NPU_WATCH_TAG)
+        _remove_registration()
