@@ -298,3 +298,16 @@ def test_damaged_entry_in_a_read_only_cache_says_how_to_clear_it(good_entry, tmp
         (tmp_path / "stubs").chmod(0o700)
     _one_line_naming(str(info.value), tmp_path)
     assert f"rm -rf '{copy}'" in str(info.value)
+
+
+def test_a_changed_module_is_a_new_cache_entry(tmp_path):
+    import shutil
+    import torch
+
+    module = tmp_path / "mod.so"
+    shutil.copy(_torchair_modules()[0], module)
+    key = _stubs.cache_key("2.13.0", torch.__version__, [str(module)])
+    assert _stubs.cache_key("2.13.0", torch.__version__, [str(module)]) == key
+    with open(module, "ab") as f:  # a reinstall or another build: other bytes, other size and mtime
+        f.write(b"\0")
+    assert _stubs.cache_key("2.13.0", torch.__version__, [str(module)]) != key

@@ -299,19 +299,18 @@ def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
 def cache_key(
     torch_npu_version: str, torch_version: str, modules: Sequence[str], extra_sonames: Sequence[str] = ()
 ) -> str:
-    """Directory name for one stub set: versions plus a hash of the modules' own symbol needs.
+    """Directory name for one stub set: versions plus a hash of the modules' identities.
 
-    The hash covers each module's undefined symbols and DT_NEEDED list (cheap to read: four
-    small files), so a warm start never has to read torch's large libraries.
+    A module is identified by its path, size and modification time (and inode): whatever
+    changes a module's symbol needs (another wheel, a reinstall) changes those too. Reading the
+    symbols themselves (``nm`` on libtorch_npu.so and friends) cost about 0.5 s of every start.
     """
     digest = hashlib.sha256()
     digest.update(f"{_GENERATOR_VERSION}\0{torch_version}\0{sys.implementation.cache_tag}\0".encode())
     digest.update("\0".join(sorted(extra_sonames)).encode() + b"\0")
     for path in sorted(modules):
-        needed, _ = dynamic_entries(path)
-        digest.update(os.path.basename(path).encode() + b"\0")
-        digest.update("\0".join(needed).encode() + b"\0")
-        digest.update("\0".join(sorted(undefined_symbols(path))).encode() + b"\0")
+        stat = os.stat(path)
+        digest.update(f"{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}\0".encode())
     safe_version = re.sub(r"[^A-Za-z0-9.+_-]", "_", torch_npu_version)
     return f"torch_npu-{safe_version}-{digest.hexdigest()[:16]}"
 
