@@ -16,6 +16,7 @@ from torchair_plugin.cli.demo import add_demo_subcommand
 from torchair_plugin.cli.lower import add_lower_subcommand
 from torchair_plugin.cli.doctor import add_doctor_subcommand
 from torchair_plugin.cli.report import add_report_subcommand
+from torchair_plugin.cli.run import add_run_subcommand
 from torchair_plugin.eplb.cli import add_balance_subcommand
 
 # Order is the order of `--help`.
@@ -25,6 +26,7 @@ SUBCOMMANDS = [
     add_balance_subcommand,
     add_report_subcommand,
     add_lower_subcommand,
+    add_run_subcommand,
 ]
 
 

@@ -12,7 +12,7 @@ import os
 import shlex
 import shutil
 import sys
-from typing import Iterator, List, Mapping, MutableMapping, Optional
+from typing import Dict, Iterator, List, Mapping, MutableMapping, Optional
 
 AUTOLOAD_VAR = "TORCH_DEVICE_BACKEND_AUTOLOAD"
 CC_VAR = "CC"
@@ -106,6 +106,16 @@ def should_disable_backend_autoload(
     once torch is imported (too late to matter).
     """
     return not torch_imported and AUTOLOAD_VAR not in environ and npu_installed and cann_dir is None
+
+
+def for_a_new_process(environ: Mapping[str, str]) -> Dict[str, str]:
+    """``environ`` for a child process that will import torch first thing (``torchrun``, a
+    script, ``python -c "import torch"``): with autoload turned off where
+    :func:`should_disable_backend_autoload` says so for a process that has not imported torch."""
+    child = dict(environ)
+    if should_disable_backend_autoload(child, False, torch_npu_installed(), cann_home(child)):
+        child[AUTOLOAD_VAR] = "0"
+    return child
 
 
 def prepare_torch_import(environ: MutableMapping[str, str] = os.environ) -> bool:

@@ -11,6 +11,7 @@ to compile) is shared with the lowering regression suite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class LowerSpec:
     k: int = 4
     experts: int = 16
     f: Optional[int] = None  # eplb_table columns; None: world_size + 1
+    physical_experts: Optional[int] = None  # slots over all ranks (dispatch's moe_expert_num); None: experts
     world_size: int = 4
     rank: int = 1
     balance_mode: int = 0
@@ -50,23 +52,28 @@ class LowerSpec:
     def columns(self) -> int:
         return self.f if self.f is not None else self.world_size + 1
 
+    @property
+    def physical(self) -> int:
+        return self.physical_experts if self.physical_experts is not None else self.experts
+
     def attrs(self) -> dict:
-        if self.balance_mode == 0:
-            return {"local_rank_id": self.rank, "world_size": self.world_size, "balance_mode": 0}
-        return {"balance_mode": self.balance_mode}
+        # Mode 1 ignores rank and world size, but they are still the node's attributes: a model
+        # passes them, and the lowered graph should show what it passed.
+        return {"local_rank_id": self.rank, "world_size": self.world_size, "balance_mode": self.balance_mode}
 
     def inputs(self, device: str = "cpu") -> List[Any]:
         """expert_ids, eplb_table, the chosen optional inputs, and for the chain x (and combine's
-        expert_scales when the op is not given them). Valid values: one replica per expert
-        (physical id = logical id), every token active."""
+        expert_scales when the op is not given them). Valid values, every token active: physical
+        expert p is a replica of logical expert p % experts (without redundancy, p = e)."""
         import torch
 
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(0, self.experts, (self.bs, self.k), generator=g).to(getattr(torch, self.ids_dtype))
         table = torch.zeros(self.experts, self.columns, dtype=torch.int32)
-        table[:, 0] = 1
-        if self.columns > 1:
-            table[:, 1] = torch.arange(self.experts, dtype=torch.int32)
+        physical = torch.arange(self.physical, dtype=torch.int32)
+        table[:, 0] = torch.bincount(physical % self.experts, minlength=self.experts)
+        if self.columns > 1:  # F = 1 is the op's to reject, with its own message
+            table[physical % self.experts, 1 + physical // self.experts] = physical
         given = {
             "expert_scales": torch.rand(self.bs, self.k, generator=g).to(getattr(torch, self.scales_dtype)),
             "pruning_threshold": torch.full((1, self.k) if self.threshold_2d else (self.k,), 0.05),
@@ -84,7 +91,7 @@ class LowerSpec:
         import torch
 
         attrs, names, chain = self.attrs(), [n for n in OPTIONAL_INPUTS if n in self.optional], self.chain
-        group_size, rank, experts = self.world_size, self.rank, self.experts
+        group_size, rank, experts = self.world_size, self.rank, self.physical
 
         def update(ids, table, *rest):
             optional = dict(zip(names, rest))
@@ -137,9 +144,16 @@ def add_lower_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     shapes.add_argument("--k", type=_positive, default=4, help="top-K, expert_ids.size(1) (default 4)")
     shapes.add_argument("--experts", type=_positive, default=16, help="moe_expert_num, eplb_table rows (default 16)")
     shapes.add_argument("--f", type=_positive, default=None, help="eplb_table columns (default world size + 1)")
+    shapes.add_argument(
+        "--physical-experts", type=_positive, default=None, metavar="N",
+        help="physical experts over all ranks, >= --experts and divisible by --world-size: dispatch's "
+        "moe_expert_num with --chain; physical expert p replicates logical expert p %% experts "
+        "(default --experts: no redundancy)",
+    )
     shapes.add_argument("--world-size", type=_positive, default=4, help="world_size / ep_world_size (default 4)")
     shapes.add_argument("--rank", type=_non_negative, default=1, help="local_rank_id / ep_rank_id (default 1)")
-    shapes.add_argument("--mode", type=int, choices=(0, 1), default=0, help="balance_mode (default 0)")
+    shapes.add_argument("--mode", type=int, choices=(0, 1), default=0,
+                        help="balance_mode (default 0; mode 1 ignores --rank and --world-size, the node still carries them)")
     shapes.add_argument("--hidden", type=_positive, default=32, help="--chain: hidden size of x (default 32)")
     inputs = parser.add_argument_group("optional inputs and dtypes")
     inputs.add_argument(
@@ -161,7 +175,8 @@ def add_lower_subcommand(subparsers: Any) -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> LowerSpec:
     return LowerSpec(
-        bs=args.bs, k=args.k, experts=args.experts, f=args.f, world_size=args.world_size, rank=args.rank,
+        bs=args.bs, k=args.k, experts=args.experts, f=args.f, physical_experts=args.physical_experts,
+        world_size=args.world_size, rank=args.rank,
         balance_mode=args.mode, optional=tuple(dict.fromkeys(args.optional)), ids_dtype=args.ids_dtype,
         scales_dtype=args.scales_dtype, threshold_2d=args.threshold_shape == "1k", dynamic=args.dynamic,
         chain=args.chain, hidden=args.hidden, x_dtype=args.x_dtype,
@@ -183,7 +198,9 @@ def lower(spec: LowerSpec) -> Any:
     from torchair_plugin.testing import capture_ge_graphs, import_torchair
     from torchair_plugin.testing.companion_ops import define_companion_ops
 
-    import_torchair()
+    # torch_npu prints a warning about CANN's variables on stdout, where it would corrupt --json.
+    with contextlib.redirect_stdout(sys.stderr):
+        import_torchair()
     if spec.chain:
         define_companion_ops()
     fn = spec.function()
@@ -193,10 +210,27 @@ def lower(spec: LowerSpec) -> Any:
         return capture_ge_graphs(fn, *spec.inputs(), dynamic=spec.dynamic).graph
 
 
+def _physical_experts_error(spec: LowerSpec) -> Optional[str]:
+    """Why ``--physical-experts`` cannot describe a placement with these shapes, or None."""
+    physical = spec.physical
+    if physical < spec.experts or physical % spec.world_size:
+        return (f"--physical-experts must be >= --experts={spec.experts} and divisible by "
+                f"--world-size={spec.world_size}, got {physical}")
+    replicas = -(-physical // spec.experts)
+    if replicas > spec.columns - 1:
+        return (f"--physical-experts={physical} puts up to {replicas} replicas on one of {spec.experts} logical "
+                f"experts: eplb_table needs --f >= {replicas + 1}, got {spec.columns}")
+    return None
+
+
 def run_lower(args: argparse.Namespace) -> int:
     from torchair_plugin.testing import CannLessUnavailable
 
     spec = spec_from_args(args)
+    if spec.physical_experts is not None:
+        problem = _physical_experts_error(spec)
+        if problem:
+            return _error(problem)
     try:
         graph = lower(spec)
     except CannLessUnavailable as exc:
