@@ -127,3 +127,14 @@ def prepare_torch_import(environ: MutableMapping[str, str] = os.environ) -> bool
         environ[AUTOLOAD_VAR] = "0"
         return True
     return False
+
+
+# torchair's own converter for the op ships with every torch-npu that has the op (2.6.0 on);
+# older torchair knows neither the op nor the GE IR hooks capture relies on.
+_NATIVE_CONVERTER_FILE = ("dynamo", "torchair", "_ge_concrete_graph", "ge_converter", "custom", "npu_moe_update_expert.py")
+
+
+def torch_npu_has_op() -> bool:
+    """Whether the installed torch-npu provides npu_moe_update_expert (read from its files)."""
+    directory = torch_npu_dir()
+    return directory is not None and os.path.isfile(os.path.join(directory, *_NATIVE_CONVERTER_FILE))

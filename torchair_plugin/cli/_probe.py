@@ -115,6 +115,7 @@ def capture_requirements(torch_version: str, cache_dir: str, cache_problem: Opti
         "torch_npu_matches_torch": torch_npu is not None
         and version_tuple(torch_npu)[:2] == version_tuple(torch_version)[:2],
         "protobuf": protobuf if protobuf and version_tuple(protobuf)[:2] >= MIN_PROTOBUF else None,
+        "torch_npu_has_op": torch_npu is None or _environment.torch_npu_has_op(),
         "capture_layer": importlib.util.find_spec("torchair_plugin.testing") is not None,
         "stub_cache": cache_dir if cache_problem is None else None,
     }

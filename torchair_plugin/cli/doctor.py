@@ -20,11 +20,15 @@ _REQUIREMENT_ADVICE = {
     "nm": "nm: install binutils (e.g. `apt-get install binutils`); CANN-less capture reads symbol lists with it",
     "readelf": "readelf: install binutils (e.g. `apt-get install binutils`); CANN-less capture reads sonames with it",
     "torch_npu_wheel": "torch-npu: for CANN-less GE capture off-NPU, `pip install 'torchair-plugin[capture]'` "
-    "(torch-npu==2.13.0 + protobuf; never on an Ascend machine, it would replace your torch-npu)",
+    "(a torch-npu and protobuf; never on an Ascend machine, it would replace your torch-npu)",
     "torch_npu_matches_torch": "torch-npu and torch differ in major.minor: install the torch-npu release built "
-    "for your torch (torch-npu 2.13.0 pins torch 2.13.0)",
+    "for your torch (each torch-npu X.Y pins torch X.Y; docs/compatibility.md)",
     "protobuf": f"protobuf: `pip install 'protobuf>={_probe.MIN_PROTOBUF[0]}.{_probe.MIN_PROTOBUF[1]}'` "
     "(torchair checks it at import)",
+    "torch_npu_has_op": "torch-npu: this release predates npu_moe_update_expert (torch-npu 2.6.0 and later have "
+    "it; older ones only npu_moe_eplb_update_expert). Here the op is the plugin's own: eager (reference "
+    "kernels, also on an NPU, as plain torch ops) and tracing work; CANN-less GE capture and the GE converter "
+    "need a torchair that knows the op: use torch-npu >= 2.6 for them (docs/compatibility.md)",
     "capture_layer": "capture layer: this build of torchair-plugin has no torchair_plugin.testing; "
     "update torchair-plugin for CANN-less GE capture",
 }

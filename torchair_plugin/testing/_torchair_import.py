@@ -355,11 +355,17 @@ def import_torchair() -> ModuleType:
     global _torchair, _mode
     with _lock:
         if _torchair is None:
+            if _environment.torch_npu_installed() and not _environment.torch_npu_has_op():
+                raise CannLessUnavailable(
+                    f"torch-npu {_torch_npu_version()} predates npu_moe_update_expert and its torchair cannot lower "
+                    "it: capture needs torch-npu >= 2.6 (docs/compatibility.md)"
+                )
             mode = decide_mode(
                 _environment.cann_home(), _environment.torch_npu_installed(), _real_loads, _torch_npu_choice()
             )
             if mode is Mode.UNAVAILABLE:
                 raise CannLessUnavailable(f"torch-npu is not installed (torchair ships inside it): {INSTALL_TORCH_NPU}")
+
             importers = {Mode.NATIVE: _import_native, Mode.REAL_TORCH_NPU: _import_real_torch_npu,
                          Mode.STAND_IN: _import_stand_in}
             torchair = importers[mode]()
