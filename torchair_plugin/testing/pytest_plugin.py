@@ -66,17 +66,23 @@ def pytest_addoption(parser: Any) -> None:
     )
 
 
-_strict_option = False  # the session's --ge-capture-strict (require_ge_capture has no config)
+# --ge-capture-strict of each configured session, innermost last: require_ge_capture() has no
+# config to ask, and pytester runs sessions inside a session.
+_strict_sessions: List[bool] = []
 
 
 def pytest_configure(config: Any) -> None:
-    global _strict_option
-    _strict_option = _option(config, STRICT_OPTION)
+    _strict_sessions.append(_option(config, STRICT_OPTION))
+
+
+def pytest_unconfigure(config: Any) -> None:
+    if _strict_sessions:
+        _strict_sessions.pop()
 
 
 def strict() -> bool:
     """Whether "capture unavailable" fails tests rather than skipping them."""
-    return _strict_option or _environment.flag_set(os.environ, STRICT_ENV)
+    return bool(_strict_sessions and _strict_sessions[-1]) or _environment.flag_set(os.environ, STRICT_ENV)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
