@@ -113,7 +113,6 @@ def run_on_npu() -> None:
 def run_without_npu(world_size: int = 8) -> int:
     """Off the NPU: rank 0's step lowered to its GE graph by torchair, instead of run."""
     from torchair_plugin.testing import CannLessUnavailable, capture_ge_graphs, import_torchair
-    from torchair_plugin.testing.companion_ops import define_companion_ops
 
     print("graph_mode_ascend.py needs an Ascend NPU (CANN, torch_npu, HCCL) to run; none here.")
     try:
@@ -121,7 +120,6 @@ def run_without_npu(world_size: int = 8) -> int:
     except CannLessUnavailable as exc:
         print(f"GE graph capture is not possible here either: {exc}")
         return 0
-    define_companion_ops()  # dispatch_v2 / combine_v2 from the installed torch-npu's schemas
     slots_per_rank = -(-EXPERTS // world_size) + REDUNDANT_SLOTS_PER_RANK
     layer = functools.partial(
         moe_layer, group="ep", rank=0, world_size=world_size, moe_expert_num=world_size * slots_per_rank

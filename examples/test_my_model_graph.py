@@ -10,7 +10,10 @@ Copy this file into your tests/ folder, put the line below in your tests/conftes
     git add tests/goldens                                     # review the diff, commit
 
 From then on a change that alters the GE graph torchair builds (an extra Cast, a graph break, a
-recompile, a lost optional input) fails the test with a diff. See docs/cann-less-ci.md.
+recompile, a lost optional input) fails the test with a diff. In CI run pytest with
+``--ge-capture-strict``, so that an image where capture cannot run fails instead of skipping.
+Captures are inference graphs (``torch.no_grad()``); pass ``training=True`` for the training
+forward. Models calling dispatch_v2 / combine_v2 need no extra setup. See docs/cann-less-ci.md.
 """
 
 import torchair_plugin  # noqa: F401  (first: registers the op and its GE converter, prepares torch)
@@ -49,7 +52,7 @@ def example_inputs(bs: int = 8, k: int = 4, experts: int = 16, world_size: int =
 
 def test_graph_static(ge_golden):
     result = capture_ge_graphs(MyMoeLayer(), *example_inputs())
-    assert result.fx_graph_count == 1 and result.graph_breaks == 0  # no graph break
+    assert result.fx_graph_count == 1 and result.graph_breaks == 0, result.summary()  # no graph break
     ge_golden.check(result.graph, "my_moe_layer_static")
 
 
@@ -63,4 +66,4 @@ def test_no_recompile_across_batch_sizes():
     capture = GraphCapture(MyMoeLayer(), dynamic=True)
     for bs in (2, 8, 64, 512):
         capture(*example_inputs(bs=bs))
-    assert capture.result.fx_graph_count == 1 and len(capture.result.graphs) == 1
+    assert capture.result.fx_graph_count == 1 and len(capture.result.graphs) == 1, capture.result.summary()

@@ -14,6 +14,10 @@ lowers FX -> GE and optimises the GE graph, but returns the FX graph for eager e
 instead of loading the GE graph, so nothing needs CANN. The GE graph is taken at the end of
 ``GeConcreteGraph.optimize_graph_without_runtime`` (torchair internal; no public hook exposes
 the lowered graph), which is the graph torchair would hand to GE.
+
+The Dynamo path runs under ``torch.no_grad()`` unless ``training=True``: serving graphs are
+inference graphs, and with grad enabled a model with a Parameter lowers AOTAutograd's training
+forward (extra outputs saved for backward) and torchair tries, noisily, to compile the backward.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
@@ -83,6 +88,9 @@ class CaptureResult:
     # names of the inputs of the FX graph being lowered now (see CapturedGraph.input_names)
     pending_input_names: Optional[List[str]] = field(default=None, repr=False)
     graph_breaks: int = 0
+    # Why Dynamo compiled again, one entry per recompile: the guard that failed, as Dynamo words
+    # it (``0/0: tensor 'ids' size mismatch at index 0. expected 8, actual 1``).
+    recompile_reasons: List[str] = field(default_factory=list)
     outputs: Any = None
 
     @property
@@ -90,11 +98,18 @@ class CaptureResult:
         """FX graphs compiled by the backend (graph breaks and recompiles each add one)."""
         return len(self.fx_graphs)
 
+    def summary(self) -> str:
+        """Counts, then one line per recompile reason: what to read when a count is unexpected."""
+        lines = [f"{self.fx_graph_count} FX graph(s), {len(self.graphs)} GE graph(s), "
+                 f"{self.graph_breaks} graph break(s), {len(self.recompile_reasons)} recompile(s)"]
+        lines += [f"  recompiled because {reason}" for reason in self.recompile_reasons]
+        return "\n".join(lines)
+
     @property
     def graph(self) -> CapturedGraph:
-        """The only GE graph; AssertionError (with the count) when there is not exactly one."""
+        """The only GE graph; AssertionError (with the counts and reasons) when there is not exactly one."""
         if len(self.graphs) != 1:
-            raise AssertionError(f"expected exactly one GE graph, captured {len(self.graphs)}: {self.graphs}")
+            raise AssertionError(f"expected exactly one GE graph, captured {len(self.graphs)}: {self.summary()}")
         return self.graphs[0]
 
 
@@ -165,7 +180,8 @@ class GraphCapture:
     what was compiled to :attr:`result`. Several calls with new shapes show recompiles.
 
     ``reset=True`` clears Dynamo's caches first (process-wide, as torch's own tests do), so
-    that the counts are this capture's alone.
+    that the counts are this capture's alone. Calls run under ``torch.no_grad()`` (the inference
+    graph); ``training=True`` runs them with grad enabled, for the training forward.
     """
 
     def __init__(
@@ -176,6 +192,7 @@ class GraphCapture:
         config: Any = None,
         fullgraph: bool = False,
         reset: bool = True,
+        training: bool = False,
     ) -> None:
         import torch
 
@@ -183,6 +200,7 @@ class GraphCapture:
         _install_hook()
         if reset:
             torch._dynamo.reset()
+        self.training = training
         self.result = CaptureResult()
         backend = torchair.get_npu_backend(compiler_config=_eager_config(config))
 
@@ -200,10 +218,36 @@ class GraphCapture:
         for index, dims in (mark_dynamic or {}).items():
             torch._dynamo.mark_dynamic(args[index], dims)
         breaks_before = sum(counters["graph_break"].values())
-        with _Recording(self.result):
+        failures_before = _guard_failure_counts()
+        with _Recording(self.result), (torch.enable_grad() if self.training else torch.no_grad()):
             self.result.outputs = self._compiled(*args, **kwargs)
         self.result.graph_breaks += sum(counters["graph_break"].values()) - breaks_before
+        self.result.recompile_reasons += _new_recompile_reasons(failures_before)
         return self.result.outputs
+
+
+def _guard_failure_counts() -> dict:
+    from torch._dynamo.utils import guard_failures
+
+    return {code: len(reasons) for code, reasons in guard_failures.items()}
+
+
+def _new_recompile_reasons(before: dict) -> List[str]:
+    """The recompiles since ``before``, one line each.
+
+    Dynamo appends to ``torch._dynamo.utils.guard_failures`` (one list per code object; the same
+    in torch 2.6 to 2.14) the failed guard of every cache entry it tried before compiling that
+    code again: the entries one recompile adds form its reason. Older torch names the frame's
+    locals ``L['x']``, newer torch ``x``: both read ``x`` here.
+    """
+    from torch._dynamo.utils import guard_failures
+
+    reasons = []
+    for code, failures in list(guard_failures.items()):
+        new = failures[before.get(code, 0):]
+        if new:
+            reasons.append(re.sub(r"L\[\s*['\"](.*?)['\"]\s*\]", r"\1", "; ".join(map(str, new))))
+    return reasons
 
 
 def capture_ge_graphs(
@@ -213,15 +257,17 @@ def capture_ge_graphs(
     mark_dynamic: Optional[MarkDynamic] = None,
     config: Any = None,
     fullgraph: bool = False,
+    training: bool = False,
     **kwargs: Any,
 ) -> CaptureResult:
     """Compile ``fn`` with torchair's NPU backend, call it once on ``args``, return what lowered.
 
     ``mark_dynamic`` maps a positional argument's index to the dim(s) to mark dynamic with
     ``torch._dynamo.mark_dynamic``. ``config`` is a ``torchair.CompilerConfig`` (copied; its
-    ``debug.run_eagerly`` is forced on). Tensors may be CPU tensors.
+    ``debug.run_eagerly`` is forced on). Tensors may be CPU tensors. The call runs under
+    ``torch.no_grad()`` (the inference graph) unless ``training=True``.
     """
-    capture = GraphCapture(fn, dynamic=dynamic, config=config, fullgraph=fullgraph)
+    capture = GraphCapture(fn, dynamic=dynamic, config=config, fullgraph=fullgraph, training=training)
     capture(*args, mark_dynamic=mark_dynamic, **kwargs)
     return capture.result
 

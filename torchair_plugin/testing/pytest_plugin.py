@@ -9,7 +9,9 @@ Fixtures
 ``ge_torchair``
     The ``torchair`` module, importable for capture (:func:`import_torchair`). Skips the test,
     with the install command in the reason, where torch-npu, protobuf, a C compiler or binutils
-    is missing. Any other failure is an error, not a skip.
+    is missing. Any other failure is an error, not a skip. With ``pytest --ge-capture-strict``
+    (or ``TORCHAIR_PLUGIN_CAPTURE_STRICT=1``) such a skip is a failure instead: for CI, where a
+    broken image must not turn the graph guard off quietly.
 ``ge_golden``
     A :class:`GoldenFiles`; ``ge_golden.check(graph, "name")`` compares a captured graph's
     stable text (or any string) with ``goldens/name.txt`` next to the test file.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import os
+import re
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
@@ -34,6 +37,8 @@ from torchair_plugin import _environment
 UPDATE_OPTION = "--update-goldens"
 UPDATE_ENV = "TORCHAIR_PLUGIN_UPDATE_GOLDENS"
 UPDATE_VERSION_OPTION = "--update-goldens-for-version"
+STRICT_OPTION = "--ge-capture-strict"
+STRICT_ENV = "TORCHAIR_PLUGIN_CAPTURE_STRICT"
 GOLDEN_DIR = "goldens"
 
 
@@ -52,6 +57,32 @@ def pytest_addoption(parser: Any) -> None:
         help="write goldens for the installed torch-npu only (goldens/torch_npu-<version>/), where its graph "
              "differs from the shared golden; remove its copies that equal the shared one",
     )
+    group.addoption(
+        STRICT_OPTION,
+        action="store_true",
+        default=False,
+        help=f"fail, instead of skipping, tests that need GE graph capture where it cannot run "
+             f"(env {STRICT_ENV}=1 does the same)",
+    )
+
+
+# --ge-capture-strict of each configured session, innermost last: require_ge_capture() has no
+# config to ask, and pytester runs sessions inside a session.
+_strict_sessions: List[bool] = []
+
+
+def pytest_configure(config: Any) -> None:
+    _strict_sessions.append(_option(config, STRICT_OPTION))
+
+
+def pytest_unconfigure(config: Any) -> None:
+    if _strict_sessions:
+        _strict_sessions.pop()
+
+
+def strict() -> bool:
+    """Whether "capture unavailable" fails tests rather than skipping them."""
+    return bool(_strict_sessions and _strict_sessions[-1]) or _environment.flag_set(os.environ, STRICT_ENV)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
@@ -75,7 +106,8 @@ def pytest_report_header(config: Any) -> str:
 
 
 def require_ge_capture() -> Any:
-    """Return torchair ready for capture, or skip the calling test/module saying what to install.
+    """Return torchair ready for capture, or skip the calling test/module saying what to install
+    (fail instead under ``--ge-capture-strict`` / ``TORCHAIR_PLUGIN_CAPTURE_STRICT=1``).
 
     Usable at module level (``torchair = require_ge_capture()``) as well as inside a test.
     """
@@ -84,6 +116,9 @@ def require_ge_capture() -> Any:
     try:
         return import_torchair()
     except CannLessUnavailable as exc:
+        if strict():
+            pytest.fail(f"GE graph capture unavailable ({STRICT_OPTION} / {STRICT_ENV}=1 make this a failure, "
+                        f"not a skip): {exc}", pytrace=False)
         pytest.skip(f"GE graph capture unavailable: {exc}", allow_module_level=True)
 
 
@@ -141,14 +176,7 @@ class GoldenFiles:
             raise GoldenMismatch(f"golden file {path} does not exist; create it with `pytest {UPDATE_OPTION}`")
         expected = path.read_text(encoding="utf-8")
         if expected != text:
-            diff = "".join(
-                difflib.unified_diff(
-                    expected.splitlines(keepends=True),
-                    text.splitlines(keepends=True),
-                    fromfile=str(path),
-                    tofile="captured",
-                )
-            )
+            diff = local_diff(expected, text, str(path), "captured")
             whose = (
                 f"the golden of {self.tag}" if path.parent.name == self.tag
                 else f"the shared golden ({self.tag} has none of its own under {self.directory / self.tag})"
@@ -174,6 +202,44 @@ class GoldenFiles:
             own.parent.mkdir(parents=True, exist_ok=True)
             own.write_text(text, encoding="utf-8")
             _written.append(own)
+
+
+# An op's name in the text form, ``<Type>_<k>`` (op types are CamelCase): ``Cast_3``.
+_OP_NAME = re.compile(r"\b([A-Z][A-Za-z0-9]*)_\d+\b")
+
+
+def local_diff(expected: str, captured: str, fromfile: str, tofile: str, context: int = 3) -> str:
+    """A unified diff of two text-form graphs that shows what changed, not what was renumbered.
+
+    Ops are named ``<Type>_<k>`` by their place among ops of their type, so one Cast added
+    renames every later Cast and every line that reads one. Lines are matched with op numbers
+    blanked out; matched lines that differ only in their numbers are counted, not shown as
+    changes (context lines show the captured text). Where nothing but numbers differs (ops of
+    one type reordered), the plain diff is returned.
+    """
+    old, new = expected.splitlines(), captured.splitlines()
+    matcher = difflib.SequenceMatcher(
+        None, [_OP_NAME.sub(r"\1_#", line) for line in old], [_OP_NAME.sub(r"\1_#", line) for line in new],
+        autojunk=False,
+    )
+    # Counted first: get_grouped_opcodes trims the matcher's cached opcodes in place.
+    renumbered = sum(a != b for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag == "equal"
+                     for a, b in zip(old[i1:i2], new[j1:j2]))
+    hunks = []
+    for group in matcher.get_grouped_opcodes(context):
+        first, last = group[0], group[-1]
+        hunks.append(f"@@ -{first[1] + 1},{last[2] - first[1]} +{first[3] + 1},{last[4] - first[3]} @@")
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                hunks += [" " + line for line in new[j1:j2]]
+            else:
+                hunks += ["-" + line for line in old[i1:i2]] + ["+" + line for line in new[j1:j2]]
+    if not hunks:
+        return "".join(difflib.unified_diff(expected.splitlines(keepends=True), captured.splitlines(keepends=True),
+                                            fromfile=fromfile, tofile=tofile))
+    note = (f"({renumbered} more line(s) differ only in op numbers <Type>_<k>: an op added or removed renumbers "
+            f"the later ops of its type)\n" if renumbered else "")
+    return f"--- {fromfile}\n+++ {tofile}\n" + note + "\n".join(hunks) + "\n"
 
 
 def _option(config: Any, option: str) -> bool:
