@@ -32,7 +32,7 @@ import torch_npu
 mark("import torch_npu (real, over stubs)")
 import_torchair()
 mark("import torchair + interception + companions")
-from torchair_plugin.cli.lower import LowerSpec, lower
+from torchair_plugin.testing.lowering import LowerSpec, lower
 graph = lower(LowerSpec())
 mark("first capture (Dynamo, AOT, lowering)")
 text = graph.text

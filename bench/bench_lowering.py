@@ -29,7 +29,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from torchair_plugin import _converter_hook
-from torchair_plugin.cli.lower import LowerSpec
+from torchair_plugin.testing.lowering import LowerSpec
 from torchair_plugin.testing import capture_ge_graphs, import_torchair
 from torchair_plugin.testing.companion_ops import define_companion_ops
 

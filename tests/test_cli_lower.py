@@ -26,8 +26,8 @@ def run(argv, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--bs", "x"], "argument --bs: expected a positive integer, got 'x'"),
-        (["--k", "0"], "argument --k: expected a positive integer, got 0"),
+        (["--bs", "x"], "argument --bs: expected an integer, got 'x'"),
+        (["--k", "0"], "argument --k: must be in [1, 2147483647], got 0"),
         (["--format", "dot"], "argument --format: invalid choice"),
         (["--optional", "scales"], "argument --optional: invalid choice"),
     ],

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from torchair_plugin.cli.lower import LowerSpec, add_lower_subcommand
+from torchair_plugin.cli.lower import add_lower_subcommand
+from torchair_plugin.testing.lowering import LowerSpec
 from torchair_plugin.testing.pytest_plugin import require_ge_capture
 from torchair_plugin.validate import validate_eplb_table
 

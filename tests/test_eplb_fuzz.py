@@ -26,7 +26,7 @@ from torchair_plugin.eplb import (
     table_from_vllm,
     table_to_log2phy,
 )
-from torchair_plugin.eplb.cli import add_balance_subcommand
+from torchair_plugin.cli.balance import add_balance_subcommand
 
 TABLE = [[1, 0], [1, 1]]  # world_size 2: any change to any entry makes it invalid
 ROUTING = [[[0], [1], [0]], [[1], [0], [1]]]  # (2 ranks, 3 tokens, K=1), ids of TABLE's experts
@@ -121,7 +121,7 @@ def _balance_refuses(capsys, directory, hostile, flag, companion, write_companio
     argv = [flag, str(path), other, str(directory / companion), "--png", str(directory / "out.png")]
     assert _balance(argv) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.startswith("balance: error: ")
+    assert out == "" and err.startswith("torchair-plugin balance: error: ")
     _one_line_naming(err, str(path))
     assert sorted(p.name for p in directory.iterdir()) == sorted([companion, path.name])
     return path, index, err

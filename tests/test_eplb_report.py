@@ -17,7 +17,7 @@ from torchair_plugin.eplb import (
     skewed_routing,
     expert_load,
 )
-from torchair_plugin.eplb.cli import add_balance_subcommand
+from torchair_plugin.cli.balance import add_balance_subcommand
 
 
 def _uneven_case():
@@ -201,7 +201,7 @@ def test_cli_bad_input_exits_2_without_traceback_or_files(tmp_path, capsys, setu
     assert _balance(*argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("balance: error:") and "Traceback" not in captured.err
+    assert captured.err.startswith("torchair-plugin balance: error:") and "Traceback" not in captured.err
     assert len(captured.err.splitlines()) == 1 and "\x1b" not in captured.err
     assert __import__("re").search(message, captured.err)
     assert not png.exists()

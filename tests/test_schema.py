@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from torchair_plugin import _environment, checks, limits, ops, schema
-from torchair_plugin.cli import lower
+from torchair_plugin.testing import lowering as lower
 from torchair_plugin.fake import npu_moe_update_expert_fake
 from torchair_plugin.reference import npu_moe_update_expert_reference
 from torchair_plugin.testing import graph_text

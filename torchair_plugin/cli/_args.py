@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+
+from torchair_plugin.cli import EXIT_BAD_INPUT
+
+
+def usage_error(command: str, message: str) -> int:
+    """Print ``<command>: error: <message>`` (one line, as argparse does) and return exit status 2."""
+    print(f"{command}: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def int_in(low: int, high: int):

@@ -90,7 +90,8 @@ def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, object]:
     torchair's real FX -> GE lowering through :mod:`torchair_plugin.testing` (CANN-less where there
     is no CANN). Returns ``available`` and either the summary lines or the reason it cannot run.
     """
-    from torchair_plugin.cli.lower import OPTIONAL_INPUTS, LowerSpec, lower
+    from torchair_plugin.schema import OPTIONAL_INPUTS
+    from torchair_plugin.testing.lowering import LowerSpec, lower
     from torchair_plugin.testing import CannLessUnavailable
 
     bs, k = batch.expert_ids.shape
@@ -98,6 +99,8 @@ def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, object]:
         bs=int(bs), k=int(k), experts=int(eplb_table.shape[0]), f=int(eplb_table.shape[1]),
         world_size=batch.world_size, rank=batch.local_rank_id, balance_mode=batch.balance_mode,
         optional=OPTIONAL_INPUTS, ids_dtype=str(batch.expert_ids.dtype).replace("torch.", ""), chain=True,
+        # dispatch's moe_expert_num is the number of physical experts the planned table places
+        physical_experts=int(eplb_table[:, 0].sum()),
     )
     try:
         graph = lower(spec)

@@ -10,7 +10,6 @@ shows the converter a compiling process gets.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from typing import List, Mapping
@@ -62,9 +61,7 @@ def _import_torchair() -> str:
     """Import torchair as capture does; return how (the capture mode's words)."""
     from torchair_plugin.testing import current_mode, import_torchair
 
-    # torch_npu prints a warning about CANN's variables on stdout, where it would corrupt --json.
-    with contextlib.redirect_stdout(sys.stderr):
-        import_torchair()
+    import_torchair()  # torch_npu's warning about CANN's variables goes to stderr there
     return current_mode().value
 
 

@@ -27,6 +27,7 @@ defines, so they are inert.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import glob
 import importlib.abc
@@ -277,7 +278,10 @@ def _import_real_torch_npu() -> ModuleType:
     state = _Loaded()
     if "torch_npu" not in sys.modules:
         state.stubs, state.libraries = preload_stubs(real_torch_npu=True)
-        import torch_npu  # noqa: F401  (the plugin's registration makes way and re-plans)
+        # torch_npu prints a warning about CANN's variables on stdout, where it would corrupt the
+        # output of whoever captures (``lower --json``): it goes to stderr instead.
+        with contextlib.redirect_stdout(sys.stderr):
+            import torch_npu  # noqa: F401  (the plugin's registration makes way and re-plans)
     import torchair
 
     real = _real_torchair_module(torchair)

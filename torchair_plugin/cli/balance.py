@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from torchair_plugin import limits
-from torchair_plugin.cli._args import int_in
+from torchair_plugin.cli import EXIT_OK
+from torchair_plugin.cli._args import int_in, usage_error
 from torchair_plugin.eplb._arrays import check_expert_ids
 from torchair_plugin.eplb.io import in_file, load_eplb_table, load_routing
 from torchair_plugin.eplb.load_report import format_report, load_report
 from torchair_plugin.eplb.planner import plan_placement
 from torchair_plugin.eplb.workload import expert_load, skewed_routing
 
-EXIT_BAD_INPUT = 2
 DEFAULT_WORLD_SIZE = 8
 DEFAULT_EXPERTS = 64
 
@@ -124,8 +123,7 @@ def run_balance(args) -> int:
             plot_rank_loads(report, args.png, notes=_notes(args, plan))
     # RuntimeError: the op's own argument checks (torch._check), should any input slip past ours.
     except (ValueError, ImportError, OSError, RuntimeError) as error:
-        print(f"balance: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return usage_error("torchair-plugin balance", str(error))
     if args.json:
         result = report.to_dict()
         result["eplb_table"] = table.tolist()
@@ -138,4 +136,4 @@ def run_balance(args) -> int:
             print(f"table planned for balance_mode {plan.balance_mode}; modelled balancedness {plan.balancedness:.4f}")
         if args.png:
             print(f"wrote {args.png}")
-    return 0
+    return EXIT_OK
