@@ -1,6 +1,6 @@
 """Per-call time of npu_moe_update_expert against its floors and its golden loop, in one run.
 
-Shapes from the issue: BS=512, K=16, moe_expert_num=1024, F=9, world_size=64. Two floors, the
+Shapes of a large serving layer: BS=512, K=16, moe_expert_num=1024, F=9, world_size=64. Two floors, the
 least any implementation must do: mapping, one index_select of BS*K int32 elements from the
 flattened table; pruning, the scales widened to float32, one sum over K, one multiply, one
 comparison. The full op (mode 1, pruning, active_mask) is reported against their sum. Times are

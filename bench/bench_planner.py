@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/bench_planner.py [--json bench/results/planner.json]
 
-Loads proportional to 1/i**s over 256 experts, 32 ranks, 9 slots per rank (the issue's setting),
+Loads proportional to 1/i**s over 256 experts, 32 ranks, 9 slots per rank (a DeepSeek-like layer),
 for both balance modes, each plan judged under the op's real split for that mode. The greedy is
 the tests' baseline (tests/eplb_greedy.py), run in the same process.
 """
