@@ -7,6 +7,7 @@ the one torch-npu 2.13.0's own converter emits for the same graph.
 """
 
 import importlib
+import pathlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
@@ -247,3 +248,16 @@ def test_converter_rejects_what_the_fake_kernel_rejects_with_the_same_message(at
     with pytest.raises(RuntimeError) as converter_error:
         convert(object(), object(), **sentinels, **attrs)
     assert str(converter_error.value) == str(fake_error.value)
+
+
+def test_the_ops_own_lowering_is_shared_by_every_torch_npu():
+    """The matrix (``nox -s goldens``, ``nox -s matrix``) captures these graphs with each supported
+    torch-npu's torchair and keeps a per-version golden only where the text differs. For the op
+    itself none does (Data ops are named after their inputs, so Dynamo's input order, which torch
+    2.6 sets differently, changes nothing); only the chain has some, because dispatch_v2/combine_v2
+    gained inputs and attrs between releases. A per-version copy of an op golden means the op's
+    lowering really differs on that version: look before accepting it."""
+    goldens = pathlib.Path(__file__).parent / "goldens"
+    for version_dir in sorted(goldens.glob("torch_npu-*")):
+        own = {p.name for p in version_dir.iterdir()}
+        assert own <= {"lowering_chain_static.txt", "lowering_chain_dynamic.txt"}, (version_dir, own)
