@@ -32,6 +32,30 @@ def mode0(ids, table):
     return op(ids, table, local_rank_id=3, world_size=8)
 
 
+def _inductor_unusable_here():
+    """Why inductor cannot compile even ``x * 2`` in this process, or None.
+
+    torch_npu 2.8 hooks inductor (torch_npu/utils/_dynamo.py, register_inductor_npu) and, with no
+    NPU, its triton driver lookup fails for every graph: then it is torch_npu's process, not this
+    op, that inductor cannot compile in. Any other failure is left to the test to show.
+    """
+    torch._dynamo.reset()
+    try:
+        torch.compile(lambda x: x * 2, backend="inductor")(torch.ones(2))
+    except Exception as exc:  # noqa: BLE001 (classified below)
+        import traceback
+
+        if "torch_npu" in "".join(traceback.format_exception(exc)):
+            root = exc
+            while root.__cause__ is not None or root.__context__ is not None:
+                root = root.__cause__ or root.__context__
+            return f"torch_npu's inductor hook (register_inductor_npu) fails without an NPU here: {root!r}"
+        raise
+    finally:
+        torch._dynamo.reset()
+    return None
+
+
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
     torch._dynamo.reset()
@@ -42,6 +66,10 @@ def fresh_dynamo():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_compiled_equals_eager(backend, dynamic):
+    if backend == "inductor":
+        reason = _inductor_unusable_here()
+        if reason:
+            pytest.skip(reason)
     counter = CompileCounterWithBackend(backend)
     compiled = torch.compile(full_op, backend=counter, fullgraph=True, dynamic=dynamic)
     for bs in (8, 8, 16) if dynamic else (8, 8):

@@ -55,14 +55,22 @@ def test_the_real_plan_never_stubs_libtorch_npu():
     assert all(lib.name != "libtorch_npu.so" for lib in stub_libraries().libraries())
 
 
-def test_a_device_call_fails_loudly_naming_the_cann_function():
+def test_a_device_call_fails_loudly_naming_the_cann_function_and_the_process_lives():
     code = (
         "import torchair_plugin, torch\n"
         "from torchair_plugin.testing import import_torchair\n"
         "import_torchair()\n"
-        "torch.npu.set_device(0)\n"
+        "try:\n"
+        "    torch.npu.set_device(0)\n"
+        "except RuntimeError as exc:\n"
+        "    print('raised', type(exc).__name__)\n"
+        "print('inductor', torch.compile(lambda x: x * 2, backend='inductor')(torch.ones(2)).tolist())\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0"))
-    assert proc.returncode != 0
-    assert "torchair_plugin.testing: CANN function aclInit was called" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "raised RuntimeError" in proc.stdout
+    assert "torchair_plugin.testing: CANN function aclInit was called" in proc.stderr
+    # torch_npu's inductor hook asks for the current device while hashing any graph: that used to
+    # end the process in the fatal stub; now inductor compiles CPU graphs next to the real torch_npu.
+    assert "inductor [2.0, 2.0]" in proc.stdout

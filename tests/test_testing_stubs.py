@@ -67,9 +67,12 @@ def test_non_strings_are_rejected():
 
 
 def test_generated_source_defines_each_symbol_once():
-    source = _stubs.generate_c_source(["aclInit", "aclInit", "snprintf_s", "zeta"])
-    assert source.count("void aclInit(void)") == 1
+    source = _stubs.generate_c_source(["aclrtMalloc", "aclrtMalloc", "snprintf_s", "zeta", "aclInit",
+                                       "aclrtGetDeviceCount"])
+    assert source.count("void aclrtMalloc(void)") == 1  # fatal: it would use a device
     assert source.count("void zeta(void)") == 1
+    assert source.count("int aclInit(void)") == 1 and "return 100001;" in source  # refused, not fatal
+    assert "*count = 0; return 0;" in source  # no device
     assert "void snprintf_s" not in source  # securec functions are real, not stubs
     assert "int snprintf_s(" in source
 

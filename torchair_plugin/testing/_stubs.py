@@ -37,7 +37,7 @@ from torchair_plugin import _environment
 CACHE_DIR_VAR = "TORCHAIR_PLUGIN_CACHE_DIR"
 
 # Bump when the generated C or the layout of a cache entry changes: old entries are then ignored.
-_GENERATOR_VERSION = "3"
+_GENERATOR_VERSION = "5"
 _ALL_SYMBOLS_LIB = "libtorchair_plugin_cann_stubs.so"
 _MANIFEST = "manifest.json"
 
@@ -101,11 +101,31 @@ static void torchair_plugin_stub_called(const char *name) {
 # The CANN functions that may be called in a process without an NPU, and what they answer there.
 # The real torch_npu asks for the device count whenever torch wants to know whether the device
 # exists (``torch.npu.is_available()``, FakeTensorMode, compiling with the npu backend): zero
-# devices is the truthful answer, and every function that would touch a device stays fatal.
-_ANSWERS = {
+# devices is the truthful answer.
+_NO_DEVICE_ANSWERS = {
     # aclError aclrtGetDeviceCount(uint32_t *count): ACL_SUCCESS (0) with no device.
     "aclrtGetDeviceCount": "int aclrtGetDeviceCount(unsigned int *count) { if (count) *count = 0; return 0; }\n",
 }
+# The door to every device call, and the questions torch_npu asks on its way through it. torch_npu
+# reaches them lazily, also from code that only asks (its inductor hooks ask for the current
+# device while hashing any graph), so they fail with ACL_ERROR_UNINITIALIZE (100001) and our
+# message instead of ending the process; torch_npu then raises its own error. Every other
+# function would really use a device and stays fatal.
+_REFUSED = ("aclInit", "aclrtGetDevice", "aclrtSetDevice")
+_ACL_ERROR_UNINITIALIZE = 100001
+
+
+def _refusal(name: str) -> str:
+    return (
+        f"int {name}(void) {{\n"
+        f'    fprintf(stderr, "torchair_plugin.testing: CANN function {name} was called, but this process runs '
+        f'on CANN-less stubs (no NPU): answering ACL_ERROR_UNINITIALIZE\\n");\n'
+        f"    return {_ACL_ERROR_UNINITIALIZE};\n"
+        f"}}\n"
+    )
+
+
+_ANSWERS = {**_NO_DEVICE_ANSWERS, **{name: _refusal(name) for name in _REFUSED}}
 
 
 class StubError(RuntimeError):

@@ -9,8 +9,11 @@ one of two ways, said by :func:`current_mode` (and in pytest's header and the CL
   for every CANN soname it and torchair need (:mod:`._stubs`). Its C++ side defines the op's
   schema and NPU kernel, its Python meta functions register, ``import torchair`` is its lazy
   proxy, and dispatch_v2/combine_v2 are its own. The stubs answer the device count with zero
-  (so ``torch.npu.is_available()`` is False and FakeTensorMode and the npu backend work); any
-  other CANN call aborts the process with the function's name.
+  (so ``torch.npu.is_available()`` is False and FakeTensorMode and the npu backend work);
+  device initialisation (``aclInit``, and the device questions asked on its way) is refused
+  with an error code and our message, so torch_npu raises and the process lives on (its
+  inductor hooks ask for the current device while hashing any graph); any other CANN call
+  would use a device and aborts the process with the function's name.
 - :attr:`Mode.STAND_IN` (fallback, where the real torch_npu cannot load, e.g. torch-npu 2.14.0
   on the index's CUDA build of torch, which aborts in its own static initialisers): torchair
   alone over stubs, ``import torch_npu`` blocked (a failed attempt would leave half-imported
