@@ -246,7 +246,8 @@ def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     loads = proc.returncode == 0 and "torch_npu loaded" in proc.stdout
     # The abort's reason (a C++ ``what():`` or an error line) says more than the last line.
-    telling = [line for line in lines if "what():" in line or "Error" in line] or lines[-1:] or ["no output"]
+    telling = ([line for line in lines if "what():" in line] or [line for line in lines if "Error" in line]
+               or lines[-1:] or ["no output"])
     result = ProbeResult(loads, "" if loads else f"exit {proc.returncode}: {telling[0].strip()[:300]}")
     try:
         record.write_text(json.dumps({"loads": result.loads, "detail": result.detail}), encoding="utf-8")
