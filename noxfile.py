@@ -8,7 +8,8 @@ Each session makes a uv virtual environment (files hard-linked from uv's cache: 
 the first time, about 6.6 GB of cache per torch version), installs torch from the package index,
 then torch-npu with --no-deps (each wheel pins a ``+cpu`` torch build the index does not have),
 then this project, runs pytest, and deletes the environment. ``--summary FILE`` (after ``--``)
-appends one JSON line per version for docs/compatibility.md.
+appends one JSON line per version for docs/compatibility.md. The sessions test the working tree
+(an editable install): run a long matrix from a clone you do not edit meanwhile.
 """
 
 import json
