@@ -64,7 +64,12 @@ def test_a_device_call_fails_loudly_naming_the_cann_function_and_the_process_liv
         "    torch.npu.set_device(0)\n"
         "except RuntimeError as exc:\n"
         "    print('raised', type(exc).__name__)\n"
-        "print('inductor', torch.compile(lambda x: x * 2, backend='inductor')(torch.ones(2)).tolist())\n"
+        "import traceback\n"
+        "try:\n"
+        "    print('inductor', torch.compile(lambda x: x * 2, backend='inductor')(torch.ones(2)).tolist())\n"
+        "except Exception as exc:\n"
+        "    where = 'torch_npu/_inductor' in ''.join(traceback.format_exception(exc))\n"
+        "    print('inductor raised in torch_npu hook' if where else 'inductor raised elsewhere')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0"))
@@ -72,5 +77,6 @@ def test_a_device_call_fails_loudly_naming_the_cann_function_and_the_process_liv
     assert "raised RuntimeError" in proc.stdout
     assert "torchair_plugin.testing: CANN function aclInit was called" in proc.stderr
     # torch_npu's inductor hook asks for the current device while hashing any graph: that used to
-    # end the process in the fatal stub; now inductor compiles CPU graphs next to the real torch_npu.
-    assert "inductor [2.0, 2.0]" in proc.stdout
+    # end the process in the fatal stub; now inductor compiles CPU graphs next to the real torch_npu
+    # (torch_npu 2.8's hook needs an NPU triton driver of its own and raises instead: still alive).
+    assert "inductor [2.0, 2.0]" in proc.stdout or "inductor raised in torch_npu hook" in proc.stdout, proc.stdout
