@@ -31,7 +31,6 @@ SCENARIOS = {
     "torch_npu_then_plugin": {},
     "torchair_then_plugin": {},
     "failed_torch_npu_then_retry": {},
-    "plugin_first_capture": {},
     "plugin_first_capture_opt_out": {hook.NATIVE_CONVERTER_ENV: "1"},
     "autoloaded_by_import_torch": {"TORCH_DEVICE_BACKEND_AUTOLOAD": "1"},
 }
@@ -101,6 +100,9 @@ def test_plugin_first_then_torch_npu_keeps_the_process_alive(outcomes):
     assert result["after"]["converter"] == hook.STATUS_PENDING
     assert result["after_torchair"]["converter"] == hook.STATUS_PLUGIN
     _assert_op_works(result)
+    # and capture in that process runs on the real torch_npu, with the plugin's converter
+    assert result["mode"] == "REAL_TORCH_NPU"
+    assert result["module"] == PLUGIN_CONVERTER_MODULE
 
 
 def test_torch_npu_first_then_plugin(outcomes):
@@ -132,14 +134,6 @@ def test_a_failed_torch_npu_import_leaves_the_plugin_op_and_a_retry_works(outcom
     assert result["op_after_failure"] == [[2, 1], [2, 3]]
     _assert_native_op_with_plugin_pieces(result["after_retry"])
     _assert_op_works(result)
-
-
-def test_capture_from_a_plugin_first_process_uses_the_real_torch_npu_and_our_converter(outcomes):
-    result = _result(outcomes, "plugin_first_capture")
-    assert result["mode"] == "REAL_TORCH_NPU"
-    assert result["module"] == PLUGIN_CONVERTER_MODULE
-    _assert_native_op_with_plugin_pieces(result["after"])
-    assert result["after"]["converter"] == hook.STATUS_PLUGIN
 
 
 def test_opt_out_keeps_torch_npus_own_converter(outcomes):

@@ -1,7 +1,5 @@
 """The suite's Ascend side against the real torch_npu, loaded over CANN stubs (conftest.py)."""
 
-import os
-import subprocess
 import sys
 
 import pytest
@@ -55,28 +53,20 @@ def test_the_real_plan_never_stubs_libtorch_npu():
     assert all(lib.name != "libtorch_npu.so" for lib in stub_libraries().libraries())
 
 
-def test_a_device_call_fails_loudly_naming_the_cann_function_and_the_process_lives():
-    code = (
-        "import torchair_plugin, torch\n"
-        "from torchair_plugin.testing import import_torchair\n"
-        "import_torchair()\n"
-        "try:\n"
-        "    torch.npu.set_device(0)\n"
-        "except RuntimeError as exc:\n"
-        "    print('raised', type(exc).__name__)\n"
-        "import traceback\n"
-        "try:\n"
-        "    print('inductor', torch.compile(lambda x: x * 2, backend='inductor')(torch.ones(2)).tolist())\n"
-        "except Exception as exc:\n"
-        "    where = 'torch_npu/_inductor' in ''.join(traceback.format_exception(exc))\n"
-        "    print('inductor raised in torch_npu hook' if where else 'inductor raised elsewhere')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "raised RuntimeError" in proc.stdout
-    assert "torchair_plugin.testing: CANN function aclInit was called" in proc.stderr
+def test_a_device_call_fails_loudly_naming_the_cann_function_and_the_process_lives(capfd):
+    # In this very process: device initialisation is refused (an exception), not an abort.
+    with pytest.raises(RuntimeError):
+        torch.npu.set_device(0)
+    assert "torchair_plugin.testing: CANN function aclInit was called" in capfd.readouterr().err
     # torch_npu's inductor hook asks for the current device while hashing any graph: that used to
-    # end the process in the fatal stub; now inductor compiles CPU graphs next to the real torch_npu
-    # (torch_npu 2.8's hook needs an NPU triton driver of its own and raises instead: still alive).
-    assert "inductor [2.0, 2.0]" in proc.stdout or "inductor raised in torch_npu hook" in proc.stdout, proc.stdout
+    # end the process in the fatal stub. Now inductor compiles CPU graphs next to the real
+    # torch_npu, or (torch_npu 2.8, whose hook needs an NPU triton driver) fails inside that hook.
+    torch._dynamo.reset()
+    try:
+        assert torch.compile(lambda x: x * 2, backend="inductor")(torch.ones(2)).tolist() == [2.0, 2.0]
+    except Exception as exc:  # noqa: BLE001
+        import traceback
+
+        assert "torch_npu/_inductor" in "".join(traceback.format_exception(exc)), exc
+    finally:
+        torch._dynamo.reset()

@@ -61,6 +61,7 @@ def capture_converter_module():
 
 def plugin_then_torch_npu():
     import torchair_plugin  # noqa: F401
+    from torchair_plugin.testing import current_mode
 
     before = report()
     preload_stubs()
@@ -68,7 +69,10 @@ def plugin_then_torch_npu():
 
     after = report()
     load_torchair()
-    return {"before": before, "after": after, "after_torchair": report(), "op": run_op(), "fake": fake_message()}
+    after_torchair = report()
+    module = capture_converter_module()  # capture in this process takes the torch_npu it finds
+    return {"before": before, "after": after, "after_torchair": after_torchair, "op": run_op(),
+            "fake": fake_message(), "mode": current_mode().name, "module": module}
 
 
 def torch_npu_then_plugin():
