@@ -124,6 +124,9 @@ def test_demo_json_keys_and_seed(capsys):
         assert capture["dispatch_inputs_from_update"] == {
             "expert_ids": "MoeUpdateExpert_0:0", "x_active_mask": "MoeUpdateExpert_0:1"
         }
+        from torchair_plugin.testing import current_mode
+
+        assert capture["mode"] == current_mode().value  # which torch_npu the chain was captured with
     else:
         assert capture["reason"].startswith("capture is not possible here: ")
     _, again, _ = _run(capsys, *SMALL_DEMO, "--json", "--seed", "3")

@@ -106,6 +106,8 @@ def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, object]:
         graph = lower(spec)
     except CannLessUnavailable as exc:
         return {"available": False, "reason": f"capture is not possible here: {exc}"}
+    from torchair_plugin.testing import current_mode, fallback_reason
+
     types = graph.op_types()
     update = graph.ops_of_type("MoeUpdateExpert")[0].name
     dispatch = graph.ops_of_type("MoeDistributeDispatchV2")[0]
@@ -114,9 +116,11 @@ def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, object]:
         f"one GE graph of {len(types)} ops: Data x{types.count('Data')}, "
         + ", ".join(t for t in types if t != "Data"),
         "dispatch_v2 inputs fed by the op: " + ", ".join(f"{name} <- {src}" for name, src in sorted(fed.items())),
+        f"captured with: {current_mode().value}" + (f" ({fallback_reason()})" if fallback_reason() else ""),
         "see it all: torchair-plugin lower --chain (--format pbtxt for Ascend graph viewers)",
     ]
-    return {"available": True, "summary": summary, "op_types": types, "dispatch_inputs_from_update": fed}
+    return {"available": True, "summary": summary, "op_types": types, "dispatch_inputs_from_update": fed,
+            "mode": current_mode().value}
 
 
 def _format_row(row: int, batch: DemoBatch, physical, mask) -> str:
