@@ -30,13 +30,12 @@ def pytest_sessionfinish(session, exitstatus):
     path = session.config.getoption("--compat-report")
     if not path:
         return
-    import importlib.metadata
     import json
 
     import torch
 
-    from torchair_plugin import registration
-    from torchair_plugin.testing import current_mode, fallback_reason
+    from torchair_plugin import _environment, registration
+    from torchair_plugin.testing._torchair_import import describe_capture
 
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     counts = {k: len(reporter.stats.get(k, [])) for k in ("passed", "failed", "skipped", "error")} if reporter else {}
@@ -45,24 +44,14 @@ def pytest_sessionfinish(session, exitstatus):
         "torch": torch.__version__,
         "native_op": first.schema_exists if first else None,
         "native_meta": ("Meta" in first.kernel_keys) if first else None,
-        "native_converter": _native_converter_present(),
+        # torchair's converter for the op ships with the op (its file is what _environment reads)
+        "native_converter": _environment.torch_npu_has_op(),
         "registration": registration.register().sources(),
-        "capture": current_mode().value + (f" ({fallback_reason()})" if fallback_reason() else ""),
+        "capture": describe_capture(),
         "tests": counts,
         "exit_status": int(exitstatus),
+        "torch_npu_version": _environment.torch_npu_version(),
     }
-    try:
-        facts["torch_npu_version"] = importlib.metadata.version("torch-npu")
-    except importlib.metadata.PackageNotFoundError:
-        facts["torch_npu_version"] = None
     with open(path, "w", encoding="utf-8") as f:
         json.dump(facts, f)
 
-
-def _native_converter_present():
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("torchair._ge_concrete_graph.ge_converter.custom.npu_moe_update_expert") is not None
-    except (ImportError, ValueError):
-        return None

@@ -7,6 +7,7 @@ Everything here must run before ``import torch`` (the package's ``__init__`` cal
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import os
 import shlex
@@ -26,6 +27,14 @@ _CANN_RUNTIME_LIBRARY = "libascendcl.so"
 def flag_set(environ: Mapping[str, str], name: str) -> bool:
     """An on/off environment variable: on unless unset, empty or ``0``."""
     return environ.get(name, "") not in ("", "0")
+
+
+def torch_npu_version() -> Optional[str]:
+    """The installed torch-npu distribution's version, read without importing it; None if absent."""
+    try:
+        return importlib.metadata.version("torch-npu")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def torch_npu_dir() -> Optional[str]:

@@ -106,7 +106,8 @@ def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, object]:
         graph = lower(spec)
     except CannLessUnavailable as exc:
         return {"available": False, "reason": f"capture is not possible here: {exc}"}
-    from torchair_plugin.testing import current_mode, fallback_reason
+    from torchair_plugin.testing import current_mode
+    from torchair_plugin.testing._torchair_import import describe_capture
 
     types = graph.op_types()
     update = graph.ops_of_type("MoeUpdateExpert")[0].name
@@ -116,7 +117,7 @@ def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, object]:
         f"one GE graph of {len(types)} ops: Data x{types.count('Data')}, "
         + ", ".join(t for t in types if t != "Data"),
         "dispatch_v2 inputs fed by the op: " + ", ".join(f"{name} <- {src}" for name, src in sorted(fed.items())),
-        f"captured with: {current_mode().value}" + (f" ({fallback_reason()})" if fallback_reason() else ""),
+        f"captured with: {describe_capture()}",
         "see it all: torchair-plugin lower --chain (--format pbtxt for Ascend graph viewers)",
     ]
     return {"available": True, "summary": summary, "op_types": types, "dispatch_inputs_from_update": fed,

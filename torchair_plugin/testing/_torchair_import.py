@@ -35,7 +35,6 @@ import enum
 import glob
 import importlib.abc
 import importlib.machinery
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -45,7 +44,6 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, List, Optional, Tuple
 
-import importlib.util
 
 from torchair_plugin import _environment
 from torchair_plugin.testing import _interception, _stubs
@@ -149,7 +147,6 @@ class _Loaded:
         self.undo: List[Callable[[], None]] = []
         self.stubs: Optional[_stubs.StubSet] = None
         self.libraries: list = []  # ctypes handles: keep them referenced
-        self.fallback_reason = ""
 
 
 _lock = threading.RLock()
@@ -205,10 +202,7 @@ def preload_stubs(real_torch_npu: bool = False) -> Tuple[_stubs.StubSet, list]:
 
 
 def _torch_npu_version() -> str:
-    try:
-        return importlib.metadata.version("torch-npu")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return _environment.torch_npu_version() or "unknown"
 
 
 # --- does the real torch_npu load here? ---------------------------------------------------------
@@ -263,7 +257,12 @@ def stub_libraries() -> Optional[_stubs.StubSet]:
 
 def fallback_reason() -> str:
     """Why this process runs on stand-ins rather than the real torch_npu ('' when it does not)."""
-    return _loaded.fallback_reason if _loaded is not None else ""
+    return _fallback_reason
+
+
+def describe_capture() -> str:
+    """This process's capture mode in words, with the reason when it fell back to stand-ins."""
+    return current_mode().value + (f" ({_fallback_reason})" if _fallback_reason else "")
 
 
 def _real_torchair_module(torchair: Any) -> ModuleType:
@@ -315,7 +314,6 @@ def _import_stand_in() -> ModuleType:
     if "torch_npu" in sys.modules and sys.modules["torch_npu"] is not None:
         raise CannLessUnavailable("torch_npu is already imported: stand-in capture needs a process without it")
     state = _Loaded()
-    state.fallback_reason = _fallback_reason
     try:
         dynamo_dir = os.path.join(_torch_npu_dir(), "dynamo")
         state.stubs, state.libraries = preload_stubs()

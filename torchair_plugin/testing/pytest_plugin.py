@@ -24,7 +24,6 @@ write the files instead of comparing; review the diff with git before committing
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 import os
 import re
 from pathlib import Path
@@ -94,10 +93,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
 
 
 def _capture_line() -> str:
-    from torchair_plugin.testing import current_mode, fallback_reason
+    from torchair_plugin.testing._torchair_import import describe_capture
 
-    reason = fallback_reason()
-    return f"torchair-plugin GE capture: {current_mode().value}" + (f" ({reason})" if reason else "")
+    return f"torchair-plugin GE capture: {describe_capture()}"
 
 
 def pytest_report_header(config: Any) -> str:
@@ -128,10 +126,7 @@ class GoldenMismatch(AssertionError):
 
 def torch_npu_tag() -> str:
     """``torch_npu-<version>`` of the installed torch-npu: the folder of its own goldens."""
-    try:
-        return "torch_npu-" + importlib.metadata.version("torch-npu")
-    except importlib.metadata.PackageNotFoundError:
-        return "torch_npu-none"
+    return f"torch_npu-{_environment.torch_npu_version() or 'none'}"
 
 
 _written: List[Path] = []  # goldens written by this session (reported at its end)
