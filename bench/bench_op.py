@@ -26,6 +26,7 @@ import timeit
 
 import torchair_plugin  # noqa: F401  (first: sets up torch's import on torch-npu machines)
 import torch
+from torchair_plugin import npu_moe_update_expert as wrapper
 from torchair_plugin.reference import npu_moe_update_expert_reference
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -80,6 +81,8 @@ MAPPING_FLOOR = "floor: mapping (index_select of BS*K int32)"
 PRUNING_FLOOR = "floor: pruning (float, sum over K, mul, ge)"
 MODE0 = "op mode 0, unchanged table"
 FULL_OP = "op mode 1 + pruning + active_mask (full op)"
+WRAPPER_MODE0 = "torchair_plugin.npu_moe_update_expert mode 0, unchanged table"
+WRAPPER_FULL_OP = "torchair_plugin.npu_moe_update_expert full op"
 
 
 def kernel_cases(kernel, label, ids, table, scales, threshold, active):
@@ -117,6 +120,9 @@ def run(device, baseline=None):
         "op mode 0 + pruning": lambda: op(ids, table, **full, local_rank_id=5, world_size=WORLD),
         "op mode 1": lambda: op(ids, table, balance_mode=1),
         FULL_OP: lambda: op(ids, table, **full, balance_mode=1),
+        # The public wrapper: on plain CPU tensors in eager mode it skips the dispatcher.
+        WRAPPER_MODE0: lambda: wrapper(ids, table, local_rank_id=5, world_size=WORLD, balance_mode=0),
+        WRAPPER_FULL_OP: lambda: wrapper(ids, table, **full, balance_mode=1),
     }
     inputs = (ids, table, scales, threshold, active)
     cases.update(kernel_cases(npu_moe_update_expert_reference, "python kernel:", *inputs))
@@ -132,9 +138,12 @@ def run(device, baseline=None):
 
 def ratios_of(results):
     floor, full_op = results[MAPPING_FLOOR], results[FULL_OP]
+    floors = floor + results[PRUNING_FLOOR]
     ratios = {
         "mode0_unchanged_table_vs_mapping_floor": results[MODE0] / floor,
-        "full_op_vs_sum_of_floors": full_op / (floor + results[PRUNING_FLOOR]),
+        "full_op_vs_sum_of_floors": full_op / floors,
+        "wrapper_mode0_unchanged_table_vs_mapping_floor": results[WRAPPER_MODE0] / floor,
+        "wrapper_full_op_vs_sum_of_floors": results[WRAPPER_FULL_OP] / floors,
         "full_op_vs_mapping_floor": full_op / floor,
         "torch_ops_vs_python_kernel_full_op": full_op / results["python kernel: full op"],
     }

@@ -215,3 +215,27 @@ def test_doctor_does_not_claim_capture_with_an_unusable_cache(capsys, monkeypatc
         assert problem in facts["advice"]
     status, out, _ = _run(capsys, "doctor")
     assert "stub_cache              NOT USABLE (see advice)" in out
+
+
+@pytest.mark.parametrize("argv,status", [(["balance", "--help"], 0), (["not-a-command"], 2)])
+def test_the_console_command_flushes_runs_exit_handlers_and_keeps_the_status(argv, status):
+    """console_main skips the interpreter's teardown (os._exit) but not what a normal exit does
+    that a user can see: buffered output is written, atexit handlers run, the status is kept."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran'))\n"
+        "from torchair_plugin.__main__ import console_main\n"
+        f"sys.argv = ['torchair-plugin'] + {argv!r}\n"
+        "console_main()\n"
+        "print('not reached')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    # stdout is a pipe: block-buffered, so unflushed output would be lost by os._exit.
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == status, done.stderr[-2000:]
+    assert done.stdout.rstrip().endswith("exit handler ran")
+    assert "not reached" not in done.stdout
+    if status == 0:
+        assert "usage: torchair-plugin balance" in done.stdout
+    else:
+        assert "invalid choice: 'not-a-command'" in done.stderr
