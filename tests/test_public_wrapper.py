@@ -173,3 +173,11 @@ def test_numpy_int_attrs_still_work_through_torch_ops():
     want = torchair_plugin.npu_moe_update_expert(ids, table, **kwargs)
     got = torchair_plugin.npu_moe_update_expert(ids, table, **dict(kwargs, local_rank_id=np.int64(1)))
     assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+def test_torch_jit_trace_records_the_op():
+    ids, table, kwargs = small_inputs()
+    traced = torch.jit.trace(lambda i, t: torchair_plugin.npu_moe_update_expert(i, t, **kwargs), (ids, table))
+    assert "npu::npu_moe_update_expert" in str(traced.graph)
+    assert traced(ids, table)[0].tolist() == [[5, 3], [3, 5]]

@@ -15,6 +15,7 @@ _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 _dispatch_mode_count = torch._C._len_torch_dispatch_stack
 _functorch_active = torch._C._are_functorch_transforms_active
 _profiler_enabled = torch._C._autograd._profiler_enabled
+_jit_tracing_state = torch._C._get_tracing_state
 
 
 def _plain_cpu(tensor: Optional[torch.Tensor]) -> bool:
@@ -25,15 +26,15 @@ def _dispatcher_would_run_the_reference(expert_ids, eplb_table, expert_scales, p
                                         active_mask, local_rank_id, world_size, balance_mode) -> bool:
     """Whether ``torch.ops`` would do nothing but call the plugin's CPU kernel with these arguments.
 
-    True only in plain eager mode: not while Dynamo traces (it must record the op), no torch
-    function or dispatch mode (FakeTensorMode, make_fx, a user's mode), no functorch transform,
-    no profiler (its trace should show the op), plain CPU tensors (no subclass, no other device
+    True only in plain eager mode: not while Dynamo or ``torch.jit.trace`` traces (they must
+    record the op), no torch function or dispatch mode (FakeTensorMode, make_fx, a user's mode),
+    no functorch transform, no profiler (its trace should show the op), plain CPU tensors (no subclass, no other device
     for the dispatcher to pick a kernel by), ints the schema would accept unchanged, and the
     plugin's reference registered as the op's CPU kernel.
     """
     if _is_compiling() or _torch_function_mode_enabled() or _dispatch_mode_count() or _functorch_active():
         return False
-    if _profiler_enabled():
+    if _profiler_enabled() or _jit_tracing_state() is not None:
         return False
     registration = _registration_state.registration
     if registration is None or "CPU" not in registration.plan.reference_keys:

@@ -138,13 +138,13 @@ def _mode1_physical_by_row(eplb_table) -> torch.Tensor:
 
 def _map_to_physical(eplb_table, expert_ids, local_rank_id, world_size, balance_mode):
     """balanced_expert_ids (BS, K) int32. Out-of-range values raise IndexError/RuntimeError on CPU."""
-    bs, k = expert_ids.shape
     flat_ids = expert_ids.reshape(-1)
     if balance_mode == 0:
         flat = _mode0_physical_by_expert(eplb_table, local_rank_id, world_size).index_select(0, flat_ids)
     else:
+        bs, k = expert_ids.shape
         flat = _mode1_physical(eplb_table, _flat_token_rows(k, eplb_table.device).narrow(0, 0, bs * k), flat_ids)
-    return flat.view(bs, k)
+    return flat.view_as(expert_ids)
 
 
 def _gather_takes_int32_index() -> bool:
