@@ -27,7 +27,8 @@ import timeit
 import torchair_plugin  # noqa: F401  (first: sets up torch's import on torch-npu machines)
 import torch
 from torchair_plugin import npu_moe_update_expert as wrapper
-from torchair_plugin.reference import npu_moe_update_expert_reference
+from torchair_plugin import _cpu_kernel
+from torchair_plugin.reference import npu_moe_update_expert_reference, python_reference
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from golden import golden_update_expert  # noqa: E402
@@ -125,9 +126,11 @@ def run(device, baseline=None):
         WRAPPER_FULL_OP: lambda: wrapper(ids, table, **full, balance_mode=1),
     }
     inputs = (ids, table, scales, threshold, active)
-    cases.update(kernel_cases(npu_moe_update_expert_reference, "python kernel:", *inputs))
+    # The reference runs the compiled kernel on CPU where one was built; python_reference never.
+    cases.update(kernel_cases(npu_moe_update_expert_reference, "reference kernel:", *inputs))
+    cases.update(kernel_cases(python_reference, "Python kernel:", *inputs))
     if baseline is not None:
-        cases.update(kernel_cases(load_kernel(baseline), "baseline python kernel:", *inputs))
+        cases.update(kernel_cases(load_kernel(baseline), "baseline reference kernel:", *inputs))
     results = per_call_us(cases, sync)
     if device == "cpu":
         cpu_args = [t.cpu() for t in (ids, table, scales, threshold, active)]
@@ -145,12 +148,15 @@ def ratios_of(results):
         "wrapper_mode0_unchanged_table_vs_mapping_floor": results[WRAPPER_MODE0] / floor,
         "wrapper_full_op_vs_sum_of_floors": results[WRAPPER_FULL_OP] / floors,
         "full_op_vs_mapping_floor": full_op / floor,
-        "torch_ops_vs_python_kernel_full_op": full_op / results["python kernel: full op"],
+        "torch_ops_vs_reference_kernel_full_op": full_op / results["reference kernel: full op"],
+        "python_kernel_mode0_unchanged_table_vs_mapping_floor": results["Python kernel: mode 0, unchanged table"] / floor,
+        "python_kernel_full_op_vs_sum_of_floors": results["Python kernel: full op"] / floors,
     }
     for case in ("mode 0, unchanged table", "mode 0, table changed every call", "full op"):
-        if f"baseline python kernel: {case}" in results:
-            ratios[f"python kernel {case}: this tree vs baseline"] = (
-                results[f"python kernel: {case}"] / results[f"baseline python kernel: {case}"])
+        if f"baseline reference kernel: {case}" in results:
+            baseline = results[f"baseline reference kernel: {case}"]
+            ratios[f"reference kernel {case}: this tree vs baseline"] = results[f"reference kernel: {case}"] / baseline
+            ratios[f"Python kernel {case}: this tree vs baseline"] = results[f"Python kernel: {case}"] / baseline
     if "golden loop, full op" in results:
         ratios["golden_loop_vs_full_op"] = results["golden loop, full op"] / full_op
     return ratios
@@ -171,6 +177,8 @@ def main(argv=None):
         results = run(device, args.baseline)
         floor = results[MAPPING_FLOOR]
         print(f"\n{device} ({args.threads} thread(s)), BS={BS} K={K} experts={EXPERTS} F={F} world_size={WORLD}")
+        if device == "cpu":
+            print(f"CPU kernel: {_cpu_kernel.status()}")
         print(f"{'case':60s} {'us/call':>10s} {'x mapping floor':>16s}")
         for name, us in results.items():
             print(f"{name:60s} {us:10.1f} {us / floor:16.2f}")

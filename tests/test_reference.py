@@ -5,12 +5,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import torchair_plugin
-from torchair_plugin.reference import npu_moe_update_expert_reference
+from torchair_plugin.reference import npu_moe_update_expert_reference, python_reference
 
 from golden import golden_update_expert
 from strategies import update_expert_inputs
 
 op = torch.ops.npu.npu_moe_update_expert.default
+# On CPU, op runs the compiled kernel where a C compiler was found; python_reference always runs
+# the Python kernel (its per-thread buffers and table memo are what some tests here are about).
+KERNELS = pytest.mark.parametrize("kernel", [op, python_reference], ids=["torch.ops", "python-kernel"])
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -20,12 +23,15 @@ def assert_matches_golden(expert_ids, table, kwargs, device="cpu"):
     moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     want_ids, want_mask = golden_update_expert(expert_ids, table, **kwargs)
     on_device = expert_ids.to(device), table.to(device)
-    for _ in range(2):
-        balanced, mask = op(*on_device, **moved)
-        assert balanced.dtype == expert_ids.dtype and mask.dtype == torch.bool
-        assert balanced.shape == expert_ids.shape == mask.shape
-        assert balanced.cpu().tolist() == want_ids
-        assert mask.cpu().tolist() == want_mask
+    # On CPU, op runs the compiled kernel where there is a C compiler; python_reference always
+    # runs the Python kernel: both are held to the golden.
+    for kernel in (op, python_reference):
+        for _ in range(2):
+            balanced, mask = kernel(*on_device, **moved)
+            assert balanced.dtype == expert_ids.dtype and mask.dtype == torch.bool
+            assert balanced.shape == expert_ids.shape == mask.shape
+            assert balanced.cpu().tolist() == want_ids
+            assert mask.cpu().tolist() == want_mask
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -143,15 +149,17 @@ def test_pruning_buffers_are_reused_safely_in_and_out_of_inference_mode():
     assert_matches_golden(ids, table, kwargs)
     assert_matches_golden(*_pruning_case(bs=3, k=2, seed=1)[:2], _pruning_case(bs=3, k=2, seed=1)[2])
     scales = kwargs["expert_scales"].clone().requires_grad_()
-    direct = npu_moe_update_expert_reference(ids, table, scales, kwargs["pruning_threshold"],
-                                             kwargs["active_mask"], balance_mode=1)
-    assert direct[1].tolist() == golden_update_expert(ids, table, **kwargs)[1]
-    first = op(ids, table, **kwargs)[1]
-    second = op(ids, table, **kwargs)[1]
-    assert first.data_ptr() != second.data_ptr() and torch.equal(first, second)
+    for direct_call in (npu_moe_update_expert_reference, python_reference):
+        direct = direct_call(ids, table, scales, kwargs["pruning_threshold"], kwargs["active_mask"], balance_mode=1)
+        assert direct[1].tolist() == golden_update_expert(ids, table, **kwargs)[1]
+    for kernel in (op, python_reference):
+        first = kernel(ids, table, **kwargs)[1]
+        second = kernel(ids, table, **kwargs)[1]
+        assert first.data_ptr() != second.data_ptr() and torch.equal(first, second)
 
 
-def test_pruning_from_several_threads_matches_golden():
+@KERNELS
+def test_pruning_from_several_threads_matches_golden(kernel):
     from concurrent.futures import ThreadPoolExecutor
 
     cases = [_pruning_case(seed=s) for s in range(8)]
@@ -159,7 +167,7 @@ def test_pruning_from_several_threads_matches_golden():
 
     def run(case):
         ids, table, kw = case
-        return [op(ids, table, **kw)[1].tolist() for _ in range(50)]
+        return [kernel(ids, table, **kw)[1].tolist() for _ in range(50)]
 
     with ThreadPoolExecutor(4) as pool:
         for got, want in zip(pool.map(run, cases), wants):
@@ -180,8 +188,9 @@ def _boundary_case(bs=64, k=16, seed=3):
                             active_mask=torch.ones(bs, dtype=torch.bool), balance_mode=1)
 
 
+@KERNELS
 @pytest.mark.parametrize("default_dtype", [torch.float64, torch.bfloat16, torch.float16])
-def test_pruning_ignores_the_default_dtype_and_stays_right_after_it_is_set_back(default_dtype):
+def test_pruning_ignores_the_default_dtype_and_stays_right_after_it_is_set_back(default_dtype, kernel):
     # Issue 10.1: the pruning buffers followed torch's default dtype, and the per-thread workspace
     # kept that dtype after the default was set back.
     ids, table, kwargs = _boundary_case()
@@ -190,10 +199,10 @@ def test_pruning_ignores_the_default_dtype_and_stays_right_after_it_is_set_back(
     previous = torch.get_default_dtype()
     torch.set_default_dtype(default_dtype)
     try:
-        under_that_default = op(ids, table, **kwargs)[1].tolist()
+        under_that_default = kernel(ids, table, **kwargs)[1].tolist()
     finally:
         torch.set_default_dtype(previous)
-    assert op(ids, table, **kwargs)[1].tolist() == want  # the workspace kept no stale dtype
+    assert kernel(ids, table, **kwargs)[1].tolist() == want  # the workspace kept no stale dtype
     assert under_that_default == want
 
 

@@ -13,10 +13,12 @@ import os
 import shlex
 import shutil
 import sys
+from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, MutableMapping, Optional
 
 AUTOLOAD_VAR = "TORCH_DEVICE_BACKEND_AUTOLOAD"
 CC_VAR = "CC"
+CACHE_DIR_VAR = "TORCHAIR_PLUGIN_CACHE_DIR"
 
 # CANN's set_env.sh exports these; a toolkit installed in the default place has no variable.
 _CANN_ENV_VARS = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH", "ASCEND_AICPU_PATH")
@@ -65,6 +67,16 @@ def c_compiler(environ: Mapping[str, str] = os.environ) -> Optional[List[str]]:
         if path:
             return [path, *argv[1:]]
     return None
+
+
+def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """$TORCHAIR_PLUGIN_CACHE_DIR, else $XDG_CACHE_HOME/torchair-plugin, else ~/.cache/torchair-plugin.
+
+    Where built files live: the CANN stub libraries and the compiled CPU kernel."""
+    if environ.get(CACHE_DIR_VAR):
+        return Path(environ[CACHE_DIR_VAR])
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "torchair-plugin"
 
 
 @contextlib.contextmanager

@@ -1,5 +1,11 @@
 """Reference kernel for CPU and CUDA (and an NPU without the native kernel), bit-exact with the NPU.
 
+On CPU the work is done by a small compiled kernel (``_cpu_kernel.c``, built on first use with
+the machine's C compiler; see ``_cpu_kernel``): at serving sizes a Python kernel's fixed costs per
+call exceed its arithmetic. What follows is the Python kernel, used on other devices, on CPU
+where no compiler is found (or ``TORCHAIR_PLUGIN_CPU_KERNEL=python``), and to name bad values.
+The C and the Python kernel are tested against the same golden loop.
+
 Vectorised torch, no loop over tokens. It is written for few, cheap ops because it runs in
 model code on every MoE layer, where a torch call costs more than its arithmetic:
 - on CPU, what depends only on the table is derived once per table *content* (see
@@ -33,7 +39,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from torchair_plugin import _table_memo, limits
+from torchair_plugin import _cpu_kernel, _table_memo, limits
 from torchair_plugin.checks import check_required_tensors, check_update_expert_args
 from torchair_plugin.schema import OP_NAME
 
@@ -312,6 +318,41 @@ def npu_moe_update_expert_reference(
         expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
         local_rank_id, world_size, balance_mode,
     )
+    if eplb_table.is_cpu:  # and so is every other tensor: the checks require one device
+        kernel = _cpu_kernel.function()
+        if kernel is not None:
+            result = _cpu_kernel.update_expert(
+                kernel, expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
+                local_rank_id, world_size, balance_mode,
+            )
+            if result is not None:
+                return result
+            # Values the NPU would read out of bounds with: the Python kernel names them.
+    return _python_kernel(
+        expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask, local_rank_id, world_size, balance_mode)
+
+
+def python_reference(
+    expert_ids: torch.Tensor,
+    eplb_table: torch.Tensor,
+    expert_scales: Optional[torch.Tensor] = None,
+    pruning_threshold: Optional[torch.Tensor] = None,
+    active_mask: Optional[torch.Tensor] = None,
+    local_rank_id: int = -1,
+    world_size: int = -1,
+    balance_mode: int = 0,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The reference with the Python kernel on every device (tests and benchmarks compare it)."""
+    _check_args(
+        expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
+        local_rank_id, world_size, balance_mode,
+    )
+    return _python_kernel(
+        expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask, local_rank_id, world_size, balance_mode)
+
+
+def _python_kernel(expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
+                   local_rank_id, world_size, balance_mode) -> Tuple[torch.Tensor, torch.Tensor]:
     mapping = (eplb_table, expert_ids, local_rank_id, world_size, balance_mode)
     if eplb_table.is_cpu:
         try:

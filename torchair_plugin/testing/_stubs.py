@@ -30,11 +30,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
 from torchair_plugin import _environment
+from torchair_plugin._environment import CACHE_DIR_VAR, cache_root  # noqa: F401  (part of this module's API)
 
-CACHE_DIR_VAR = "TORCHAIR_PLUGIN_CACHE_DIR"
 
 # Bump when the generated C or the layout of a cache entry changes: old entries are then ignored.
 _GENERATOR_VERSION = "5"
@@ -306,14 +306,6 @@ def plan_stubs(modules: Sequence[str], extra_sonames: Sequence[str] = ()) -> Sym
 
 
 # --- building and caching ----------------------------------------------------------------------
-
-
-def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
-    """$TORCHAIR_PLUGIN_CACHE_DIR, else $XDG_CACHE_HOME/torchair-plugin, else ~/.cache/torchair-plugin."""
-    if environ.get(CACHE_DIR_VAR):
-        return Path(environ[CACHE_DIR_VAR])
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "torchair-plugin"
 
 
 def cache_key(

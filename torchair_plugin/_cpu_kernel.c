@@ -1,0 +1,165 @@
+/* npu_moe_update_expert on CPU in one pass, for the reference kernel (torchair_plugin/reference.py).
+ *
+ * Built on first use with the machine's C compiler and loaded with ctypes
+ * (torchair_plugin/_cpu_kernel.py); the Python kernel stays the fallback and the specification:
+ * both are tested against the same golden loop. Why C: at serving sizes a Python kernel spends
+ * more on its fixed per-call costs than on its arithmetic (bench/reference-kernel-notes.md).
+ *
+ * The caller has checked shapes, dtypes and attributes (torchair_plugin/checks.py) and passes
+ * contiguous buffers. Values are checked here, before any read they index: a bad expert id or a
+ * used expert with a replica count outside [1, F-1] returns nonzero and writes nothing the
+ * caller keeps; the caller then diagnoses the values in Python for the error message.
+ *
+ * Floating point: every operation is one IEEE float32 add, multiply or compare, in the order
+ * the reference states (a pairwise tree over adjacent pairs, zero-padded to a power of two).
+ * Built with -ffp-contract=off so that no multiply-add is fused.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_EXPERTS 1024
+#define MAX_K 16
+#define MAX_COUNT 1024 /* replica counts are at most F - 1 <= 768 */
+
+enum { UPDATE_EXPERT_OK = 0, UPDATE_EXPERT_BAD_VALUES = 1, UPDATE_EXPERT_TOO_LARGE = 2 };
+enum { SCALES_FLOAT32 = 0, SCALES_BFLOAT16 = 1, SCALES_FLOAT16 = 2 };
+
+/* row % c without a division: q = row * ceil(2^20 / c) >> 20 is floor(row / c) exactly while
+ * row * c < 2^20 (here row < 512 and c <= 1024 give 2^19), and the product fits in 32 bits. A
+ * division per element would cost more than the rest of balance_mode 1 together. */
+#define MAX_BS 512
+#define REMAINDER_SHIFT 20
+static uint32_t quotient_multiplier[MAX_COUNT + 1];
+
+__attribute__((constructor)) static void init_quotient_multipliers(void) {
+    for (uint32_t c = 1; c <= MAX_COUNT; ++c) quotient_multiplier[c] = ((1u << REMAINDER_SHIFT) + c - 1) / c;
+}
+
+static inline uint32_t remainder_of(uint32_t row, uint32_t c) {
+    return row - ((row * quotient_multiplier[c]) >> REMAINDER_SHIFT) * c;
+}
+
+static inline float float_from_bits(uint32_t bits) {
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* IEEE binary16 to binary32, exact (every half is a float). Exported for its exhaustive test. */
+float torchair_plugin_half_to_float(uint16_t half) {
+    uint32_t sign = (uint32_t)(half & 0x8000u) << 16;
+    uint32_t exponent = (half >> 10) & 0x1fu, mantissa = half & 0x3ffu;
+    if (exponent == 0x1fu) return float_from_bits(sign | 0x7f800000u | (mantissa << 13)); /* inf, nan */
+    if (exponent != 0) return float_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+    if (mantissa == 0) return float_from_bits(sign);
+    uint32_t shifts = 0; /* subnormal: normalise */
+    while (!(mantissa & 0x400u)) {
+        mantissa <<= 1;
+        ++shifts;
+    }
+    return float_from_bits(sign | ((113u - shifts) << 23) | ((mantissa & 0x3ffu) << 13));
+}
+
+static inline float widened(const void *scales, int kind, int64_t at) {
+    if (kind == SCALES_FLOAT32) return ((const float *)scales)[at];
+    if (kind == SCALES_BFLOAT16) return float_from_bits((uint32_t)((const uint16_t *)scales)[at] << 16);
+    return torchair_plugin_half_to_float(((const uint16_t *)scales)[at]);
+}
+
+static inline int64_t expert_at(const void *ids, int ids_are_int64, int64_t at) {
+    return ids_are_int64 ? ((const int64_t *)ids)[at] : ((const int32_t *)ids)[at];
+}
+
+static inline void store_id(void *out, int ids_are_int64, int64_t at, int32_t value) {
+    if (ids_are_int64) ((int64_t *)out)[at] = value;
+    else ((int32_t *)out)[at] = value;
+}
+
+/* balance_mode 0: replica local_rank_id / ceil(world_size / count) + 1 of each expert. */
+static int map_mode0(const void *ids, int ids_are_int64, int64_t n, const int32_t *table, int64_t experts,
+                     int64_t f, int64_t local_rank_id, int64_t world_size, void *out) {
+    int32_t physical[MAX_EXPERTS];
+    uint8_t usable[MAX_EXPERTS];
+    int32_t slot_by_count[MAX_COUNT + 1] = {0}; /* 0: not computed yet (a slot is >= 1) */
+    for (int64_t e = 0; e < experts; ++e) {
+        int32_t count = table[e * f];
+        usable[e] = count >= 1 && count <= f - 1;
+        if (!usable[e]) continue;
+        if (!slot_by_count[count]) {
+            int64_t ranks_per_replica = (world_size + count - 1) / count;
+            slot_by_count[count] = (int32_t)(local_rank_id / ranks_per_replica + 1);
+        }
+        physical[e] = table[e * f + slot_by_count[count]];
+    }
+    for (int64_t at = 0; at < n; ++at) {
+        int64_t e = expert_at(ids, ids_are_int64, at);
+        if (e < 0 || e >= experts || !usable[e]) return UPDATE_EXPERT_BAD_VALUES;
+        store_id(out, ids_are_int64, at, physical[e]);
+    }
+    return UPDATE_EXPERT_OK;
+}
+
+/* balance_mode 1: replica row % count + 1, where row is the token's row. */
+static int map_mode1(const void *ids, int ids_are_int64, int64_t bs, int64_t k, const int32_t *table,
+                     int64_t experts, int64_t f, void *out) {
+    for (int64_t row = 0, at = 0; row < bs; ++row) {
+        for (int64_t j = 0; j < k; ++j, ++at) {
+            int64_t e = expert_at(ids, ids_are_int64, at);
+            if (e < 0 || e >= experts) return UPDATE_EXPERT_BAD_VALUES;
+            int32_t count = table[e * f];
+            if (count < 1 || count > f - 1) return UPDATE_EXPERT_BAD_VALUES;
+            store_id(out, ids_are_int64, at, table[e * f + remainder_of((uint32_t)row, (uint32_t)count) + 1]);
+        }
+    }
+    return UPDATE_EXPERT_OK;
+}
+
+/* keep[i, j] = s[j] >= threshold[j] * sum(s), the sum a tree over adjacent pairs of the row
+ * zero-padded to PADDED leaves; an inactive token keeps nothing. One copy per padded width, so
+ * that every loop has a constant trip count the compiler unrolls and vectorises. */
+#define DEFINE_PRUNE(PADDED)                                                                        \
+    static void prune_##PADDED(const void *scales, int kind, const float *threshold,               \
+                               const uint8_t *active, int64_t bs, int64_t k, uint8_t *keep) {      \
+        for (int64_t row = 0; row < bs; ++row) {                                                   \
+            float leaves[PADDED], tree[PADDED];                                                    \
+            for (int j = 0; j < PADDED; ++j) leaves[j] = j < k ? widened(scales, kind, row * k + j) : 0.0f; \
+            for (int j = 0; j < PADDED; ++j) tree[j] = leaves[j];                                  \
+            for (int width = PADDED; width > 1; width >>= 1)                                       \
+                for (int m = 0; m < width / 2; ++m) tree[m] = tree[2 * m] + tree[2 * m + 1];       \
+            uint8_t *row_keep = keep + row * k;                                                    \
+            if (active && !active[row]) {                                                          \
+                memset(row_keep, 0, (size_t)k);                                                    \
+                continue;                                                                          \
+            }                                                                                      \
+            for (int64_t j = 0; j < k; ++j) row_keep[j] = leaves[j] >= threshold[j] * tree[0];     \
+        }                                                                                          \
+    }
+DEFINE_PRUNE(1)
+DEFINE_PRUNE(2)
+DEFINE_PRUNE(4)
+DEFINE_PRUNE(8)
+DEFINE_PRUNE(16)
+
+static void prune(const void *scales, int kind, const float *threshold, const uint8_t *active, int64_t bs,
+                  int64_t k, uint8_t *keep) {
+    if (k <= 1) prune_1(scales, kind, threshold, active, bs, k, keep);
+    else if (k <= 2) prune_2(scales, kind, threshold, active, bs, k, keep);
+    else if (k <= 4) prune_4(scales, kind, threshold, active, bs, k, keep);
+    else if (k <= 8) prune_8(scales, kind, threshold, active, bs, k, keep);
+    else prune_16(scales, kind, threshold, active, bs, k, keep);
+}
+
+int torchair_plugin_update_expert(const void *expert_ids, int ids_are_int64, int64_t bs, int64_t k,
+                                  const int32_t *eplb_table, int64_t experts, int64_t f, const void *scales,
+                                  int scales_kind, const float *threshold, const uint8_t *active,
+                                  int64_t local_rank_id, int64_t world_size, int balance_mode,
+                                  void *balanced_ids, uint8_t *keep) {
+    if (bs > MAX_BS || experts > MAX_EXPERTS || k > MAX_K || f - 1 > MAX_COUNT) return UPDATE_EXPERT_TOO_LARGE;
+    int status = balance_mode == 0
+        ? map_mode0(expert_ids, ids_are_int64, bs * k, eplb_table, experts, f, local_rank_id, world_size, balanced_ids)
+        : map_mode1(expert_ids, ids_are_int64, bs, k, eplb_table, experts, f, balanced_ids);
+    if (status != UPDATE_EXPERT_OK) return status;
+    if (scales) prune(scales, scales_kind, threshold, active, bs, k, keep);
+    else memset(keep, 1, (size_t)(bs * k));
+    return UPDATE_EXPERT_OK;
+}
