@@ -8,8 +8,10 @@ the best of repeated timer blocks; the machines are noisy, so read the ratios.
 
 "Table changed every call" writes one table entry (the last: the content comparison reads the
 whole table before it finds the change) before each call, as an EPLB update would: the kernel
-cannot reuse anything it derived from the table. ``--baseline`` also times the Python kernel of
-another reference.py with the same cases in the same run, for before/after ratios:
+cannot reuse anything it derived from the table. The reference kernel runs the compiled CPU
+kernel where one was built; "Python kernel" is the Python path alone. ``--baseline`` also times
+the reference kernel of another reference.py with the same cases in the same run, for
+before/after ratios:
 
     git show REV:torchair_plugin/reference.py > /tmp/old_reference.py
     python bench/bench_op.py [--json bench/results/op.json] [--threads 1] [--baseline /tmp/old_reference.py]

@@ -60,12 +60,6 @@ float torchair_plugin_half_to_float(uint16_t half) {
     return float_from_bits(sign | ((113u - shifts) << 23) | ((mantissa & 0x3ffu) << 13));
 }
 
-static inline float widened(const void *scales, int kind, int64_t at) {
-    if (kind == SCALES_FLOAT32) return ((const float *)scales)[at];
-    if (kind == SCALES_BFLOAT16) return float_from_bits((uint32_t)((const uint16_t *)scales)[at] << 16);
-    return torchair_plugin_half_to_float(((const uint16_t *)scales)[at]);
-}
-
 static inline int64_t expert_at(const void *ids, int ids_are_int64, int64_t at) {
     return ids_are_int64 ? ((const int64_t *)ids)[at] : ((const int32_t *)ids)[at];
 }
@@ -115,38 +109,57 @@ static int map_mode1(const void *ids, int ids_are_int64, int64_t bs, int64_t k, 
 }
 
 /* keep[i, j] = s[j] >= threshold[j] * sum(s), the sum a tree over adjacent pairs of the row
- * zero-padded to PADDED leaves; an inactive token keeps nothing. One copy per padded width, so
- * that every loop has a constant trip count the compiler unrolls and vectorises. */
-#define DEFINE_PRUNE(PADDED)                                                                        \
-    static void prune_##PADDED(const void *scales, int kind, const float *threshold,               \
-                               const uint8_t *active, int64_t bs, int64_t k, uint8_t *keep) {      \
+ * zero-padded to PADDED leaves; an inactive token keeps nothing. One copy per padded width and
+ * scales dtype, so that every loop has a constant trip count and no branch on the dtype: the
+ * compiler unrolls and vectorises them. */
+#define DEFINE_PRUNE(PADDED, KIND, SCALAR, WIDEN)                                                   \
+    static void prune_##KIND##_##PADDED(const void *scales, const float *threshold,                \
+                                        const uint8_t *active, int64_t bs, int64_t k, uint8_t *keep) { \
+        const SCALAR *all = (const SCALAR *)scales;                                                \
         for (int64_t row = 0; row < bs; ++row) {                                                   \
+            const SCALAR *in = all + row * k;                                                      \
             float leaves[PADDED], tree[PADDED];                                                    \
-            for (int j = 0; j < PADDED; ++j) leaves[j] = j < k ? widened(scales, kind, row * k + j) : 0.0f; \
-            for (int j = 0; j < PADDED; ++j) tree[j] = leaves[j];                                  \
-            for (int width = PADDED; width > 1; width >>= 1)                                       \
+            for (int64_t j = 0; j < k; ++j) leaves[j] = WIDEN(in[j]);                              \
+            for (int64_t j = k; j < PADDED; ++j) leaves[j] = 0.0f;                                 \
+            for (int j = 0; j < PADDED / 2; ++j) tree[j] = leaves[2 * j] + leaves[2 * j + 1];      \
+            for (int width = PADDED / 2; width > 1; width >>= 1)                                   \
                 for (int m = 0; m < width / 2; ++m) tree[m] = tree[2 * m] + tree[2 * m + 1];       \
+            float sum = PADDED == 1 ? leaves[0] : tree[0];                                         \
             uint8_t *row_keep = keep + row * k;                                                    \
             if (active && !active[row]) {                                                          \
                 memset(row_keep, 0, (size_t)k);                                                    \
                 continue;                                                                          \
             }                                                                                      \
-            for (int64_t j = 0; j < k; ++j) row_keep[j] = leaves[j] >= threshold[j] * tree[0];     \
+            for (int64_t j = 0; j < k; ++j) row_keep[j] = leaves[j] >= threshold[j] * sum;         \
         }                                                                                          \
     }
-DEFINE_PRUNE(1)
-DEFINE_PRUNE(2)
-DEFINE_PRUNE(4)
-DEFINE_PRUNE(8)
-DEFINE_PRUNE(16)
+
+static inline float widen_float32(float value) { return value; }
+static inline float widen_bfloat16(uint16_t bits) { return float_from_bits((uint32_t)bits << 16); }
+
+#define DEFINE_PRUNE_WIDTHS(KIND, SCALAR, WIDEN)                                                    \
+    DEFINE_PRUNE(1, KIND, SCALAR, WIDEN)                                                           \
+    DEFINE_PRUNE(2, KIND, SCALAR, WIDEN)                                                           \
+    DEFINE_PRUNE(4, KIND, SCALAR, WIDEN)                                                           \
+    DEFINE_PRUNE(8, KIND, SCALAR, WIDEN)                                                           \
+    DEFINE_PRUNE(16, KIND, SCALAR, WIDEN)                                                          \
+    static void prune_##KIND(const void *scales, const float *threshold, const uint8_t *active,   \
+                             int64_t bs, int64_t k, uint8_t *keep) {                               \
+        if (k <= 1) prune_##KIND##_1(scales, threshold, active, bs, k, keep);                      \
+        else if (k <= 2) prune_##KIND##_2(scales, threshold, active, bs, k, keep);                 \
+        else if (k <= 4) prune_##KIND##_4(scales, threshold, active, bs, k, keep);                 \
+        else if (k <= 8) prune_##KIND##_8(scales, threshold, active, bs, k, keep);                 \
+        else prune_##KIND##_16(scales, threshold, active, bs, k, keep);                            \
+    }
+DEFINE_PRUNE_WIDTHS(float32, float, widen_float32)
+DEFINE_PRUNE_WIDTHS(bfloat16, uint16_t, widen_bfloat16)
+DEFINE_PRUNE_WIDTHS(float16, uint16_t, torchair_plugin_half_to_float)
 
 static void prune(const void *scales, int kind, const float *threshold, const uint8_t *active, int64_t bs,
                   int64_t k, uint8_t *keep) {
-    if (k <= 1) prune_1(scales, kind, threshold, active, bs, k, keep);
-    else if (k <= 2) prune_2(scales, kind, threshold, active, bs, k, keep);
-    else if (k <= 4) prune_4(scales, kind, threshold, active, bs, k, keep);
-    else if (k <= 8) prune_8(scales, kind, threshold, active, bs, k, keep);
-    else prune_16(scales, kind, threshold, active, bs, k, keep);
+    if (kind == SCALES_FLOAT32) prune_float32(scales, threshold, active, bs, k, keep);
+    else if (kind == SCALES_BFLOAT16) prune_bfloat16(scales, threshold, active, bs, k, keep);
+    else prune_float16(scales, threshold, active, bs, k, keep);
 }
 
 int torchair_plugin_update_expert(const void *expert_ids, int ids_are_int64, int64_t bs, int64_t k,
