@@ -164,3 +164,22 @@ def test_a_process_without_the_compiled_kernel_still_computes_the_op(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     status, result = done.stdout.splitlines()[-2:]
     assert "no C compiler" in status and result == "[[5, 3], [3, 5]]"
+
+
+@needs_compiler
+@pytest.mark.parametrize("change", [
+    dict(bs=0), dict(bs=513), dict(k=17), dict(experts=1025), dict(f=1), dict(f=1026),
+    dict(local_rank_id=-1), dict(local_rank_id=8), dict(world_size=0),
+])
+def test_the_c_entry_refuses_what_the_checks_would_before_reading(change):
+    """Defence in depth: called past the Python checks, the C kernel returns nonzero (the caller
+    then runs the Python kernel) instead of indexing outside its buffers."""
+    kernel = _cpu_kernel.function()
+    args = dict(bs=2, k=2, experts=2, f=3, local_rank_id=1, world_size=8)
+    args.update(change)
+    ids = torch.zeros(4, dtype=torch.int32)
+    table = torch.tensor([[2, 4, 5], [1, 3, 0]], dtype=torch.int32)
+    out, keep = torch.full((4,), -7, dtype=torch.int32), torch.zeros(4, dtype=torch.bool)
+    status = kernel(ids.data_ptr(), 0, args["bs"], args["k"], table.data_ptr(), args["experts"], args["f"],
+                    None, 0, None, None, args["local_rank_id"], args["world_size"], 0, out.data_ptr(), keep.data_ptr())
+    assert status == 2 and out.tolist() == [-7] * 4

@@ -21,7 +21,8 @@
 #define MAX_K 16
 #define MAX_COUNT 1024 /* replica counts are at most F - 1 <= 768 */
 
-enum { UPDATE_EXPERT_OK = 0, UPDATE_EXPERT_BAD_VALUES = 1, UPDATE_EXPERT_TOO_LARGE = 2 };
+/* Nonzero: the caller runs the Python kernel, which names the bad value or input. */
+enum { UPDATE_EXPERT_OK = 0, UPDATE_EXPERT_BAD_VALUES = 1, UPDATE_EXPERT_OUT_OF_CONTRACT = 2 };
 enum { SCALES_FLOAT32 = 0, SCALES_BFLOAT16 = 1, SCALES_FLOAT16 = 2 };
 
 /* row % c without a division: q = row * ceil(2^20 / c) >> 20 is floor(row / c) exactly while
@@ -167,7 +168,11 @@ int torchair_plugin_update_expert(const void *expert_ids, int ids_are_int64, int
                                   int scales_kind, const float *threshold, const uint8_t *active,
                                   int64_t local_rank_id, int64_t world_size, int balance_mode,
                                   void *balanced_ids, uint8_t *keep) {
-    if (bs > MAX_BS || experts > MAX_EXPERTS || k > MAX_K || f - 1 > MAX_COUNT) return UPDATE_EXPERT_TOO_LARGE;
+    /* The caller's checks already hold these; they are repeated because a read this kernel
+     * indexes must never leave the buffers, whatever a future caller passes. */
+    if (bs < 1 || bs > MAX_BS || k < 1 || k > MAX_K || experts < 1 || experts > MAX_EXPERTS || f < 2 ||
+        f - 1 > MAX_COUNT || (balance_mode == 0 && (local_rank_id < 0 || local_rank_id >= world_size)))
+        return UPDATE_EXPERT_OUT_OF_CONTRACT;
     int status = balance_mode == 0
         ? map_mode0(expert_ids, ids_are_int64, bs * k, eplb_table, experts, f, local_rank_id, world_size, balanced_ids)
         : map_mode1(expert_ids, ids_are_int64, bs, k, eplb_table, experts, f, balanced_ids);
