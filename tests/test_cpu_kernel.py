@@ -180,6 +180,7 @@ def test_the_c_entry_refuses_what_the_checks_would_before_reading(change):
     ids = torch.zeros(4, dtype=torch.int32)
     table = torch.tensor([[2, 4, 5], [1, 3, 0]], dtype=torch.int32)
     out, keep = torch.full((4,), -7, dtype=torch.int32), torch.zeros(4, dtype=torch.bool)
-    status = kernel(ids.data_ptr(), 0, args["bs"], args["k"], table.data_ptr(), args["experts"], args["f"],
-                    None, 0, None, None, args["local_rank_id"], args["world_size"], 0, out.data_ptr(), keep.data_ptr())
+    status = kernel(_cpu_kernel.pack_arguments(
+        ids.data_ptr(), 0, args["bs"], args["k"], table.data_ptr(), args["experts"], args["f"],
+        0, 0, 0, 0, args["local_rank_id"], args["world_size"], 0, out.data_ptr(), keep.data_ptr()))
     assert status == 2 and out.tolist() == [-7] * 4

@@ -61,51 +61,63 @@ float torchair_plugin_half_to_float(uint16_t half) {
     return float_from_bits(sign | ((113u - shifts) << 23) | ((mantissa & 0x3ffu) << 13));
 }
 
-static inline int64_t expert_at(const void *ids, int ids_are_int64, int64_t at) {
-    return ids_are_int64 ? ((const int64_t *)ids)[at] : ((const int32_t *)ids)[at];
-}
+/* balance_mode 0: replica local_rank_id / ceil(world_size / count) + 1 of each expert, chosen
+ * once per expert; then one gather per element, in the ids' own dtype. */
+#define UNUSABLE INT64_MIN /* the expert's count is outside [1, F-1]: a token using it is refused */
+#define GATHER_MODE0(ID)                                                                            \
+    do {                                                                                           \
+        const ID *in = (const ID *)ids;                                                            \
+        ID *out_ids = (ID *)out;                                                                   \
+        for (int64_t at = 0; at < n; ++at) {                                                       \
+            int64_t e = in[at];                                                                    \
+            if ((uint64_t)e >= (uint64_t)experts || physical[e] == UNUSABLE) return UPDATE_EXPERT_BAD_VALUES; \
+            out_ids[at] = (ID)physical[e];                                                         \
+        }                                                                                          \
+    } while (0)
 
-static inline void store_id(void *out, int ids_are_int64, int64_t at, int32_t value) {
-    if (ids_are_int64) ((int64_t *)out)[at] = value;
-    else ((int32_t *)out)[at] = value;
-}
-
-/* balance_mode 0: replica local_rank_id / ceil(world_size / count) + 1 of each expert. */
 static int map_mode0(const void *ids, int ids_are_int64, int64_t n, const int32_t *table, int64_t experts,
                      int64_t f, int64_t local_rank_id, int64_t world_size, void *out) {
-    int32_t physical[MAX_EXPERTS];
-    uint8_t usable[MAX_EXPERTS];
-    int32_t slot_by_count[MAX_COUNT + 1] = {0}; /* 0: not computed yet (a slot is >= 1) */
+    int64_t physical[MAX_EXPERTS];
+    int32_t slot_by_count[MAX_COUNT + 1]; /* 0: not computed yet (a slot is >= 1) */
+    memset(slot_by_count, 0, (size_t)f * sizeof slot_by_count[0]);
     for (int64_t e = 0; e < experts; ++e) {
         int32_t count = table[e * f];
-        usable[e] = count >= 1 && count <= f - 1;
-        if (!usable[e]) continue;
+        if (count < 1 || count > f - 1) {
+            physical[e] = UNUSABLE;
+            continue;
+        }
         if (!slot_by_count[count]) {
             int64_t ranks_per_replica = (world_size + count - 1) / count;
             slot_by_count[count] = (int32_t)(local_rank_id / ranks_per_replica + 1);
         }
         physical[e] = table[e * f + slot_by_count[count]];
     }
-    for (int64_t at = 0; at < n; ++at) {
-        int64_t e = expert_at(ids, ids_are_int64, at);
-        if (e < 0 || e >= experts || !usable[e]) return UPDATE_EXPERT_BAD_VALUES;
-        store_id(out, ids_are_int64, at, physical[e]);
-    }
+    if (ids_are_int64) GATHER_MODE0(int64_t);
+    else GATHER_MODE0(int32_t);
     return UPDATE_EXPERT_OK;
 }
 
 /* balance_mode 1: replica row % count + 1, where row is the token's row. */
+#define MAP_MODE1(ID)                                                                               \
+    do {                                                                                           \
+        const ID *in = (const ID *)ids;                                                            \
+        ID *out_ids = (ID *)out;                                                                   \
+        for (int64_t row = 0, at = 0; row < bs; ++row) {                                           \
+            for (int64_t j = 0; j < k; ++j, ++at) {                                                \
+                int64_t e = in[at];                                                                \
+                if ((uint64_t)e >= (uint64_t)experts) return UPDATE_EXPERT_BAD_VALUES;             \
+                const int32_t *entry = table + e * f;                                              \
+                int32_t count = entry[0];                                                          \
+                if (count < 1 || count > f - 1) return UPDATE_EXPERT_BAD_VALUES;                   \
+                out_ids[at] = entry[remainder_of((uint32_t)row, (uint32_t)count) + 1];             \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
 static int map_mode1(const void *ids, int ids_are_int64, int64_t bs, int64_t k, const int32_t *table,
                      int64_t experts, int64_t f, void *out) {
-    for (int64_t row = 0, at = 0; row < bs; ++row) {
-        for (int64_t j = 0; j < k; ++j, ++at) {
-            int64_t e = expert_at(ids, ids_are_int64, at);
-            if (e < 0 || e >= experts) return UPDATE_EXPERT_BAD_VALUES;
-            int32_t count = table[e * f];
-            if (count < 1 || count > f - 1) return UPDATE_EXPERT_BAD_VALUES;
-            store_id(out, ids_are_int64, at, table[e * f + remainder_of((uint32_t)row, (uint32_t)count) + 1]);
-        }
-    }
+    if (ids_are_int64) MAP_MODE1(int64_t);
+    else MAP_MODE1(int32_t);
     return UPDATE_EXPERT_OK;
 }
 
@@ -180,4 +192,15 @@ int torchair_plugin_update_expert(const void *expert_ids, int ids_are_int64, int
     if (scales) prune(scales, scales_kind, threshold, active, bs, k, keep);
     else memset(keep, 1, (size_t)(bs * k));
     return UPDATE_EXPERT_OK;
+}
+
+/* The same, its 16 arguments packed as int64 (pointers as addresses, NULL as 0) in one buffer:
+ * through ctypes, one bytes argument costs about a third of 16 typed ones. */
+int torchair_plugin_update_expert_packed(const char *packed) {
+    int64_t a[16];
+    memcpy(a, packed, sizeof a);
+    return torchair_plugin_update_expert((const void *)(intptr_t)a[0], (int)a[1], a[2], a[3],
+                                         (const int32_t *)(intptr_t)a[4], a[5], a[6], (const void *)(intptr_t)a[7],
+                                         (int)a[8], (const float *)(intptr_t)a[9], (const uint8_t *)(intptr_t)a[10],
+                                         a[11], a[12], (int)a[13], (void *)(intptr_t)a[14], (uint8_t *)(intptr_t)a[15]);
 }
