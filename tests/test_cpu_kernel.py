@@ -18,16 +18,20 @@ from torchair_plugin.reference import python_reference
 from golden import golden_update_expert
 
 needs_compiler = pytest.mark.skipif(_environment.c_compiler() is None, reason="needs a C compiler")
+# The tests that call into the library itself: not where the user opted out of it.
+needs_compiled_kernel = pytest.mark.skipif(
+    _environment.c_compiler() is None or os.environ.get(_cpu_kernel.KERNEL_VAR, "").strip().lower() == "python",
+    reason=f"needs a C compiler, and {_cpu_kernel.KERNEL_VAR} not set to python")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@needs_compiler
+@needs_compiled_kernel
 def test_the_compiled_kernel_is_in_use_where_a_compiler_is():
     assert _cpu_kernel.status().startswith("compiled ("), _cpu_kernel.status()
     assert _cpu_kernel.function() is not None
 
 
-@needs_compiler
+@needs_compiled_kernel
 def test_half_to_float_is_exact_for_every_half():
     widen = ctypes.CDLL(str(_loaded_library_path())).torchair_plugin_half_to_float
     widen.argtypes, widen.restype = (ctypes.c_uint16,), ctypes.c_float
@@ -107,6 +111,7 @@ def test_bad_values_get_the_python_kernels_message():
 
 def _fresh_load(monkeypatch, tmp_path, **environ):
     monkeypatch.setenv(_environment.CACHE_DIR_VAR, str(tmp_path / "cache"))
+    monkeypatch.delenv(_cpu_kernel.KERNEL_VAR, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     return _cpu_kernel._load()
@@ -143,6 +148,7 @@ def test_opting_out_falls_back(monkeypatch, tmp_path):
 
 @needs_compiler
 def test_an_unusable_cache_falls_back_quietly(monkeypatch, tmp_path):
+    monkeypatch.delenv(_cpu_kernel.KERNEL_VAR, raising=False)
     (tmp_path / "file").write_text("")
     monkeypatch.setenv(_environment.CACHE_DIR_VAR, str(tmp_path / "file" / "sub"))
     function, status = _cpu_kernel._load()
@@ -160,13 +166,14 @@ def test_a_process_without_the_compiled_kernel_still_computes_the_op(tmp_path):
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT), TORCH_DEVICE_BACKEND_AUTOLOAD="0", CC=str(tmp_path / "no-such-cc"),
                PATH=str(tmp_path), TORCHAIR_PLUGIN_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop(_cpu_kernel.KERNEL_VAR, None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     status, result = done.stdout.splitlines()[-2:]
     assert "no C compiler" in status and result == "[[5, 3], [3, 5]]"
 
 
-@needs_compiler
+@needs_compiled_kernel
 @pytest.mark.parametrize("change", [
     dict(bs=0), dict(bs=513), dict(k=17), dict(experts=1025), dict(f=1), dict(f=1026),
     dict(local_rank_id=-1), dict(local_rank_id=8), dict(world_size=0),
