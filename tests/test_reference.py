@@ -5,27 +5,23 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import torchair_plugin
-from torchair_plugin.reference import npu_moe_update_expert_reference, python_reference
+from torchair_plugin.reference import npu_moe_update_expert_reference
 
 from golden import golden_update_expert
 from strategies import update_expert_inputs
 
 op = torch.ops.npu.npu_moe_update_expert.default
-# On CPU, op runs the compiled kernel where a C compiler was found; python_reference always runs
-# the Python kernel (its per-thread buffers and table memo are what some tests here are about).
-KERNELS = pytest.mark.parametrize("kernel", [op, python_reference], ids=["torch.ops", "python-kernel"])
+# The reference kernel as users reach it (through the dispatcher) and called directly.
+KERNELS = pytest.mark.parametrize("kernel", [op, npu_moe_update_expert_reference], ids=["torch.ops", "direct"])
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def assert_matches_golden(expert_ids, table, kwargs, device="cpu"):
-    # Twice: the first call on a new table takes the general path, the second reuses what the
-    # kernel derived from the unchanged table on CPU.
+    # Twice: a second call on the same inputs must not see anything the first one left behind.
     moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     want_ids, want_mask = golden_update_expert(expert_ids, table, **kwargs)
     on_device = expert_ids.to(device), table.to(device)
-    # On CPU, op runs the compiled kernel where there is a C compiler; python_reference always
-    # runs the Python kernel: both are held to the golden.
-    for kernel in (op, python_reference):
+    for kernel in (op, npu_moe_update_expert_reference):
         for _ in range(2):
             balanced, mask = kernel(*on_device, **moved)
             assert balanced.dtype == expert_ids.dtype and mask.dtype == torch.bool
@@ -139,20 +135,19 @@ def _pruning_case(bs=6, k=5, seed=0):
     return ids, table, kwargs
 
 
-def test_pruning_buffers_are_reused_safely_in_and_out_of_inference_mode():
-    # The CPU kernel reuses per-thread float32 buffers for the pairwise tree: calls in inference
-    # mode, outside it, with inputs that need grad (direct call) and with other shapes in between
-    # must all give the golden answer, and never hand a buffer out.
+def test_pruning_is_right_in_and_out_of_inference_mode_and_with_grad():
+    # Calls in inference mode, outside it, with inputs that need grad (direct call) and with other
+    # shapes in between must all give the golden answer, and every call fresh outputs.
     ids, table, kwargs = _pruning_case()
     with torch.inference_mode():
         assert_matches_golden(ids, table, kwargs)
     assert_matches_golden(ids, table, kwargs)
     assert_matches_golden(*_pruning_case(bs=3, k=2, seed=1)[:2], _pruning_case(bs=3, k=2, seed=1)[2])
     scales = kwargs["expert_scales"].clone().requires_grad_()
-    for direct_call in (npu_moe_update_expert_reference, python_reference):
+    for direct_call in (npu_moe_update_expert_reference,):
         direct = direct_call(ids, table, scales, kwargs["pruning_threshold"], kwargs["active_mask"], balance_mode=1)
         assert direct[1].tolist() == golden_update_expert(ids, table, **kwargs)[1]
-    for kernel in (op, python_reference):
+    for kernel in (op, npu_moe_update_expert_reference):
         first = kernel(ids, table, **kwargs)[1]
         second = kernel(ids, table, **kwargs)[1]
         assert first.data_ptr() != second.data_ptr() and torch.equal(first, second)
@@ -191,8 +186,8 @@ def _boundary_case(bs=64, k=16, seed=3):
 @KERNELS
 @pytest.mark.parametrize("default_dtype", [torch.float64, torch.bfloat16, torch.float16])
 def test_pruning_ignores_the_default_dtype_and_stays_right_after_it_is_set_back(default_dtype, kernel):
-    # Issue 10.1: the pruning buffers followed torch's default dtype, and the per-thread workspace
-    # kept that dtype after the default was set back.
+    # Issue 10.1: the pruning arithmetic once followed torch's default dtype, and kept it after
+    # the default was set back.
     ids, table, kwargs = _boundary_case()
     want = golden_update_expert(ids, table, **kwargs)[1]
     assert not all(all(row) for row in want), "the case must prune something to mean anything"
@@ -202,7 +197,7 @@ def test_pruning_ignores_the_default_dtype_and_stays_right_after_it_is_set_back(
         under_that_default = kernel(ids, table, **kwargs)[1].tolist()
     finally:
         torch.set_default_dtype(previous)
-    assert kernel(ids, table, **kwargs)[1].tolist() == want  # the workspace kept no stale dtype
+    assert kernel(ids, table, **kwargs)[1].tolist() == want  # nothing kept the other dtype
     assert under_that_default == want
 
 
@@ -213,3 +208,13 @@ def test_none_for_a_required_tensor_through_torch_ops_names_it(which):
     args[which] = None
     with pytest.raises(Exception, match=rf"{which} must be a tensor .*got None"):
         torch.ops.npu.npu_moe_update_expert(args["expert_ids"], args["eplb_table"])
+
+
+@pytest.mark.parametrize("attr", ["local_rank_id", "world_size", "balance_mode"])
+def test_a_non_integer_attribute_of_a_direct_call_is_named(attr):
+    table = table_of([[1, 0], [1, 1]], 2)
+    ids = torch.zeros(1, 2, dtype=torch.int32)
+    kwargs = dict(local_rank_id=1, world_size=2, balance_mode=0)
+    kwargs[attr] = 1.0
+    with pytest.raises(RuntimeError, match=rf"{attr} must be an int, got 1.0 \(float\)"):
+        npu_moe_update_expert_reference(ids, table, **kwargs)

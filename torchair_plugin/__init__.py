@@ -18,7 +18,7 @@ from torchair_plugin.validate import (  # noqa: E402
     validate_expert_ids,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 _registration.register()
 

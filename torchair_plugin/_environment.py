@@ -72,7 +72,7 @@ def c_compiler(environ: Mapping[str, str] = os.environ) -> Optional[List[str]]:
 def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
     """$TORCHAIR_PLUGIN_CACHE_DIR, else $XDG_CACHE_HOME/torchair-plugin, else ~/.cache/torchair-plugin.
 
-    Where built files live: the CANN stub libraries and the compiled CPU kernel."""
+    Where built files live: the CANN stub libraries."""
     if environ.get(CACHE_DIR_VAR):
         return Path(environ[CACHE_DIR_VAR])
     base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

@@ -10,6 +10,7 @@ records a runtime assert or a range guard instead of specialising the graph on t
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -77,6 +78,10 @@ def check_required_tensors(expert_ids, eplb_table) -> None:
 
 def check_attributes(local_rank_id: int, world_size: int, balance_mode: int) -> None:
     """The Int attrs: balance_mode first, then (mode 0 only) world_size and local_rank_id."""
+    # torch.ops refuses a non-integer before any kernel runs; a direct call of a kernel must too.
+    for name, value in (("local_rank_id", local_rank_id), ("world_size", world_size), ("balance_mode", balance_mode)):
+        if not isinstance(value, (numbers.Integral, torch.SymInt)):
+            _check(False, name, "an int", f"{value!r} ({type(value).__name__})")
     _check(balance_mode in limits.BALANCE_MODES, "balance_mode", "0 or 1", balance_mode)
     if balance_mode == 0:
         _check_range("world_size", world_size, limits.MIN_WORLD_SIZE, limits.MAX_WORLD_SIZE)

@@ -129,8 +129,6 @@ def _format(facts: Dict) -> str:
         f"  CANN          {cann_line}",
         f"  NPU           {npu_seen}" + (f" ({len(devices['device_nodes'])} /dev/davinci*)" if devices["device_nodes"] else ""),
         "",
-        f"CPU kernel: {facts['cpu_kernel']}",
-        "",
     ]
     if cann["home"] is not None:
         lines.append("GE graph capture: CANN is present, torchair lowers and runs graphs natively")
@@ -162,17 +160,8 @@ def add_doctor_subcommand(subparsers):
     return parser
 
 
-def _cpu_kernel_status() -> str:
-    """The compiled CPU kernel in words, or the Python kernel and why (builds it if not tried yet)."""
-    from torchair_plugin import _cpu_kernel
-
-    status = _cpu_kernel.status()
-    return status if status.startswith("compiled") else f"Python (the compiled kernel is {status})"
-
-
 def run_doctor(args) -> int:
     facts = _probe.collect()
-    facts["cpu_kernel"] = _cpu_kernel_status()
     facts["usable_for"] = try_uses(facts)
     facts["advice"] = advice(facts)
     facts["ok"] = bool(facts["usable_for"])
