@@ -334,7 +334,7 @@ def _local_search(model: _ShareModel, packing: _Packing, num_ranks: int, slots_p
 
 
 def _check_mode(balance_mode: int) -> None:
-    if balance_mode not in limits.BALANCE_MODES:
+    if isinstance(balance_mode, bool) or balance_mode not in limits.BALANCE_MODES:  # True == 1
         raise ValueError(f"balance_mode must be 0 or 1, got {balance_mode!r}")
 
 
