@@ -36,7 +36,9 @@ SUPPORTED = {
 }
 # torchair (inside torch-npu) imports pkg_resources, gone from setuptools 81; torch 2.9's Dynamo
 # imports setuptools while building guards. uv environments start without setuptools.
-BASE = ["protobuf", "numpy", "pyyaml", "setuptools<81", "pytest>=7", "hypothesis>=6", "matplotlib"]
+BASE = [
+    "protobuf", "numpy", "pyyaml", "setuptools<81", "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "matplotlib",
+]
 
 
 GOLDEN_TESTS = ["tests/test_lowering.py", "tests/test_testing_capture.py", "examples/test_my_model_graph.py"]
@@ -67,7 +69,7 @@ def matrix(session, torch_npu):
     args = [a for a in session.posargs if a != "--summary" and a != summary]
     report = os.path.join(session.create_tmp(), "report.json")
     try:
-        session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--compat-report={report}", *args,
+        session.run("python", "-m", "pytest", "-q", "-n", "auto", "-p", "no:cacheprovider", f"--compat-report={report}", *args,
                     env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"})
     finally:
         if summary:
