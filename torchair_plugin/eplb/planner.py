@@ -92,7 +92,7 @@ def replica_shares(source_load: np.ndarray, count: int, balance_mode: int) -> np
 def expected_loads(eplb_table: torch.Tensor, load, world_size: int, balance_mode: int) -> np.ndarray:
     """Modelled tokens per physical expert (P,) for a table and a load (see per_source_load)."""
     _check_mode(balance_mode)
-    total = validate_eplb_table(eplb_table, world_size)
+    total = validate_eplb_table(eplb_table, world_size, balance_mode=balance_mode)
     table = eplb_table.cpu().numpy()
     source = per_source_load(load, world_size)
     if source.shape[1] != table.shape[0]:
