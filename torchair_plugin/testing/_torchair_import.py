@@ -37,6 +37,7 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -222,6 +223,13 @@ print("torch_npu loaded")
 class ProbeResult:
     loads: bool
     detail: str  # the child's last line of output when it did not load
+    transient: bool = False  # killed from outside or timed out: says nothing about torch_npu
+
+
+# A child ended by one of these was stopped from outside (the OOM killer, a timeout, a user's
+# Ctrl-C), not by torch_npu's import, which fails by raising or aborting (SIGABRT, SIGSEGV).
+_OUTSIDE_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PROBE_TIMEOUT_S = 300
 
 
 def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
@@ -233,12 +241,18 @@ def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     env = dict(os.environ, **{_environment.AUTOLOAD_VAR: "0"})
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE_CODE, *map(str, stubs.libraries())],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE_CODE, *map(str, stubs.libraries())],
+            capture_output=True, text=True, env=env, timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return ProbeResult(False, f"the probe timed out after {PROBE_TIMEOUT_S} s (asked again next run)", True)
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     loads = proc.returncode == 0 and "torch_npu loaded" in proc.stdout
+    if -proc.returncode in _OUTSIDE_SIGNALS:
+        name = signal.Signals(-proc.returncode).name
+        return ProbeResult(False, f"the probe was killed by {name} (asked again next run)", True)
     # The abort's reason (a C++ ``what():`` or an error line) says more than the last line.
     telling = ([line for line in lines if "what():" in line] or [line for line in lines if "Error" in line]
                or lines[-1:] or ["no output"])
