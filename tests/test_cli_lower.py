@@ -53,6 +53,29 @@ def test_values_the_npu_rejects_get_the_ops_message(argv, message, capsys):
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--bs", "2000000000"], "BS = expert_ids.size(0) must be in (0, 512], got 2000000000"),
+        (["--bs", "40000000", "--k", "16"], "BS = expert_ids.size(0) must be in (0, 512], got 40000000"),
+        (["--f", "2000000000"], "F = eplb_table.size(1) must be in (1, world_size+1=5], got 2000000000"),
+        (["--experts", "2000000000", "--k", "4"], "moe_expert_num = eplb_table.size(0) must be in (0, 1024]"),
+        (["--chain", "--hidden", "2000000000"], "--hidden must be in [1, 65536]"),
+        (["--physical-experts", "2000000000"], "--physical-experts must be <= 1024"),
+    ],
+)
+def test_sizes_are_checked_before_anything_is_allocated(argv, message, capsys):
+    """Issue 18: these once allocated first (256 GB for --bs 2000000000; 38 s for --bs 40000000)."""
+    import resource
+
+    require_ge_capture()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == "" and message in err and "Traceback" not in err
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200_000, f"peak memory grew by {grown_kib} KiB before the size was refused"
+
+
 def test_text_pbtxt_and_json(capsys):
     require_ge_capture()
     code, text, _ = run(["--optional", "expert_scales", "pruning_threshold", "--mode", "1", "--dynamic"], capsys)

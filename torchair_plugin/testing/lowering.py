@@ -17,6 +17,7 @@ from torchair_plugin.schema import OPTIONAL_INPUTS
 IDS_DTYPES = limits.dtype_names("expert_ids")
 SCALES_DTYPES = limits.dtype_names("expert_scales")
 X_DTYPES = ("bfloat16", "float16")  # dispatch_v2's x (chain), not an input of this op
+MAX_HIDDEN = 65536  # --hidden: a bound of this tool (x is BS x hidden), not of dispatch_v2
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,27 @@ class LowerSpec:
                 args.append(torch.rand(self.bs, self.k, generator=g))
         return [a.to(device) for a in args]
 
+    def meta_inputs(self) -> List[Any]:
+        """:meth:`inputs`' shapes and dtypes as meta tensors: nothing allocated, so the op's checks
+        can refuse a size before any memory is spent on it."""
+        import torch
+
+        def meta(shape, dtype):
+            return torch.empty(shape, dtype=dtype, device="meta")
+
+        given = {
+            "expert_scales": meta((self.bs, self.k), getattr(torch, self.scales_dtype)),
+            "pruning_threshold": meta((1, self.k) if self.threshold_2d else (self.k,), torch.float32),
+            "active_mask": meta((self.bs,), torch.bool),
+        }
+        args = [meta((self.bs, self.k), getattr(torch, self.ids_dtype)), meta((self.experts, self.columns), torch.int32)]
+        args += [given[name] for name in OPTIONAL_INPUTS if name in self.optional]
+        if self.chain:
+            args.append(meta((self.bs, self.hidden), getattr(torch, self.x_dtype)))
+            if "expert_scales" not in self.optional:
+                args.append(meta((self.bs, self.k), torch.float32))
+        return args
+
     def function(self) -> Callable:
         """The function to compile; its positional arguments are :meth:`inputs`."""
         import torch
@@ -104,10 +126,16 @@ class LowerSpec:
         return update
 
     def problem(self) -> Optional[str]:
-        """Why ``physical_experts`` cannot describe a placement with these shapes, or None."""
+        """Why these sizes cannot describe a call the op accepts (sizes the op's own checks do not
+        bound, checked before anything is allocated), or None."""
+        if self.chain and self.hidden > MAX_HIDDEN:
+            return f"--hidden must be in [1, {MAX_HIDDEN}] (a sane bound of this tool), got {self.hidden}"
         if self.physical_experts is None:
             return None
         physical = self.physical
+        if physical > limits.MAX_EXPERTS:
+            return (f"--physical-experts must be <= {limits.MAX_EXPERTS} (the op's bound on the sum of replica "
+                    f"counts), got {physical}")
         if physical < self.experts or physical % self.world_size:
             return (f"--physical-experts must be >= --experts={self.experts} and divisible by "
                     f"--world-size={self.world_size}, got {physical}")
@@ -129,7 +157,7 @@ def lower(spec: LowerSpec) -> Any:
 
     import_torchair()  # also makes the chain's companion ops runnable on CPU
     fn = spec.function()
-    fn(*spec.inputs("meta"))
+    fn(*spec.meta_inputs())  # the op's checks, before a byte of the real inputs is allocated
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return capture_ge_graphs(fn, *spec.inputs(), dynamic=spec.dynamic).graph
