@@ -48,3 +48,14 @@ def test_check_all_names_the_first_bad_variable_and_passes_a_clean_environment()
 def test_an_unknown_name_is_a_programming_error_not_a_silent_false():
     with pytest.raises(KeyError, match="not one of the package's variables"):
         read_switch("TORCHAIR_PLUGIN_NO_SUCH_THING", {})
+
+
+def test_the_docs_list_every_variable_with_its_kind_and_meaning():
+    import pathlib
+
+    docs = (pathlib.Path(__file__).parent.parent / "docs" / "graph-mode.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(" `"): line for line in docs.splitlines() if line.startswith("| `TORCHAIR_PLUGIN_")}
+    assert set(rows) == set(VARIABLES)
+    for name, variable in VARIABLES.items():
+        assert variable.kind in rows[name] and variable.meaning in rows[name], name
+        assert all(f"`{choice}`" in rows[name] for choice in variable.choices), name
