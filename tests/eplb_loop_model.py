@@ -13,7 +13,7 @@ class Routing(torch.nn.Module):
     (which loads torch_npu) can dispatch to another npu op afterwards."""
 
     def __init__(self, table: torch.Tensor, *, k: int = 2, balance_mode: int = 1, local_rank_id: int = -1,
-                 world_size: int = -1, threshold: float = 0.1, recorder: ExpertLoadRecorder = None, layer=None):
+                 world_size: int = -1, threshold: float = 0.3, recorder: ExpertLoadRecorder = None, layer=None):
         super().__init__()
         self.register_buffer("table", table)
         # A tensor, not a Python float: dynamic=True makes float attributes symbolic, and Dynamo

@@ -152,7 +152,7 @@ def test_any_valid_replan_is_written_and_any_duplicated_slot_is_refused(case, se
 # --- compiled models follow the update without recompiling ----------------------------------------
 
 
-def golden(ids, table, mode=1, rank=-1, ws=-1, scales=None, threshold=0.1):
+def golden(ids, table, mode=1, rank=-1, ws=-1, scales=None, threshold=0.3):
     k = ids.shape[1]
     return golden_update_expert(ids, table, scales, torch.full((k,), threshold), None, rank, ws, mode)
 
