@@ -14,7 +14,8 @@ a decision:
 - **replicas moved**, per layer: replicas a rank must receive because it did not hold that expert
   before (weights to transfer), and **slots changed** (also counting shuffles within a rank);
 - the model-wide balancedness (sum over layers of mean / sum of max: the step time is the sum of
-  every layer's heaviest rank), its gain, and ``worth = gain >= min_gain``.
+  every layer's heaviest rank), its gain, and ``worth``: the candidate changes a slot and the
+  gain reaches ``min_gain``.
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ class RebalanceGain:
 
     @property
     def worth(self) -> bool:
-        """The skip rule: rebalance only when the predicted gain reaches ``min_gain``."""
-        return self.gain >= self.min_gain
+        """The skip rule: rebalance only when the candidate changes something and the predicted
+        gain reaches ``min_gain``."""
+        return bool(self.slots_changed.sum()) and self.gain >= self.min_gain
 
     def to_dict(self) -> Dict:
         """Plain numbers and lists, ready for a log line or JSON."""
