@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from golden import golden_update_expert
-from torchair_plugin.eplb import plan_placement, rank_loads, rebalance_gain, skewed_routing, table_from_phy2log
+from torchair_plugin.eplb import (
+    logical_load, plan_placement, rank_loads, rebalance_gain, skewed_routing, table_from_phy2log,
+)
 
 WORLD_SIZE = 4
 
@@ -164,3 +166,14 @@ def test_bad_input_is_named():
         rebalance_gain(np.ones(8), current, current, WORLD_SIZE, balance_mode=1, min_gain=2)
     with pytest.raises(ValueError, match=r"load\[3\] must be >= 0, got -1.0"):
         rebalance_gain([1, 1, 1, -1, 1, 1, 1, 1], current, current, WORLD_SIZE, balance_mode=1)
+
+
+def test_logical_load_sums_each_experts_replicas_keeping_leading_axes():
+    table = table_from_phy2log([0, 1, 2, 3, 0, 1, 0, 3], WORLD_SIZE)  # expert 0 on 0, 4, 6
+    physical = np.arange(16).reshape(2, 8)  # two source ranks
+    expected = [[sum(row[p] for p in range(8) if [0, 1, 2, 3, 0, 1, 0, 3][p] == e) for e in range(4)] for row in physical]
+    assert logical_load(physical, table).tolist() == expected
+    stacked = torch.stack([table, table])
+    assert logical_load(np.stack([physical, physical]), stacked).shape == (2, 2, 4)
+    with pytest.raises(ValueError, match=r"physical_load must have shape \(2, \.\.\., 8\) to match eplb_table, got \(3, 8\)"):
+        logical_load(np.ones((3, 8)), stacked)

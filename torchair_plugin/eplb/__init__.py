@@ -29,7 +29,7 @@ from torchair_plugin.eplb.load_report import (
 from torchair_plugin.eplb.planner import Placement, balancedness, expected_loads, plan_placement, replica_shares
 from torchair_plugin.eplb.plot import plot_rank_loads
 from torchair_plugin.eplb.rank_check import RankMismatchError, check_same_table, table_digest
-from torchair_plugin.eplb.rebalance_gain import RebalanceGain, rank_loads, rebalance_gain
+from torchair_plugin.eplb.rebalance_gain import RebalanceGain, logical_load, rank_loads, rebalance_gain
 from torchair_plugin.eplb.stable_table import StableEplbTable
 from torchair_plugin.eplb.tables import (
     PADDING,
@@ -47,6 +47,7 @@ __all__ = [
     "RebalanceGain",
     "StableEplbTable",
     "check_same_table",
+    "logical_load",
     "rank_loads",
     "rebalance_gain",
     "table_digest",

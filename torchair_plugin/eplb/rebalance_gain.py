@@ -62,7 +62,7 @@ def _layers(table: torch.Tensor) -> np.ndarray:
     return host if host.ndim == 3 else host[None]
 
 
-def logical_load(physical_load: np.ndarray, tables: np.ndarray) -> np.ndarray:
+def _logical_load(physical_load: np.ndarray, tables: np.ndarray) -> np.ndarray:
     """(L, S, E) tokens per logical expert from (L, S, P) per physical expert: each expert's
     replicas summed (S: source ranks, or 1 for totals)."""
     layers, sources, _ = physical_load.shape
@@ -74,6 +74,26 @@ def logical_load(physical_load: np.ndarray, tables: np.ndarray) -> np.ndarray:
         physical = table[:, 1:][in_row]  # row-major: experts in order, matching ``experts``
         np.add.at(result[layer], (slice(None), experts), physical_load[layer][:, physical])
     return result
+
+
+def logical_load(physical_load, eplb_table: torch.Tensor) -> np.ndarray:
+    """Tokens per logical expert from tokens per physical expert, through the table that served
+    them: (..., P) -> (..., E) for an (E, F) table; (L, ..., P) -> (L, ..., E) for (L, E, F).
+    What ``plan_placement`` takes, from what :class:`ExpertLoadRecorder` holds. The recorded ids
+    are those of the table that served them: reset the recorder when the table changes."""
+    validate_eplb_table(eplb_table, 1, balance_mode=1)  # the shape and the ids; the mode does not matter here
+    tables = _layers(eplb_table)
+    array = load_array("physical_load", physical_load, (1, 2, 3, 4))
+    stacked = eplb_table.dim() == 3
+    total = int(tables[0, :, 0].sum())
+    if array.shape[-1] != total or (stacked and (array.ndim < 2 or array.shape[0] != tables.shape[0])):
+        expected = f"({tables.shape[0]}, ..., {total})" if stacked else f"(..., {total})"
+        raise ValueError(f"physical_load must have shape {expected} to match eplb_table, got {array.shape}")
+    layered = array if stacked else array[None]
+    middle = layered.shape[1:-1]
+    flat = layered.reshape(layered.shape[0], -1, total)
+    result = _logical_load(flat, tables).reshape(layered.shape[0], *middle, tables.shape[1])
+    return result if stacked else result[0]
 
 
 def predicted_rank_loads(logical: np.ndarray, tables: np.ndarray, world_size: int, balance_mode: int) -> np.ndarray:
@@ -186,7 +206,7 @@ def rebalance_gain(load, current: torch.Tensor, candidate: torch.Tensor, world_s
         )
     physical = array.reshape(old.shape[0], world_size if per_source else 1, totals[0])
     now = rank_loads(physical.sum(1), world_size)
-    predicted = predicted_rank_loads(logical_load(physical, old), new, world_size, balance_mode)
+    predicted = predicted_rank_loads(_logical_load(physical, old), new, world_size, balance_mode)
     moved, changed = moved_replicas(old, new, world_size, balance_mode)
     return RebalanceGain(
         balancedness_now=balancedness_per_layer(now),
