@@ -13,8 +13,18 @@ The loop inside a compiled model (docs/eplb.md, "The EPLB loop"):
 - ``stable_table``: ``StableEplbTable``, the device table, validated and updated in place.
 - ``rank_check``: ``check_same_table``, a digest all-gather naming the ranks that differ.
 - ``rebalance_gain``: ``rebalance_gain``, balancedness now and predicted, replicas moved.
+- ``formats``: vllm-ascend's expert-map JSON, per-rank one-replica maps, SGLang's replica map.
 """
 
+from torchair_plugin.eplb.formats import (
+    expert_map_phy2log,
+    table_from_expert_map,
+    table_from_rank_maps,
+    table_from_sglang,
+    table_to_expert_map,
+    table_to_rank_maps,
+    table_to_sglang,
+)
 from torchair_plugin.eplb.io import load_eplb_table, load_routing
 from torchair_plugin.eplb.load_recorder import ExpertLoadRecorder
 from torchair_plugin.eplb.load_report import (
@@ -47,10 +57,17 @@ __all__ = [
     "RebalanceGain",
     "StableEplbTable",
     "check_same_table",
+    "expert_map_phy2log",
     "logical_load",
     "rank_loads",
     "rebalance_gain",
     "table_digest",
+    "table_from_expert_map",
+    "table_from_rank_maps",
+    "table_from_sglang",
+    "table_to_expert_map",
+    "table_to_rank_maps",
+    "table_to_sglang",
     "PADDING",
     "SCENARIOS",
     "LoadReport",
