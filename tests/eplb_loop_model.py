@@ -1,8 +1,11 @@
 """A one-layer MoE routing module for the EPLB loop tests: the op reads a table buffer and an
 ExpertLoadRecorder counts what it returns, as a serving model would hold them."""
 
+import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
+from test_compile import _inductor_unusable_here
 from torchair_plugin.eplb import ExpertLoadRecorder
 
 
@@ -38,3 +41,14 @@ def inputs(bs, k, num_experts, seed):
     ids = torch.stack([torch.randperm(num_experts, generator=gen)[:k] for _ in range(bs)])
     scales = torch.rand(bs, k, generator=gen).sort(dim=1, descending=True).values
     return ids, scales
+
+
+def fresh_counter(backend: str) -> CompileCounterWithBackend:
+    """A compile counter for ``backend`` after a Dynamo reset; skips inductor where torch_npu's
+    hook makes it unusable (see test_compile)."""
+    if backend == "inductor":
+        reason = _inductor_unusable_here()
+        if reason:
+            pytest.skip(reason)
+    torch._dynamo.reset()
+    return CompileCounterWithBackend(backend)

@@ -5,11 +5,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch._dynamo.testing import CompileCounterWithBackend
 
-from eplb_loop_model import Routing, inputs
+from eplb_loop_model import Routing, fresh_counter, inputs
 from golden import golden_update_expert
-from test_compile import _inductor_unusable_here
 from torchair_plugin.eplb import ExpertLoadRecorder, StableEplbTable
 
 TABLE = [[2, 0, 4], [1, 1, -1], [1, 2, -1], [2, 3, 6], [1, 5, -1], [1, 7, -1]]
@@ -134,15 +132,10 @@ def _record_through(call, recorder, stable):
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_with_dynamic_batch_is_one_graph_with_the_same_counts(backend):
-    if backend == "inductor":
-        reason = _inductor_unusable_here()
-        if reason:
-            pytest.skip(reason)
-    torch._dynamo.reset()
+    counter = fresh_counter(backend)
     stable = StableEplbTable(TABLE, world_size=4)
     recorder = ExpertLoadRecorder(stable.physical_experts)
     model = Routing(stable.tensor, recorder=recorder)
-    counter = CompileCounterWithBackend(backend)
     _record_through(torch.compile(model, backend=counter, fullgraph=True, dynamic=True), recorder, stable)
     assert counter.frame_count == 1
 

@@ -2,38 +2,17 @@
 rebalanced copy beats the static one, replicas moved per applied rebalance, a PNG."""
 
 import json
-import os
-import pathlib
-import socket
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from torchrun_here import run_torchrun
 
 
 def test_the_loop_rebalances_in_place_with_one_compile_per_rank(tmp_path):
-    torchrun = pathlib.Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed beside this python")
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "loop.json", tmp_path / "loop.png"
-    # torchrun imports torch before the script: autoload off, as the example's docstring says.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TORCH_DEVICE_BACKEND_AUTOLOAD="0")
-    command = [
-        str(torchrun), "--nnodes", "1", "--nproc-per-node", "4", "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_port()), str(ROOT / "examples" / "eplb_loop.py"),
-        "--steps", "60", "--rebalance-every", "20", "--drift-every", "30", "--timing-repeats", "3",
-        "--json", str(out), "--png", str(png),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = run_torchrun("eplb_loop.py", "--steps", "60", "--rebalance-every", "20", "--drift-every", "30",
+                        "--timing-repeats", "3", "--json", str(out), "--png", str(png))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["compiles_per_rank"] == {"rebalanced": [1] * 4, "static": [1] * 4}

@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from eplb_loop_model import Routing, inputs
+from eplb_loop_model import Routing, fresh_counter, inputs
 from golden import golden_update_expert
-from test_compile import _inductor_unusable_here
 from torchair_plugin.eplb import PADDING, StableEplbTable, table_from_phy2log
 
 # world_size 4, 8 physical experts: expert 0 on slots 0 and 4, expert 3 on 3 and 6.
@@ -173,15 +172,10 @@ def _follow_updates(compiled, model, stable, k=2):
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("mode", [0, 1])
 def test_compiled_model_follows_the_update_with_one_compile(backend, mode):
-    if backend == "inductor":
-        reason = _inductor_unusable_here()
-        if reason:
-            pytest.skip(reason)
-    torch._dynamo.reset()
+    counter = fresh_counter(backend)
     stable = StableEplbTable(TABLE, world_size=4)
     model = Routing(stable.tensor, balance_mode=mode, local_rank_id=3 if mode == 0 else -1,
                     world_size=4 if mode == 0 else -1)
-    counter = CompileCounterWithBackend(backend)
     compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=True)
     _follow_updates(compiled, model, stable)
     assert counter.frame_count == 1
