@@ -5,8 +5,11 @@
 
 On a machine with torch-npu but no CANN, launch it as ``TORCH_DEVICE_BACKEND_AUTOLOAD=0 torchrun ...``
 (torchrun imports torch before this script can prepare it). CPU with gloo; on an Ascend box
-torch_npu's HCCL: the same command, each rank on its NPU (``--backend`` then names a torchair
-backend: ``npu`` for GE, where the table is a buffer that ``frozen_parameter`` may freeze).
+torch_npu's HCCL: the same command, each rank on its NPU. ``--backend`` takes a torch.compile
+backend name, or ``torchair``: torchair's GE backend with ``frozen_parameter`` on (the table is a
+buffer whose address GE then fixes: the in-place update is what keeps it correct). Without CANN,
+``--backend torchair --run-eagerly`` lowers every graph to GE and runs its FX graph eagerly (a
+check of the GE lowering on CPU, not a GE run).
 
 Each rank serves a tiny L-layer MoE router step after step: top-K logical experts per token from
 a skewed popularity whose hot experts drift every ``--drift-every`` steps, then per layer the op
@@ -140,6 +143,18 @@ def recorder_cost(args, copies, device):
     }
 
 
+def compile_backend(args):
+    if args.backend != "torchair":
+        return args.backend
+    from torchair_plugin.testing import import_torchair  # plain `import torchair` where CANN is installed
+
+    torchair = import_torchair()
+    config = torchair.CompilerConfig()
+    config.experimental_config.frozen_parameter = True
+    config.debug.run_eagerly = args.run_eagerly
+    return torchair.get_npu_backend(compiler_config=config)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
@@ -154,7 +169,8 @@ def main():
     parser.add_argument("--balance-mode", type=int, default=1, choices=(0, 1))
     parser.add_argument("--min-gain", type=float, default=0.02)
     parser.add_argument("--bytes-per-expert", type=int, default=3 * 7168 * 2048 * 2, help="DeepSeek-V3 bf16")
-    parser.add_argument("--backend", default="aot_eager", help="torch.compile backend")
+    parser.add_argument("--backend", default="aot_eager", help="a torch.compile backend, or torchair (GE)")
+    parser.add_argument("--run-eagerly", action="store_true", help="with --backend torchair: lower, then run FX")
     parser.add_argument("--timing-repeats", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
@@ -180,7 +196,7 @@ def main():
         recorder = ExpertLoadRecorder(stable.physical_experts, num_layers=args.layers, window=args.rebalance_every,
                                       device=device) if rebalanced else None
         model = TinyMoERouter(stable.tensor, recorder, rank, world_size, args.balance_mode, threshold)
-        counter = CompileCounterWithBackend(args.backend)
+        counter = CompileCounterWithBackend(compile_backend(args))
         copies[name] = (stable, recorder, model, torch.compile(model, backend=counter, fullgraph=True), counter)
 
     pointer = copies["rebalanced"][0].tensor.data_ptr()
