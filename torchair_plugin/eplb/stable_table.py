@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from torchair_plugin.eplb._arrays import INT32, check_range, int_array
-from torchair_plugin.eplb.rank_check import agree, table_digest
+from torchair_plugin.eplb.rank_check import RankMismatchError, agree, table_digest
 from torchair_plugin.eplb.tables import PADDING
 from torchair_plugin.validate import check_int, max_columns, validate_eplb_table
 
@@ -66,9 +66,8 @@ class StableEplbTable:
         self.world_size = check_int("world_size", world_size, 1)
         self.balance_mode = check_int("balance_mode", balance_mode, 0, 1)
         high = max_columns(self.world_size, self.balance_mode)
-        f = self.world_size + 1 if num_columns is None else check_int("num_columns", num_columns, 2, high)
-        # Above the mode's bound is unusable; an explicit mode-1 F may exceed world_size + 1.
-        f = min(f, high)
+        # world_size + 1 fits any plan of at most world_size replicas; mode 1 may ask for more.
+        f = min(self.world_size + 1, high) if num_columns is None else check_int("num_columns", num_columns, 2, high)
         host = _fit_columns("initial", _host_table("initial", initial), f)
         table = torch.from_numpy(host.astype(np.int32))
         self.physical_experts = validate_eplb_table(table, self.world_size, balance_mode=self.balance_mode)
@@ -134,7 +133,7 @@ class StableEplbTable:
                 # Tell the others first: a rank that raised alone would leave them in the gather.
                 try:
                     agree(False, "", group=group, device=self._tensor.device)
-                except ValueError:
+                except RankMismatchError:
                     pass  # this rank's own error says more than "some rank refused"
             raise
         if check_ranks:
