@@ -4,7 +4,8 @@ Blocks and scripts that need an Ascend NPU say so with a line ``# requires: npu`
 first line; a script's first lines): they are byte-compiled, and scripts are also imported
 (without running ``main``), which catches import errors and anything that would reach for
 torch_npu at import time. Blocks of one document share a namespace, top to bottom, like a reader
-typing them in order. ``eplb_distributed.py`` is run by tests/test_eplb_example.py.
+typing them in order. ``eplb_distributed.py`` is run by tests/test_eplb_example.py and
+``eplb_loop.py`` by tests/test_eplb_loop_example.py, both under torchrun.
 """
 
 import importlib.util
@@ -23,7 +24,8 @@ from torchair_plugin import _environment
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NPU_MARKER = "# requires: npu"
 DOCUMENTS = sorted(ROOT.glob("docs/*.md")) + [ROOT / "README.md"]
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name != "eplb_distributed.py")
+TORCHRUN_EXAMPLES = ("eplb_distributed.py", "eplb_loop.py")
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name not in TORCHRUN_EXAMPLES)
 # Lines an example must print, worked out by hand from docs/op.md (the example's closing comment
 # walks through them): a script that runs but prints something else fails.
 _KEPT = "kept [[True, True, True], [True, True, False], [False, False, False]]"

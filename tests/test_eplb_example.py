@@ -1,24 +1,12 @@
 """examples/eplb_distributed.py on 4 CPU processes (gloo) agrees with the single-process report."""
 
 import json
-import os
-import pathlib
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from torchair_plugin.eplb import expert_load, load_report, plan_placement, skewed_routing
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from torchrun_here import run_torchrun
 
 
 def test_distributed_example_matches_report(tmp_path):
@@ -29,18 +17,8 @@ def test_distributed_example_matches_report(tmp_path):
     torch.save(routing, tmp_path / "routing.pt")
     torch.save(table, tmp_path / "table.pt")
     out = tmp_path / "loads.json"
-    torchrun = pathlib.Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed beside this python")
-    # torchrun imports torch before the script: on a torch-npu machine without CANN the launcher
-    # needs autoload off, as the example's docstring tells users.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TORCH_DEVICE_BACKEND_AUTOLOAD="0")
-    command = [
-        str(torchrun), "--nnodes", "1", "--nproc-per-node", "4", "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_port()), str(ROOT / "examples" / "eplb_distributed.py"),
-        "--routing", str(tmp_path / "routing.pt"), "--table", str(tmp_path / "table.pt"), "--json", str(out),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    done = run_torchrun("eplb_distributed.py", "--routing", str(tmp_path / "routing.pt"), "--table",
+                        str(tmp_path / "table.pt"), "--json", str(out), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "balance_mode 1: max/mean" in done.stdout
     distributed = json.loads(out.read_text())

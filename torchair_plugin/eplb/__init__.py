@@ -7,9 +7,26 @@ load, and report what the op does to the load of every rank.
 - ``workload``: synthetic skewed routing, per-expert load from routing.
 - ``load_report``: tokens per physical expert and per rank through the op itself.
 - ``io``: routing and table files; ``plot``: PNG chart (matplotlib optional); ``cli``: ``balance``.
+
+The loop inside a compiled model (docs/eplb.md, "The EPLB loop"):
+- ``load_recorder``: ``ExpertLoadRecorder``, tokens per physical expert counted on the device.
+- ``stable_table``: ``StableEplbTable``, the device table, validated and updated in place.
+- ``rank_check``: ``check_same_table``, a digest all-gather naming the ranks that differ.
+- ``rebalance_gain``: ``rebalance_gain``, balancedness now and predicted, replicas moved.
+- ``formats``: vllm-ascend's expert-map JSON, per-rank one-replica maps, SGLang's replica map.
 """
 
+from torchair_plugin.eplb.formats import (
+    expert_map_phy2log,
+    table_from_expert_map,
+    table_from_rank_maps,
+    table_from_sglang,
+    table_to_expert_map,
+    table_to_rank_maps,
+    table_to_sglang,
+)
 from torchair_plugin.eplb.io import load_eplb_table, load_routing
+from torchair_plugin.eplb.load_recorder import ExpertLoadRecorder
 from torchair_plugin.eplb.load_report import (
     SCENARIOS,
     LoadReport,
@@ -21,6 +38,9 @@ from torchair_plugin.eplb.load_report import (
 )
 from torchair_plugin.eplb.planner import Placement, balancedness, expected_loads, plan_placement, replica_shares
 from torchair_plugin.eplb.plot import plot_rank_loads
+from torchair_plugin.eplb.rank_check import RankMismatchError, check_same_table, table_digest
+from torchair_plugin.eplb.rebalance_gain import RebalanceGain, logical_load, rank_loads, rebalance_gain
+from torchair_plugin.eplb.stable_table import StableEplbTable
 from torchair_plugin.eplb.tables import (
     PADDING,
     table_from_log2phy,
@@ -32,6 +52,22 @@ from torchair_plugin.eplb.tables import (
 from torchair_plugin.eplb.workload import expert_load, skewed_routing
 
 __all__ = [
+    "ExpertLoadRecorder",
+    "RankMismatchError",
+    "RebalanceGain",
+    "StableEplbTable",
+    "check_same_table",
+    "expert_map_phy2log",
+    "logical_load",
+    "rank_loads",
+    "rebalance_gain",
+    "table_digest",
+    "table_from_expert_map",
+    "table_from_rank_maps",
+    "table_from_sglang",
+    "table_to_expert_map",
+    "table_to_rank_maps",
+    "table_to_sglang",
     "PADDING",
     "SCENARIOS",
     "LoadReport",
