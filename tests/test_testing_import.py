@@ -114,10 +114,9 @@ def test_apply_undo_restores_every_patch():
     fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
     compat_ir = importlib.import_module("torchair._ge_concrete_graph.compat_ir")
     before = (fx2ge.initialize_graph_engine, compat_ir.is_cann_compat, fx2ge.GeConcreteGraph.__call__)
-    undo = _interception.apply(torchair)
-    assert len(undo) == 5
-    for restore in reversed(undo):
-        restore()
+    patches = _interception.apply_cann_less(torchair)
+    assert len(patches) == 5
+    patches.undo()
     assert (fx2ge.initialize_graph_engine, compat_ir.is_cann_compat, fx2ge.GeConcreteGraph.__call__) == before
 
 
@@ -129,7 +128,7 @@ def test_apply_that_fails_midway_restores_what_it_patched(monkeypatch):
     monkeypatch.setattr(fx2ge, "initialize_graph_engine", sentinel_engine)
     monkeypatch.delattr(compat_ir, "is_cann_compat")  # as if torchair had moved it
     with pytest.raises(KeyError, match="is_cann_compat"):
-        _interception.apply(torchair)
+        _interception.apply_cann_less(torchair)
     assert fx2ge.initialize_graph_engine is sentinel_engine
 
 

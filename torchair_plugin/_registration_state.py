@@ -1,21 +1,22 @@
-"""What the plugin has registered in this process, and the one lock that guards it.
+"""Transitional: ``registration`` of :data:`torchair_plugin._process_state.STATE` under its old name.
 
-Kept apart from :mod:`torchair_plugin.registration` and :mod:`torchair_plugin._converter_hook`
-because a reload of either (or ``importlib.reload(torchair_plugin)``) re-executes its module
-body: state kept there would be forgotten, and the op registered a second time over its own
-registration. Nothing reloads this module; it holds data only.
+Only ``ops.py``'s eager fast path (and its test) still read it; delete this module with that path.
 """
 
-import threading
-from typing import Any, Optional
+import sys
+import types
 
-# Re-entrant: registering the op installs the converter, and a watched import may run the
-# watcher's callback in a thread that already holds it.
-lock = threading.RLock()
+from torchair_plugin._process_state import STATE
 
-registration: Optional[Any] = None  # registration.Registration in force, None before register()
-native_state: Optional[Any] = None  # registration.OpState torch_npu provided, last time looked
-yielded_options: Optional[Any] = None  # registration.Options kept while torch_npu's import runs
 
-converter_status: Optional[str] = None  # None: _converter_hook.install() not called yet
-keep_native_converter = False
+class _Forwarding(types.ModuleType):
+    @property
+    def registration(self):
+        return STATE.registration
+
+    @registration.setter
+    def registration(self, value) -> None:
+        STATE.registration = value
+
+
+sys.modules[__name__].__class__ = _Forwarding

@@ -3,10 +3,11 @@
 This is the only module that registers anything with torch. ``import torchair_plugin`` calls
 :func:`register` once; it is idempotent (a second call, a reload of the package or of this module,
 two threads at once: all return the same :class:`Registration`, kept with its lock in
-:mod:`torchair_plugin._registration_state`) and atomic (every torch registration goes through one
+:mod:`torchair_plugin._process_state`) and atomic (every torch registration goes through one
 ``torch.library.Library``; if any step fails the library is destroyed, which removes all of them
-and restores whatever was there before). Tests apply plans to ops of their own namespaces with
-:func:`apply_plan`.
+and restores whatever was there before). Every Library the plugin holds, the companion ops' too,
+comes from :func:`new_library`, and every "does the op exist" question goes to :func:`op_exists`.
+Tests apply plans to ops of their own namespaces with :func:`apply_plan`.
 
 The decision (:func:`plan_registration`) is a pure function of the observed :class:`OpState` and
 the user's :class:`Options`, so every combination is tested without an NPU:
@@ -39,7 +40,8 @@ from typing import Dict, FrozenSet, Optional, Tuple
 import torch
 
 from torchair_plugin import _converter_hook, _environment, _import_watch, schema
-from torchair_plugin import _registration_state as _state
+from torchair_plugin._converter_hook import ConverterState, ConverterStatus  # noqa: F401  (public here)
+from torchair_plugin._process_state import STATE as _state
 from torchair_plugin.fake import npu_moe_update_expert_fake
 from torchair_plugin.reference import npu_moe_update_expert_reference
 
@@ -98,17 +100,47 @@ def plan_registration(state: OpState, options: Options) -> Plan:
     )
 
 
-def probe_op_state(qualname: str = schema.QUALNAME) -> OpState:
+# --- what the dispatcher holds, and the Libraries the plugin holds ------------------------------
+# torch internals: the dispatcher's own lookups (torch.library has no "does this op exist" or
+# "which keys have a kernel" query that does not raise or warn). Every caller asks here.
+
+
+def op_exists(qualname: str) -> bool:
     try:
         torch._C._dispatch_find_schema_or_throw(qualname, "")
     except RuntimeError:
-        return OpState(schema_exists=False, torch_npu_loaded="torch_npu" in sys.modules)
-    keys = frozenset(
-        key
-        for key in ("CPU", "CUDA", NPU_KEY, "Meta") + _COMPOSITE_KEYS
-        if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
-    )
-    return OpState(schema_exists=True, kernel_keys=keys, torch_npu_loaded="torch_npu" in sys.modules)
+        return False
+    return True
+
+
+def has_kernel(qualname: str, key: str) -> bool:
+    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key))
+
+
+def new_library(namespace: str) -> torch.library.Library:
+    """A ``FRAGMENT`` Library of ``namespace``, held for the process until :func:`release_library`.
+
+    Every Library the plugin registers through comes from here (the op's, the companion ops')."""
+    library = torch.library.Library(namespace, "FRAGMENT")
+    with _state.lock:
+        _state.libraries.append(library)
+    return library
+
+
+def release_library(library: torch.library.Library) -> None:
+    """Remove everything registered through ``library`` (what it shadowed comes back)."""
+    with _state.lock:
+        if library in _state.libraries:
+            _state.libraries.remove(library)
+            library._destroy()
+
+
+def probe_op_state(qualname: str = schema.QUALNAME) -> OpState:
+    torch_npu_loaded = "torch_npu" in sys.modules
+    if not op_exists(qualname):
+        return OpState(schema_exists=False, torch_npu_loaded=torch_npu_loaded)
+    keys = frozenset(key for key in ("CPU", "CUDA", NPU_KEY, "Meta") + _COMPOSITE_KEYS if has_kernel(qualname, key))
+    return OpState(schema_exists=True, kernel_keys=keys, torch_npu_loaded=torch_npu_loaded)
 
 
 @dataclass
@@ -142,8 +174,13 @@ class Registration:
             "fake": fake,
             "kernels": kernels,
             # Live: "pending" becomes "torchair_plugin" once torchair is imported.
-            "converter": _converter_hook.status() if self.qualname == schema.QUALNAME else ABSENT,
+            "converter": converter_state().words() if self.qualname == schema.QUALNAME else ABSENT,
         }
+
+
+def converter_state() -> ConverterState:
+    """Where the op's GE converter comes from now; ``.status`` is a :class:`ConverterStatus`."""
+    return _converter_hook.state()
 
 
 # How the fake kernel is installed. torch_npu registers its unchecked meta as a Python ``Meta``
@@ -176,7 +213,7 @@ def apply_plan(
 ) -> torch.library.Library:
     """Install ``plan`` through one Library; on any failure remove everything it added."""
     namespace, name = qualname.split("::")
-    library = torch.library.Library(namespace, "FRAGMENT")
+    library = new_library(namespace)
     try:
         if plan.define_schema:
             library.define(name + schema.SCHEMA)
@@ -189,7 +226,7 @@ def apply_plan(
         elif plan.install_fake:
             _install_meta_kernel(library, name, npu_moe_update_expert_fake)
     except Exception:
-        library._destroy()
+        release_library(library)
         raise
     return library
 
@@ -263,7 +300,7 @@ _TORCH_NPU_WATCH_TAG = "torch_npu"
 def _remove_registration() -> Optional[Registration]:
     registration, _state.registration = _state.registration, None
     if registration is not None and registration.library is not None:
-        registration.library._destroy()
+        release_library(registration.library)
     return registration
 
 
