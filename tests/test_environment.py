@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from torchair_plugin import _environment as env, _upstream
+from torchair_plugin import environment as env, _upstream
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from torchair_plugin import _environment, limits, ops, schema
+from torchair_plugin import environment, limits, ops, schema
 from torchair_plugin.testing import lowering as lower
 from torchair_plugin.fake import npu_moe_update_expert_fake
 from torchair_plugin.reference import npu_moe_update_expert_reference
@@ -180,7 +180,7 @@ def _torch_npu_declarations(package_dir: str) -> dict:
 
 
 def test_schema_is_the_installed_torch_npus():
-    package_dir = _environment.torch_npu_dir()
+    package_dir = environment.torch_npu_dir()
     if package_dir is None:
         pytest.skip("torch-npu is not installed")
     declarations = _torch_npu_declarations(package_dir)

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from torchair_plugin import _environment
+from torchair_plugin import environment
 from torchair_plugin.testing import Mode, decide_mode, import_torchair
 from torchair_plugin.testing import _interception
 from torchair_plugin.testing.pytest_plugin import require_ge_capture
@@ -18,7 +18,7 @@ from torchair_plugin.testing.pytest_plugin import require_ge_capture
 def test_cann_present_means_native_import_and_no_stubs(tmp_path):
     fake_cann = tmp_path / "ascend-toolkit"
     fake_cann.mkdir()
-    cann_dir = _environment.cann_home({"ASCEND_HOME_PATH": str(fake_cann)})
+    cann_dir = environment.cann_home({"ASCEND_HOME_PATH": str(fake_cann)})
     assert cann_dir == str(fake_cann)
     assert decide_mode(cann_dir, npu_installed=True) is Mode.NATIVE
     assert decide_mode(cann_dir, npu_installed=False) is Mode.NATIVE
@@ -135,7 +135,7 @@ def test_apply_that_fails_midway_restores_what_it_patched(monkeypatch):
 def test_a_failed_native_import_leaves_no_half_imported_torch_npu(tmp_path):
     """With a CANN directory that is not a working CANN, ``import torch_npu`` fails part-way (in
     the package import and again in import_torchair): none of its submodules may stay behind."""
-    if not _environment.torch_npu_installed() or _environment.cann_home() is not None:
+    if not environment.torch_npu_installed() or environment.cann_home() is not None:
         pytest.skip("needs torch-npu installed on a machine without CANN")
     code = (
         "import sys, torchair_plugin\n"

@@ -38,7 +38,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from torchair_plugin import _environment, _import_watch, _upstream, schema
+from torchair_plugin import environment, _import_watch, _upstream, schema
 from torchair_plugin._process_state import STATE as _state
 
 NATIVE_CONVERTER_ENV = "TORCHAIR_PLUGIN_NATIVE_CONVERTER"
@@ -88,7 +88,7 @@ class Action(enum.Enum):
 
 
 def keep_native_requested(environ: Mapping[str, str] = os.environ) -> bool:
-    return _environment.flag_set(environ, NATIVE_CONVERTER_ENV)
+    return environment.flag_set(environ, NATIVE_CONVERTER_ENV)
 
 
 def plan_converter(
@@ -105,7 +105,7 @@ def plan_converter(
 
 def torchair_importable() -> bool:
     """torchair ships inside torch-npu (top-level once ``torch_npu/dynamo`` is on sys.path)."""
-    if _environment.torch_npu_installed():
+    if environment.torch_npu_installed():
         return True
     try:
         return importlib.util.find_spec("torchair") is not None

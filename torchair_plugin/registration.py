@@ -39,7 +39,7 @@ from typing import Dict, FrozenSet, Optional, Tuple
 
 import torch
 
-from torchair_plugin import _converter_hook, _environment, _import_watch, schema
+from torchair_plugin import _converter_hook, environment, _import_watch, schema
 from torchair_plugin._converter_hook import ConverterState, ConverterStatus  # noqa: F401  (public here)
 from torchair_plugin._process_state import STATE as _state
 from torchair_plugin.fake import npu_moe_update_expert_fake
@@ -73,7 +73,7 @@ class Options:
     @classmethod
     def from_environ(cls, environ=os.environ) -> "Options":
         return cls(
-            keep_native_fake=_environment.flag_set(environ, NATIVE_FAKE_ENV),
+            keep_native_fake=environment.flag_set(environ, NATIVE_FAKE_ENV),
             keep_native_converter=_converter_hook.keep_native_requested(environ),
         )
 
@@ -243,12 +243,12 @@ def _import_native_op_provider() -> None:
     autoload off, importing it here keeps the order right (a later ``import torch_npu`` would
     otherwise find the schema defined by the plugin and fail).
     """
-    if "torch_npu" in sys.modules or not _environment.torch_npu_installed():
+    if "torch_npu" in sys.modules or not environment.torch_npu_installed():
         return
-    if _environment.cann_home() is None:
+    if environment.cann_home() is None:
         return
     try:
-        with _environment.forgotten_if_failed("torch_npu"):
+        with environment.forgotten_if_failed("torch_npu"):
             import torch_npu  # noqa: F401
     except Exception:  # a broken torch_npu install: proceed as without it, doctor reports it
         pass
@@ -279,7 +279,7 @@ def _register_now(options: Options, torch_npu_failed: bool = False) -> Registrat
     library = apply_plan(plan)
     registration = Registration(schema.QUALNAME, state, plan, library, options)
     _state.registration = registration
-    if plan.define_schema and not state.torch_npu_loaded and _environment.torch_npu_installed():
+    if plan.define_schema and not state.torch_npu_loaded and environment.torch_npu_installed():
         _import_watch.watch(_TORCH_NPU_WATCH_TAG, ("torch_npu",), before=_make_way_for_torch_npu,
                             after=_register_after_torch_npu)
     # After the op exists (the converter is registered on its OpOverload).

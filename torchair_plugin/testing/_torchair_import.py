@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, List, Optional, Tuple
 
-from torchair_plugin import _environment, _import_watch, _upstream
+from torchair_plugin import environment, _import_watch, _upstream
 from torchair_plugin._process_state import STATE
 from torchair_plugin.testing import _interception, _stubs
 
@@ -104,9 +104,9 @@ def current_mode() -> Mode:
     """
     if STATE.capture_mode is not None:
         return STATE.capture_mode
-    if "torch_npu" in sys.modules and _environment.cann_home() is None:
+    if "torch_npu" in sys.modules and environment.cann_home() is None:
         return Mode.REAL_TORCH_NPU  # imported by the user over their own stand-ins for CANN
-    return decide_mode(_environment.cann_home(), _environment.torch_npu_installed(), choice=_torch_npu_choice())
+    return decide_mode(environment.cann_home(), environment.torch_npu_installed(), choice=_torch_npu_choice())
 
 
 # Stand-in capture: ``import torch_npu`` fails cleanly, before any of its submodules runs.
@@ -118,7 +118,7 @@ _TORCH_NPU_REFUSAL = ("is not importable in this process: it needs CANN, and tor
 
 
 def _torch_npu_dir() -> str:
-    directory = _environment.torch_npu_dir()
+    directory = environment.torch_npu_dir()
     if directory is None:
         raise CannLessUnavailable(f"torch-npu is not installed: {INSTALL_TORCH_NPU}")
     return directory
@@ -160,7 +160,7 @@ def preload_stubs(real_torch_npu: bool = False) -> Tuple[_stubs.StubSet, list]:
 
 
 def _torch_npu_version() -> str:
-    return _environment.torch_npu_version() or "unknown"
+    return environment.torch_npu_version() or "unknown"
 
 
 # --- does the real torch_npu load here? ---------------------------------------------------------
@@ -190,7 +190,7 @@ def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
         return ProbeResult(bool(data["loads"]), str(data["detail"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    env = dict(os.environ, **{_environment.AUTOLOAD_VAR: "0"})
+    env = dict(os.environ, **{environment.AUTOLOAD_VAR: "0"})
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE_CODE, *map(str, stubs.libraries())],
         capture_output=True, text=True, env=env, timeout=300,
@@ -288,7 +288,7 @@ def _forget_torchair_modules() -> None:
 
 
 def _import_native() -> ModuleType:
-    with _environment.forgotten_if_failed("torch_npu", "torchair"):
+    with environment.forgotten_if_failed("torch_npu", "torchair"):
         import torch_npu  # noqa: F401  (registers the NPU device; torchair expects it)
         import torchair
 
@@ -302,13 +302,13 @@ def import_torchair() -> ModuleType:
     """Return ``torchair``, importable for GE lowering (see the module docstring)."""
     with STATE.lock:
         if STATE.torchair is None:
-            if _environment.torch_npu_installed() and not _environment.torch_npu_has_op():
+            if environment.torch_npu_installed() and not environment.torch_npu_has_op():
                 raise CannLessUnavailable(
                     f"torch-npu {_torch_npu_version()} predates npu_moe_update_expert and its torchair cannot lower "
                     "it: capture needs torch-npu >= 2.6 (docs/compatibility.md)"
                 )
             mode = decide_mode(
-                _environment.cann_home(), _environment.torch_npu_installed(), _real_loads, _torch_npu_choice()
+                environment.cann_home(), environment.torch_npu_installed(), _real_loads, _torch_npu_choice()
             )
             if mode is Mode.UNAVAILABLE:
                 raise CannLessUnavailable(f"torch-npu is not installed (torchair ships inside it): {INSTALL_TORCH_NPU}")

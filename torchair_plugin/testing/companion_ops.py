@@ -33,7 +33,7 @@ import re
 import sys
 from typing import Any, Callable, Dict, List
 
-from torchair_plugin import _environment, _upstream, registration
+from torchair_plugin import environment, _upstream, registration
 from torchair_plugin._process_state import STATE
 
 OPS = ("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2")
@@ -65,7 +65,7 @@ STAND_INS: Dict[str, Any] = {
 
 
 def torch_npu_dir() -> str:
-    directory = _environment.torch_npu_dir()
+    directory = environment.torch_npu_dir()
     if directory is None:
         raise ModuleNotFoundError("torch-npu is not installed (pip install torch-npu==2.13.0)", name="torch_npu")
     return directory
