@@ -21,6 +21,7 @@ The one reader of torch_npu's lazy ``torchair`` proxy is :func:`torchair_package
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ class Private:
     name: str
     why: str
     checked_on: Tuple[str, ...] = MATRIX
-    kind: str = "python"  # "python": importable name; "file": path under torch_npu's directory
+    # "python": an importable name (tests/test_upstream.py resolves it); "file": a path under
+    # torch_npu's directory; "runtime": exists only at run time (checked by its own test there).
+    kind: str = "python"
 
     @property
     def module(self) -> str:
@@ -88,14 +91,16 @@ NATIVE_MODULE = "torchair.core._torchair"
 OPTIMIZE_GRAPH = "optimize_graph_without_runtime"
 GRAPH_PROTO = "_proto"
 PBTXT = ("torchair._ge_concrete_graph.utils", "convert_to_pbtxt")
+# The desc attribute torchair writes each tensor's torch shape into (op output descs carry no other).
+META_DESC_ATTR = "_meta"
 # The warning torchair's custom-converter package prints per module whose op this torch lacks.
 CUSTOM_CONVERTER_IMPORT_WARNING = r"Failed to import torchair\._ge_concrete_graph\.ge_converter\.custom\."
 
 PRIVATES = (
     Private(f"sys.modules['torchair'].{PROXY_SLOT}", "torch_npu's lazy torchair proxy: read its slot to know "
-            "whether torchair is loaded without loading it (torchair_package)", REAL_TORCH_NPU, kind="proxy"),
+            "whether torchair is loaded without loading it (torchair_package)", REAL_TORCH_NPU, kind="runtime"),
     Private(TORCHAIR_REAL_NAME, "the name the proxy imports the real torchair under (watched like 'torchair')",
-            REAL_TORCH_NPU),
+            REAL_TORCH_NPU, kind="runtime"),
     Private(DYNAMO_DIR + "/torchair/__init__.py", "torchair inside torch_npu: importable as top-level "
             "'torchair' once torch_npu/dynamo is on sys.path (stand-in capture)", kind="file"),
     Private(NATIVE_CONVERTER_FILE, "torchair's converter for the op: its presence says the torch-npu "
@@ -109,7 +114,7 @@ PRIVATES = (
             "TORCHAIR_PLUGIN_NATIVE_CONVERTER=1)"),
     *(Private(name, "imported again once the companion ops are defined, so their converters register")
       for name in COMPANION_CONVERTER_MODULES),
-    Private(f"{NATIVE_MODULE}", "native torchair module behind ge_custom (kept, wrapped by capture)"),
+    Private(NATIVE_MODULE, "native torchair module behind ge_custom (kept, wrapped by capture)"),
     Private(":".join(GRAPH_ENGINE_INIT), "GE initialisation (native): a no-op for CANN-less capture"),
     Private(":".join(BACKEND_GRAPH_ENGINE_INIT), "the same, where generated code imports it"),
     Private(":".join(CANN_COMPAT), "native op check against CANN's registry: 'compatible' for CANN-less capture"),
@@ -117,15 +122,24 @@ PRIVATES = (
     Private(f"{FX2GE}:{GE_CONCRETE_GRAPH}.__call__", "runs a GE graph (native): refused for CANN-less capture"),
     Private(f"{FX2GE}:{GE_CONCRETE_GRAPH}.{OPTIMIZE_GRAPH}", "where capture takes the lowered GE graph"),
     Private(f"{FX2GE}:{GE_CONCRETE_GRAPH}.graph -> GeGraph.{GRAPH_PROTO}", "the GE graph's GraphDef protobuf "
-            "(copied by capture)", kind="instance"),
+            "(copied by capture)", kind="runtime"),
     Private(f"torch.ops.npu.npu_moe_update_expert.default.{CONVERTER_ATTRIBUTE}", "torchair's converter "
-            "registry: read to know whether a native converter is there to keep", kind="instance"),
+            "registry: read to know whether a native converter is there to keep", kind="runtime"),
     Private(":".join(PBTXT), "the converter behind CompilerConfig().debug.graph_dump.type='pbtxt'"),
+    Private(f"GeTensorDesc.attr['{META_DESC_ATTR}']", "the torch shape of a lowered tensor, read by graph_text "
+            "(GE graph goldens compare it)", kind="runtime"),
 )
 
 
 def resolve(private: Private) -> Any:
-    """The object a ``python`` entry names (imports its module); AttributeError/ImportError if gone."""
+    """What a ``python`` entry names: its module's spec, or the attribute (importing the module);
+    None, AttributeError or KeyError where it is gone.
+
+    A module alone is found, not imported: importing a torchair converter module registers its
+    converter, over the plugin's.
+    """
+    if not private.attribute:
+        return sys.modules.get(private.module) or importlib.util.find_spec(private.module)
     target: Any = importlib.import_module(private.module)
     for part in filter(None, private.attribute.split(".")):
         target = target.__dict__[part] if isinstance(target, type) else getattr(target, part)
