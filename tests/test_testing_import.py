@@ -151,3 +151,21 @@ def test_a_failed_native_import_leaves_no_half_imported_torch_npu(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["[]", "[]"]
+
+
+def test_the_capture_hook_is_installed_once_and_undone_like_every_patch():
+    _cann_less_torchair()
+    from torchair_plugin._process_state import STATE
+    from torchair_plugin.testing import capture
+
+    fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
+    patches = _interception.install_capture_hook(capture._record)
+    assert _interception.install_capture_hook(capture._record) is patches is STATE.capture_hook
+    original = fx2ge.GeConcreteGraph.optimize_graph_without_runtime.__wrapped__
+    try:
+        patches.undo()
+        assert fx2ge.GeConcreteGraph.optimize_graph_without_runtime is original
+    finally:
+        STATE.capture_hook = None
+        _interception.install_capture_hook(capture._record)  # as the rest of the session expects
+    assert fx2ge.GeConcreteGraph.optimize_graph_without_runtime.__wrapped__ is original

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from torchair_plugin import environment, _import_watch, _upstream, schema
-from torchair_plugin._process_state import STATE as _state
+from torchair_plugin._process_state import STATE
 
 NATIVE_CONVERTER_ENV = "TORCHAIR_PLUGIN_NATIVE_CONVERTER"
 CONVERTER_PACKAGE = "torchair_plugin.converters"
@@ -151,8 +151,8 @@ def converter_module() -> types.ModuleType:
 
 def state() -> ConverterState:
     """Where the op's GE converter comes from now (``registration_report()["converter"]`` in words)."""
-    with _state.lock:
-        return _state.converter if _state.converter is not None else PENDING
+    with STATE.lock:
+        return STATE.converter if STATE.converter is not None else PENDING
 
 
 def _op():
@@ -193,13 +193,13 @@ def _register_with(torchair: types.ModuleType, keep_native: bool) -> ConverterSt
 
 
 def _on_torchair_imported(torchair: types.ModuleType) -> None:
-    with _state.lock:
-        if _state.converter != PENDING:
+    with STATE.lock:
+        if STATE.converter != PENDING:
             return
         try:
-            _state.converter = _register_with(torchair, _state.keep_native_converter)
+            STATE.converter = _register_with(torchair, STATE.keep_native_converter)
         except Exception as exc:  # never break `import torchair`; say why instead
-            _state.converter = ConverterState(ConverterStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            STATE.converter = ConverterState(ConverterStatus.FAILED, f"{type(exc).__name__}: {exc}")
             warnings.warn(f"torchair_plugin could not register its GE converter: {exc}", RuntimeWarning, stacklevel=2)
         finally:
             _remove_finders()  # the status is final either way: nothing is left watching imports
@@ -222,11 +222,11 @@ def op_redefined() -> None:
 
     The converter lives on the OpOverload object, and the old one is gone with the old schema.
     """
-    with _state.lock:
-        if _state.converter in (None, UNAVAILABLE):
+    with STATE.lock:
+        if STATE.converter in (None, UNAVAILABLE):
             return
         torchair = _upstream.torchair_package()
-        _state.converter = PENDING
+        STATE.converter = PENDING
         if torchair is not None:
             _on_torchair_imported(torchair)
         else:
@@ -235,11 +235,11 @@ def op_redefined() -> None:
 
 def install(keep_native: Optional[bool] = None) -> ConverterState:
     """Register now, or arrange to register when torchair is imported; return :func:`state`."""
-    with _state.lock:
-        if _state.converter is not None:
-            return _state.converter
+    with STATE.lock:
+        if STATE.converter is not None:
+            return STATE.converter
         keep = keep_native_requested() if keep_native is None else keep_native
-        _state.keep_native_converter = keep
+        STATE.keep_native_converter = keep
         torchair = _upstream.torchair_package()
         action = plan_converter(
             torchair_imported=torchair is not None,
@@ -248,11 +248,11 @@ def install(keep_native: Optional[bool] = None) -> ConverterState:
             keep_native=keep,
         )
         if action is Action.NOTHING:
-            _state.converter = UNAVAILABLE
+            STATE.converter = UNAVAILABLE
         elif action is Action.DEFER:
-            _state.converter = PENDING
+            STATE.converter = PENDING
             _import_watch.watch(_WATCH_TAG, WATCHED_NAMES, after=_after_torchair_exec)
         else:
-            _state.converter = PENDING
+            STATE.converter = PENDING
             _on_torchair_imported(torchair)
-        return _state.converter
+        return STATE.converter

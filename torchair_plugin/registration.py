@@ -30,6 +30,7 @@ importable or absent decides whether that happens now, when torchair is imported
 
 from __future__ import annotations
 
+import enum
 import inspect
 import os
 import sys
@@ -50,10 +51,6 @@ DEVICE_KEYS = ("CPU", "CUDA")
 NPU_KEY = "PrivateUse1"
 # A kernel registered under one of these already serves every device: adding ours would shadow it.
 _COMPOSITE_KEYS = ("CompositeExplicitAutograd", "CompositeImplicitAutograd")
-
-PLUGIN = "torchair_plugin"
-NATIVE = "native"
-ABSENT = "absent"
 
 
 @dataclass(frozen=True)
@@ -153,29 +150,55 @@ class Registration:
     library: Optional[torch.library.Library] = field(repr=False, default=None)
     options: Options = field(repr=False, default_factory=Options)
 
-    def sources(self) -> Dict[str, object]:
+    def pieces(self) -> "Pieces":
+        """Where each piece comes from, as data (:meth:`sources` is the same in words)."""
         kernels = {}
         for key in DEVICE_KEYS + (NPU_KEY,):
             if key in self.plan.reference_keys:
-                kernels[key] = PLUGIN + " (reference kernel)"
+                kernels[key] = Source.PLUGIN
             elif key in self.state.kernel_keys:
-                kernels[key] = NATIVE
+                kernels[key] = Source.NATIVE
             elif any(k in self.state.kernel_keys for k in _COMPOSITE_KEYS):
-                kernels[key] = NATIVE + " (composite)"
+                kernels[key] = Source.NATIVE_COMPOSITE
             else:
-                kernels[key] = ABSENT
-        if self.plan.install_fake:
-            fake = PLUGIN + " (validating fake kernel)"
-        else:
-            fake = NATIVE + f" (kept: {NATIVE_FAKE_ENV}=1)"
+                kernels[key] = Source.ABSENT
+        return Pieces(
+            schema=Source.PLUGIN if self.plan.define_schema else Source.NATIVE,
+            fake=Source.PLUGIN if self.plan.install_fake else Source.NATIVE,
+            kernels=kernels,
+            # Live: pending becomes the plugin's once torchair is imported.
+            converter=converter_state() if self.qualname == schema.QUALNAME else None,
+        )
+
+    def sources(self) -> Dict[str, object]:
+        """``registration_report()``: :meth:`pieces` in the words the CLI prints."""
+        pieces = self.pieces()
+        kernel_words = {Source.PLUGIN: "torchair_plugin (reference kernel)", Source.NATIVE: "native",
+                        Source.NATIVE_COMPOSITE: "native (composite)", Source.ABSENT: "absent"}
+        fake_words = {Source.PLUGIN: "torchair_plugin (validating fake kernel)",
+                      Source.NATIVE: f"native (kept: {NATIVE_FAKE_ENV}=1)"}
         return {
             "op": self.qualname,
-            "schema": PLUGIN if self.plan.define_schema else NATIVE,
-            "fake": fake,
-            "kernels": kernels,
-            # Live: "pending" becomes "torchair_plugin" once torchair is imported.
-            "converter": converter_state().words() if self.qualname == schema.QUALNAME else ABSENT,
+            "schema": pieces.schema.value,
+            "fake": fake_words[pieces.fake],
+            "kernels": {key: kernel_words[source] for key, source in pieces.kernels.items()},
+            "converter": pieces.converter.words() if pieces.converter is not None else Source.ABSENT.value,
         }
+
+
+class Source(enum.Enum):
+    PLUGIN = "torchair_plugin"
+    NATIVE = "native"
+    NATIVE_COMPOSITE = "native (composite)"  # a composite kernel serves the key
+    ABSENT = "absent"
+
+
+@dataclass(frozen=True)
+class Pieces:
+    schema: Source
+    fake: Source
+    kernels: Dict[str, Source]  # per dispatch key: CPU, CUDA, PrivateUse1
+    converter: Optional[ConverterState]  # None for an op that is not the plugin's (tests' namespaces)
 
 
 def converter_state() -> ConverterState:
