@@ -110,25 +110,25 @@ def test_interception_is_in_place():
 
 
 def test_apply_undo_restores_every_patch():
-    torchair = _cann_less_torchair()
+    _cann_less_torchair()
     fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
     compat_ir = importlib.import_module("torchair._ge_concrete_graph.compat_ir")
     before = (fx2ge.initialize_graph_engine, compat_ir.is_cann_compat, fx2ge.GeConcreteGraph.__call__)
-    patches = _interception.apply_cann_less(torchair)
+    patches = _interception.apply_cann_less()
     assert len(patches) == 5
     patches.undo()
     assert (fx2ge.initialize_graph_engine, compat_ir.is_cann_compat, fx2ge.GeConcreteGraph.__call__) == before
 
 
 def test_apply_that_fails_midway_restores_what_it_patched(monkeypatch):
-    torchair = _cann_less_torchair()
+    _cann_less_torchair()
     fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
     compat_ir = importlib.import_module("torchair._ge_concrete_graph.compat_ir")
     sentinel_engine = object()
     monkeypatch.setattr(fx2ge, "initialize_graph_engine", sentinel_engine)
     monkeypatch.delattr(compat_ir, "is_cann_compat")  # as if torchair had moved it
     with pytest.raises(KeyError, match="is_cann_compat"):
-        _interception.apply_cann_less(torchair)
+        _interception.apply_cann_less()
     assert fx2ge.initialize_graph_engine is sentinel_engine
 
 

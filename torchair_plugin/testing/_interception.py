@@ -88,8 +88,9 @@ def _ge_concrete_graph() -> Any:
     return getattr(importlib.import_module(_upstream.FX2GE), _upstream.GE_CONCRETE_GRAPH)
 
 
-def apply_cann_less(torchair: Any) -> Patches:
-    """Patch torchair for lowering without CANN; on failure restore what was patched and raise."""
+def apply_cann_less() -> Patches:
+    """Patch the imported torchair for lowering without CANN; on failure restore what was patched
+    and raise."""
     patches = Patches()
     try:
         # GeConcreteGraph.__init__ calls the name it imported into fx2ge_converter; generated

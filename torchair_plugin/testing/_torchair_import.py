@@ -235,7 +235,8 @@ def _import_real_torch_npu() -> ModuleType:
             import torch_npu  # noqa: F401  (the plugin's registration makes way and re-plans)
     import torchair
 
-    STATE.patches = _interception.apply_cann_less(_upstream.torchair_package(load=True))
+    _upstream.torchair_package(load=True)  # the real package behind torch_npu's lazy proxy
+    STATE.patches = _interception.apply_cann_less()
     return torchair
 
 
@@ -273,7 +274,7 @@ def _import_stand_in() -> ModuleType:
             if exc.name in ("google", "google.protobuf") or "protobuf" in str(exc):
                 raise CannLessUnavailable(f"torchair needs protobuf: {INSTALL_TORCH_NPU}") from exc
             raise RuntimeError(f"import torchair failed on CANN-less stubs: {exc}") from exc
-        STATE.patches = _interception.apply_cann_less(torchair)
+        STATE.patches = _interception.apply_cann_less()
     except BaseException:
         for step in reversed(undo):
             step()
