@@ -114,7 +114,7 @@ PRIVATES = (
             "TORCHAIR_PLUGIN_NATIVE_CONVERTER=1)"),
     *(Private(name, "imported again once the companion ops are defined, so their converters register")
       for name in COMPANION_CONVERTER_MODULES),
-    Private(NATIVE_MODULE, "native torchair module behind ge_custom (kept, wrapped by capture)"),
+    Private(NATIVE_MODULE, "native torchair module behind ge_custom: CANN-less capture wraps it in a stand-in"),
     Private(":".join(GRAPH_ENGINE_INIT), "GE initialisation (native): a no-op for CANN-less capture"),
     Private(":".join(BACKEND_GRAPH_ENGINE_INIT), "the same, where generated code imports it"),
     Private(":".join(CANN_COMPAT), "native op check against CANN's registry: 'compatible' for CANN-less capture"),
