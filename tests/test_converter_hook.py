@@ -10,7 +10,7 @@ import types
 import pytest
 
 from torchair_plugin import _converter_hook as hook, _upstream
-from torchair_plugin.testing import current_mode, Mode
+from torchair_plugin.testing import current_mode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
