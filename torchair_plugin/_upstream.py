@@ -108,6 +108,8 @@ PRIVATES = (
     Private(COMPANION_SCHEMA_FILE, "schemas of dispatch_v2/combine_v2 (stand-in capture)", kind="file"),
     Private(COMPANION_META_FILE, "meta functions of dispatch_v2/combine_v2, taken out with ast "
             f"(stand-in capture); they call {', '.join(COMPANION_META_HELPERS)}", kind="file"),
+    Private(f"dlopen({DLOPENED_SONAMES[0]})", "opened by torch_npu at import time, not a DT_NEEDED entry: "
+            "stubbed too for the real torch_npu", ("2.6.0.post5",), kind="runtime"),
     Private(CUSTOM_CONVERTERS, "imported before the plugin registers its converter, so that torchair's "
             "own registrations come first"),
     Private(NATIVE_CONVERTER_MODULE, "torchair's own converter module for the op (kept with "
