@@ -34,8 +34,8 @@ def pytest_sessionfinish(session, exitstatus):
 
     import torch
 
-    from torchair_plugin import _environment, registration
-    from torchair_plugin.testing._torchair_import import describe_capture
+    from torchair_plugin import environment, registration
+    from torchair_plugin.testing import describe_capture
 
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     counts = {k: len(reporter.stats.get(k, [])) for k in ("passed", "failed", "skipped", "error")} if reporter else {}
@@ -44,13 +44,13 @@ def pytest_sessionfinish(session, exitstatus):
         "torch": torch.__version__,
         "native_op": first.schema_exists if first else None,
         "native_meta": ("Meta" in first.kernel_keys) if first else None,
-        # torchair's converter for the op ships with the op (its file is what _environment reads)
-        "native_converter": _environment.torch_npu_has_op(),
+        # torchair's converter for the op ships with the op (its file is what environment reads)
+        "native_converter": environment.torch_npu_has_op(),
         "registration": registration.register().sources(),
         "capture": describe_capture(),
         "tests": counts,
         "exit_status": int(exitstatus),
-        "torch_npu_version": _environment.torch_npu_version(),
+        "torch_npu_version": environment.torch_npu_version(),
     }
     with open(path, "w", encoding="utf-8") as f:
         json.dump(facts, f)

@@ -41,16 +41,16 @@ def convert_npu_moe_update_expert(
 ):
     # The signature mirrors the schema (a test checks it): the node's inputs and attrs are then
     # picked from the arguments by the schema's own tables, in its order.
-    arguments = dict(locals())
+    args = schema.arguments(locals())
     # The fake kernel has already run these (and every shape/dtype check); they are repeated
     # because the attrs and the optional-input pattern are what this node encodes, and a graph
     # reaching here without the fake (a hand-built FX graph) must fail the same clear way.
-    check_attributes(local_rank_id, world_size, balance_mode)
-    check_optional_inputs(expert_scales, pruning_threshold, active_mask)
-    inputs = {name: arguments[name] for name in schema.INPUTS if arguments[name] is not None}
+    check_attributes(args)
+    check_optional_inputs(args)
+    inputs = {name: getattr(args, name) for name in schema.INPUTS if getattr(args, name) is not None}
     attrs = {
-        name: attr.Int(arguments[name])
+        name: attr.Int(getattr(args, name))
         for name, default in schema.ATTR_DEFAULTS.items()
-        if arguments[name] != default
+        if getattr(args, name) != default
     }
     return custom_op(schema.GE_OP_TYPE, inputs=inputs, outputs=list(OUTPUTS), attrs=attrs)

@@ -9,7 +9,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import torchair_plugin
-from torchair_plugin.checks import check_update_expert_args
+from torchair_plugin.checks import check_arguments
+from torchair_plugin.schema import OpArguments
 
 op = torch.ops.npu.npu_moe_update_expert.default
 
@@ -114,24 +115,28 @@ def test_compiled_call_rejects_at_trace_time(args, message):
         compiled(**tensors)
 
 
+def check_arguments_of(**named):
+    check_arguments(OpArguments(**named))
+
+
 def test_checks_follow_the_kernels_order():
     # balance_mode is checked before dtypes, dtypes before shapes: the NPU's tiling order.
     args = with_(balance_mode=3, expert_ids=torch.zeros(600, 2, dtype=torch.int16))
     with pytest.raises(RuntimeError, match="balance_mode"):
-        check_update_expert_args(**args)
+        check_arguments_of(**args)
     args = with_(expert_ids=torch.zeros(600, 2, dtype=torch.int16))
     with pytest.raises(RuntimeError, match="expert_ids.dtype"):
-        check_update_expert_args(**args)
+        check_arguments_of(**args)
 
 
 def test_mode1_ignores_world_size_and_rank():
-    check_update_expert_args(**with_(balance_mode=1, world_size=-1, local_rank_id=-1))
+    check_arguments_of(**with_(balance_mode=1, world_size=-1, local_rank_id=-1))
 
 
 def test_device_mismatch_is_named():
     args = with_(eplb_table=torch.ones(4, 3, dtype=torch.int32, device="meta"))
     with pytest.raises(RuntimeError, match=r"eplb_table.device must be expert_ids' device \(cpu\), got meta"):
-        check_update_expert_args(**args)
+        check_arguments_of(**args)
 
 
 def test_every_limit_is_accepted_at_its_edge():
@@ -186,4 +191,4 @@ def test_none_for_a_required_tensor_is_named_in_every_path(name, message):
 
 def test_a_required_tensor_of_another_type_is_named():
     with pytest.raises(RuntimeError, match=r"eplb_table must be a tensor \(moe_expert_num, F\), got list"):
-        check_update_expert_args(**with_(eplb_table=[[1, 0]]))
+        check_arguments_of(**with_(eplb_table=[[1, 0]]))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from torchair_plugin import _environment as env
+from torchair_plugin import environment as env
 from torchair_plugin.__main__ import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from torchair_plugin import _converter_hook as hook
-from torchair_plugin.testing import current_mode, Mode
+from torchair_plugin import _converter_hook as hook, _upstream
+from torchair_plugin.testing import current_mode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +38,7 @@ def test_opt_out_variable(value, keep):
     assert hook.keep_native_requested({hook.NATIVE_CONVERTER_ENV: value}) is keep
 
 
-def test_loaded_torchair_sees_modules_and_resolved_proxies_only():
+def test_torchair_package_sees_modules_and_resolved_proxies_only():
     real = types.ModuleType("torchair")
 
     class LazyProxy:  # shaped like torch_npu's _LazyTorchair: the package in ._torchair once loaded
@@ -48,11 +48,11 @@ def test_loaded_torchair_sees_modules_and_resolved_proxies_only():
         def __getattr__(self, name):
             raise AssertionError("the proxy must not be asked for attributes (it would import torchair)")
 
-    assert hook.loaded_torchair({}) is None
-    assert hook.loaded_torchair({"torchair": real}) is real
-    assert hook.loaded_torchair({"torchair": LazyProxy(None)}) is None
-    assert hook.loaded_torchair({"torchair": LazyProxy(real)}) is real
-    assert hook.loaded_torchair({"torchair": LazyProxy(None), "torch_npu.dynamo.torchair": real}) is real
+    assert _upstream.torchair_package({}) is None
+    assert _upstream.torchair_package({"torchair": real}) is real
+    assert _upstream.torchair_package({"torchair": LazyProxy(None)}) is None
+    assert _upstream.torchair_package({"torchair": LazyProxy(real)}) is real
+    assert _upstream.torchair_package({"torchair": LazyProxy(None), "torch_npu.dynamo.torchair": real}) is real
 
 
 def _run(*parts: str, env_extra=None) -> dict:
@@ -79,7 +79,7 @@ def test_plain_import_is_silent_and_does_not_import_torchair():
     )
     assert out["stdout"].count("\n") == 1 and out["stderr"] == ""
     assert out["torchair"] is False
-    expected = hook.STATUS_PENDING if hook.torchair_importable() else hook.STATUS_UNAVAILABLE
+    expected = (hook.PENDING if hook.torchair_importable() else hook.UNAVAILABLE).words()
     assert out["converter"] == expected
 
 
@@ -88,16 +88,17 @@ def test_without_torchair_nothing_is_installed():
         """
         import json, sys
         import torchair_plugin
-        from torchair_plugin import _converter_hook as hook, _import_watch, _registration_state
-        _registration_state.converter_status = None  # as if torchair_plugin were imported first now,
+        from torchair_plugin import _converter_hook as hook, _import_watch
+        from torchair_plugin._process_state import STATE
+        STATE.converter = None  # as if torchair_plugin were imported first now,
         hook._remove_finders()
         hook.torchair_importable = lambda: False  # on a machine without torch-npu
         status = hook.install()
-        print(json.dumps({"status": status,
+        print(json.dumps({"status": status.status.name,
                           "finders": _import_watch.is_watching(hook._WATCH_TAG)}))
         """
     )
-    assert out == {**out, "status": hook.STATUS_UNAVAILABLE, "finders": False}
+    assert out == {**out, "status": "UNAVAILABLE", "finders": False}
 
 
 # The real hook in every import order, against the real torch_npu's lazy torchair proxy:

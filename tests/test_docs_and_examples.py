@@ -19,7 +19,7 @@ import sys
 import pytest
 from capture_here import capture_possible
 
-from torchair_plugin import _environment
+from torchair_plugin import environment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NPU_MARKER = "# requires: npu"
@@ -93,7 +93,7 @@ def test_example(script):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)  # guarded by __main__: defines, does not run
         assert callable(module.main)
-        if _environment.cann_home() is not None:
+        if environment.cann_home() is not None:
             pytest.skip("an NPU example on an Ascend machine is launched with torchrun, not here")
     # A template test (examples/test_*.py) is run the way a user runs it: by pytest, which finds
     # the golden-graph fixtures through the repository's conftest.py.

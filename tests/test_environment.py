@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from torchair_plugin import _environment as env
+from torchair_plugin import environment as env, _upstream
 
 
 @pytest.mark.parametrize(
@@ -96,9 +96,10 @@ def test_torch_npu_dir_agrees_with_find_spec():
 def test_a_torch_npu_without_the_op_is_recognised_and_capture_says_why(tmp_path, monkeypatch):
     """torch-npu 2.5.1 and older have no npu_moe_update_expert: doctor and capture say so plainly."""
     from torchair_plugin.cli import _probe
+    from torchair_plugin._process_state import STATE
     from torchair_plugin.testing import CannLessUnavailable, _torchair_import
 
-    converter = tmp_path.joinpath(*env._NATIVE_CONVERTER_FILE)
+    converter = tmp_path / _upstream.NATIVE_CONVERTER_FILE
     monkeypatch.setattr(env, "torch_npu_dir", lambda: str(tmp_path))
     assert env.torch_npu_has_op() is False
     converter.parent.mkdir(parents=True)
@@ -108,6 +109,6 @@ def test_a_torch_npu_without_the_op_is_recognised_and_capture_says_why(tmp_path,
     monkeypatch.setattr(_probe, "distribution_version", lambda name: "2.5.1.post1")
     assert "torch_npu_has_op" in _probe.missing_requirements(_probe.capture_requirements("2.5.1", str(tmp_path), None))
     monkeypatch.setattr(env, "torch_npu_installed", lambda: True)
-    monkeypatch.setattr(_torchair_import, "_torchair", None)  # as in a process that has not captured yet
+    monkeypatch.setattr(STATE, "torchair", None)  # as in a process that has not captured yet
     with pytest.raises(CannLessUnavailable, match="predates npu_moe_update_expert .* torch-npu >= 2.6"):
         _torchair_import.import_torchair()

@@ -97,8 +97,8 @@ def test_plugin_first_then_torch_npu_keeps_the_process_alive(outcomes):
     result = _result(outcomes, "plugin_then_torch_npu")
     assert result["before"]["schema"] == "torchair_plugin"
     _assert_native_op_with_plugin_pieces(result["after"])
-    assert result["after"]["converter"] == hook.STATUS_PENDING
-    assert result["after_torchair"]["converter"] == hook.STATUS_PLUGIN
+    assert result["after"]["converter"] == hook.PENDING.words()
+    assert result["after_torchair"]["converter"] == hook.PLUGIN.words()
     _assert_op_works(result)
     # and capture in that process runs on the real torch_npu, with the plugin's converter
     assert result["mode"] == "REAL_TORCH_NPU"
@@ -108,15 +108,15 @@ def test_plugin_first_then_torch_npu_keeps_the_process_alive(outcomes):
 def test_torch_npu_first_then_plugin(outcomes):
     result = _result(outcomes, "torch_npu_then_plugin")
     _assert_native_op_with_plugin_pieces(result["after"])
-    assert result["after"]["converter"] == hook.STATUS_PENDING
-    assert result["after_torchair"]["converter"] == hook.STATUS_PLUGIN
+    assert result["after"]["converter"] == hook.PENDING.words()
+    assert result["after_torchair"]["converter"] == hook.PLUGIN.words()
     _assert_op_works(result)
 
 
 def test_torchair_loaded_through_the_real_proxy_before_the_plugin(outcomes):
     result = _result(outcomes, "torchair_then_plugin")
     _assert_native_op_with_plugin_pieces(result["after"])
-    assert result["after"]["converter"] == hook.STATUS_PLUGIN
+    assert result["after"]["converter"] == hook.PLUGIN.words()
     _assert_op_works(result)
 
 
@@ -139,4 +139,4 @@ def test_a_failed_torch_npu_import_leaves_the_plugin_op_and_a_retry_works(outcom
 def test_opt_out_keeps_torch_npus_own_converter(outcomes):
     result = _result(outcomes, "plugin_first_capture_opt_out")
     assert result["module"] == NATIVE_CONVERTER_MODULE
-    assert result["after"]["converter"] == hook.STATUS_NATIVE
+    assert result["after"]["converter"] == hook.NATIVE_KEPT.words()

@@ -134,7 +134,7 @@ def _node_text(graph):
 
 @pytest.fixture(scope="module")
 def ours_registered():
-    assert _converter_hook.status() == "torchair_plugin"
+    assert _converter_hook.state() is _converter_hook.PLUGIN
     assert OP._ge_converter.__wrapped__.__module__ == _converter_hook.CONVERTER_MODULE
 
 

@@ -58,11 +58,11 @@ def test_opt_out_environment_variable(value, keep):
 
 
 def test_this_machine_gets_the_plugin_op():
-    sources = torchair_plugin.registration_report()
+    pieces = reg.current_registration().pieces()
     # The session runs against the real torch_npu when it loads here (see conftest.py).
-    assert sources["schema"] == ("native" if "torch_npu" in sys.modules else "torchair_plugin")
-    assert sources["kernels"]["CPU"].startswith("torchair_plugin")
-    assert sources["fake"].startswith("torchair_plugin")
+    assert pieces.schema is (reg.Source.NATIVE if "torch_npu" in sys.modules else reg.Source.PLUGIN)
+    assert pieces.kernels["CPU"] is reg.Source.PLUGIN
+    assert pieces.fake is reg.Source.PLUGIN
 
 
 def test_import_reload_and_register_again_change_nothing():
@@ -76,17 +76,17 @@ def test_import_reload_and_register_again_change_nothing():
 def test_concurrent_registration_registers_once(monkeypatch):
     # As before the first registration: threads racing into register() must install once. The
     # installing step is slowed down so that they really overlap.
-    from torchair_plugin import _registration_state
+    from torchair_plugin._process_state import STATE
 
-    monkeypatch.setattr(_registration_state, "registration", None)
+    monkeypatch.setattr(STATE, "registration", None)
     monkeypatch.setattr(reg, "_import_native_op_provider", lambda: None)
     installs = []
 
     def slow_register_now(options):
         installs.append(options)
         time.sleep(0.05)
-        _registration_state.registration = object()
-        return _registration_state.registration
+        STATE.registration = object()
+        return STATE.registration
 
     monkeypatch.setattr(reg, "_register_now", slow_register_now)
     results = []
@@ -133,12 +133,12 @@ def test_native_meta_is_replaced_and_native_kernel_kept(native_op):
     qualname, op = native_op
     bad_batch_under_fake(op)  # the native meta accepts BS=600 silently
     registration, library = apply(qualname, reg.Options())
-    assert registration.sources()["kernels"]["CPU"] == "native"
+    assert registration.pieces().kernels["CPU"] is reg.Source.NATIVE
     with pytest.raises(RuntimeError, match=r"BS = expert_ids.size\(0\) must be in \(0, 512\], got 600"):
         bad_batch_under_fake(op)
     ids = torch.zeros(2, 2, dtype=torch.int32)
     assert op(ids, torch.ones(4, 3, dtype=torch.int32), balance_mode=1)[0].tolist() == [[42, 42]] * 2
-    library._destroy()
+    reg.release_library(library)
     # Removing the library brings the native meta back (checked on meta tensors: FakeTensorMode
     # keeps calling a removed Python meta kernel it has run before, a torch 2.13 quirk of removal).
     meta_ids = torch.zeros(600, 2, dtype=torch.int32, device="meta")
@@ -158,7 +158,7 @@ def test_older_torch_route_shadows_the_native_meta_with_a_meta_kernel(native_op)
         with pytest.raises(RuntimeError, match="got 600"):
             op(meta_ids, torch.ones(4, 3, dtype=torch.int32, device="meta"), balance_mode=1)
     finally:
-        library._destroy()
+        reg.release_library(library)
     meta_ids = torch.zeros(600, 2, dtype=torch.int32, device="meta")
     assert op(meta_ids, torch.ones(4, 3, dtype=torch.int32, device="meta"), balance_mode=1)[0].shape == (600, 2)
 
@@ -167,10 +167,10 @@ def test_opting_out_keeps_the_native_meta(native_op):
     qualname, op = native_op
     registration, library = apply(qualname, reg.Options(keep_native_fake=True))
     try:
-        assert registration.sources()["fake"].startswith("native")
+        assert registration.pieces().fake is reg.Source.NATIVE
         assert bad_batch_under_fake(op)[0].shape == (600, 2)
     finally:
-        library._destroy()
+        reg.release_library(library)
 
 
 def test_a_failing_step_leaves_nothing_behind():
@@ -184,4 +184,4 @@ def test_a_failing_step_leaves_nothing_behind():
     try:
         assert reg.probe_op_state(qualname).kernel_keys >= {"CPU"}
     finally:
-        library._destroy()
+        reg.release_library(library)

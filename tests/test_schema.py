@@ -1,5 +1,6 @@
 """torchair_plugin.schema: the op's one schema, the tables derived from it, and torch-npu's own copy."""
 
+import ast
 import glob
 import inspect
 import os
@@ -8,7 +9,7 @@ import re
 import pytest
 import torch
 
-from torchair_plugin import _environment, checks, limits, ops, schema
+from torchair_plugin import environment, limits, ops, schema
 from torchair_plugin.testing import lowering as lower
 from torchair_plugin.fake import npu_moe_update_expert_fake
 from torchair_plugin.reference import npu_moe_update_expert_reference
@@ -74,35 +75,70 @@ def test_the_ops_tables_are_the_schemas():
     assert lower.SCALES_DTYPES == ("float16", "bfloat16", "float32")
 
 
-SCHEMA_SHAPED = {
-    "ops.npu_moe_update_expert": ops.npu_moe_update_expert,
-    "fake": npu_moe_update_expert_fake,
-    "reference": npu_moe_update_expert_reference,
-    "checks.check_update_expert_args": checks.check_update_expert_args,
+# --- the schema-shaped entry points: the only places besides SCHEMA that spell the signature ------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONVERTER_FILE = os.path.join(REPO, "converters", "npu_moe_update_expert.py")
+
+
+def _signature(function) -> list:
+    """(name, has default, default) per parameter."""
+    return [(p.name, p.default is not inspect.Parameter.empty,
+             None if p.default is inspect.Parameter.empty else p.default)
+            for p in inspect.signature(function).parameters.values()]
+
+
+def _converter_signature() -> list:
+    """The converter's parameters read from its source: importing it needs torchair."""
+    with open(CONVERTER_FILE, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    function = next(node for node in tree.body
+                    if isinstance(node, ast.FunctionDef) and node.name == "convert_npu_moe_update_expert")
+    args = function.args
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
+    return [(a.arg, d is not None, None if d is None else ast.literal_eval(d))
+            for a, d in pairs if a.arg != "meta_outputs"]  # torchair's own extra argument
+
+
+ENTRY_POINTS = {
+    "ops.npu_moe_update_expert (the wrapper)": lambda: _signature(ops.npu_moe_update_expert),
+    "fake.npu_moe_update_expert_fake": lambda: _signature(npu_moe_update_expert_fake),
+    "reference.npu_moe_update_expert_reference": lambda: _signature(npu_moe_update_expert_reference),
+    "converters/npu_moe_update_expert.py convert_npu_moe_update_expert": _converter_signature,
+    "schema.OpArguments (what the checks take)": lambda: _signature(schema.OpArguments),
 }
 
 
-@pytest.mark.parametrize("name", SCHEMA_SHAPED)
-def test_schema_shaped_signatures_match_the_schema(name):
-    _assert_mirrors_schema(SCHEMA_SHAPED[name])
+def test_every_entry_point_restates_the_schema_exactly():
+    # A Python caller of these gets the signature's defaults, not the schema's: they must agree.
+    # Adding an attribute is SCHEMA plus these; this names every one still to be edited.
+    expected = [(a.name, a.has_default, a.default) for a in schema.ARGUMENTS]
+    disagreeing = {name: read() for name, read in ENTRY_POINTS.items() if read() != expected}
+    assert not disagreeing, "\n".join(
+        [f"these entry points disagree with schema.SCHEMA {expected}:"]
+        + [f"  {name}: {got}" for name, got in disagreeing.items()]
+    )
 
 
-def test_converter_signature_matches_the_schema():
-    require_ge_capture()
-    from torchair_plugin import _converter_hook
+def test_a_disagreeing_entry_point_is_named(monkeypatch):
+    def stale(expert_ids, eplb_table, expert_scales=None, pruning_threshold=None, active_mask=None,
+              local_rank_id=-1, world_size=-1):
+        pass
 
-    _assert_mirrors_schema(_converter_hook.converter_module().convert_npu_moe_update_expert, extra=("meta_outputs",))
+    monkeypatch.setitem(ENTRY_POINTS, "a stale fake", lambda: _signature(stale))
+    with pytest.raises(AssertionError, match=r"disagree with schema.SCHEMA(.|\n)*  a stale fake: ") as info:
+        test_every_entry_point_restates_the_schema_exactly()
+    assert "reference" not in str(info.value)
 
 
-def _assert_mirrors_schema(function, extra=()):
-    # A Python caller of these gets the defaults of the signature, not the schema's: they must agree.
-    parameters = [p for p in inspect.signature(function).parameters.values() if p.name not in extra]
-    assert [p.name for p in parameters] == [a.name for a in schema.ARGUMENTS]
-    for parameter, argument in zip(parameters, schema.ARGUMENTS):
-        has_default = parameter.default is not inspect.Parameter.empty
-        assert (has_default, parameter.default if has_default else None) == (argument.has_default, argument.default), (
-            f"{function.__qualname__}({parameter.name}) disagrees with the schema's {argument}"
-        )
+def test_the_argument_object_is_picked_from_an_entry_points_locals():
+    args = schema.arguments(dict(expert_ids=1, eplb_table=2, expert_scales=None, pruning_threshold=None,
+                                 active_mask=None, local_rank_id=0, world_size=4, balance_mode=1, meta_outputs=3))
+    assert (args.expert_ids, args.world_size, args.balance_mode) == (1, 4, 1)
+    with pytest.raises(TypeError, match="lacks the schema's argument 'expert_scales'"):
+        schema.arguments(dict(expert_ids=1, eplb_table=2))
 
 
 def test_converter_node_follows_the_schema_tables(monkeypatch):
@@ -144,7 +180,7 @@ def _torch_npu_declarations(package_dir: str) -> dict:
 
 
 def test_schema_is_the_installed_torch_npus():
-    package_dir = _environment.torch_npu_dir()
+    package_dir = environment.torch_npu_dir()
     if package_dir is None:
         pytest.skip("torch-npu is not installed")
     declarations = _torch_npu_declarations(package_dir)

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from torchair_plugin import _environment
+from torchair_plugin import environment
 from torchair_plugin.testing import Mode, decide_mode, import_torchair
 from torchair_plugin.testing import _interception
 from torchair_plugin.testing.pytest_plugin import require_ge_capture
@@ -18,7 +18,7 @@ from torchair_plugin.testing.pytest_plugin import require_ge_capture
 def test_cann_present_means_native_import_and_no_stubs(tmp_path):
     fake_cann = tmp_path / "ascend-toolkit"
     fake_cann.mkdir()
-    cann_dir = _environment.cann_home({"ASCEND_HOME_PATH": str(fake_cann)})
+    cann_dir = environment.cann_home({"ASCEND_HOME_PATH": str(fake_cann)})
     assert cann_dir == str(fake_cann)
     assert decide_mode(cann_dir, npu_installed=True) is Mode.NATIVE
     assert decide_mode(cann_dir, npu_installed=False) is Mode.NATIVE
@@ -110,33 +110,32 @@ def test_interception_is_in_place():
 
 
 def test_apply_undo_restores_every_patch():
-    torchair = _cann_less_torchair()
+    _cann_less_torchair()
     fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
     compat_ir = importlib.import_module("torchair._ge_concrete_graph.compat_ir")
     before = (fx2ge.initialize_graph_engine, compat_ir.is_cann_compat, fx2ge.GeConcreteGraph.__call__)
-    undo = _interception.apply(torchair)
-    assert len(undo) == 5
-    for restore in reversed(undo):
-        restore()
+    patches = _interception.apply_cann_less()
+    assert len(patches) == 5
+    patches.undo()
     assert (fx2ge.initialize_graph_engine, compat_ir.is_cann_compat, fx2ge.GeConcreteGraph.__call__) == before
 
 
 def test_apply_that_fails_midway_restores_what_it_patched(monkeypatch):
-    torchair = _cann_less_torchair()
+    _cann_less_torchair()
     fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
     compat_ir = importlib.import_module("torchair._ge_concrete_graph.compat_ir")
     sentinel_engine = object()
     monkeypatch.setattr(fx2ge, "initialize_graph_engine", sentinel_engine)
     monkeypatch.delattr(compat_ir, "is_cann_compat")  # as if torchair had moved it
     with pytest.raises(KeyError, match="is_cann_compat"):
-        _interception.apply(torchair)
+        _interception.apply_cann_less()
     assert fx2ge.initialize_graph_engine is sentinel_engine
 
 
 def test_a_failed_native_import_leaves_no_half_imported_torch_npu(tmp_path):
     """With a CANN directory that is not a working CANN, ``import torch_npu`` fails part-way (in
     the package import and again in import_torchair): none of its submodules may stay behind."""
-    if not _environment.torch_npu_installed() or _environment.cann_home() is not None:
+    if not environment.torch_npu_installed() or environment.cann_home() is not None:
         pytest.skip("needs torch-npu installed on a machine without CANN")
     code = (
         "import sys, torchair_plugin\n"
@@ -152,3 +151,21 @@ def test_a_failed_native_import_leaves_no_half_imported_torch_npu(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["[]", "[]"]
+
+
+def test_the_capture_hook_is_installed_once_and_undone_like_every_patch():
+    _cann_less_torchair()
+    from torchair_plugin._process_state import STATE
+    from torchair_plugin.testing import capture
+
+    fx2ge = importlib.import_module("torchair._ge_concrete_graph.fx2ge_converter")
+    patches = _interception.install_capture_hook(capture._record)
+    assert _interception.install_capture_hook(capture._record) is patches is STATE.capture_hook
+    original = fx2ge.GeConcreteGraph.optimize_graph_without_runtime.__wrapped__
+    try:
+        patches.undo()
+        assert fx2ge.GeConcreteGraph.optimize_graph_without_runtime is original
+    finally:
+        STATE.capture_hook = None
+        _interception.install_capture_hook(capture._record)  # as the rest of the session expects
+    assert fx2ge.GeConcreteGraph.optimize_graph_without_runtime.__wrapped__ is original

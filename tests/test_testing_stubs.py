@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from torchair_plugin import _environment
+from torchair_plugin import environment
 from torchair_plugin.testing import CannLessUnavailable, _stubs
 from torchair_plugin.testing._torchair_import import native_modules
 
-needs_cc = pytest.mark.skipif(_environment.c_compiler() is None, reason="no C compiler: install gcc")
+needs_cc = pytest.mark.skipif(environment.c_compiler() is None, reason="no C compiler: install gcc")
 
 
 def _torchair_modules():
@@ -82,7 +82,7 @@ def test_securec_implementations_behave(tmp_path):
     source = tmp_path / "s.c"
     source.write_text(_stubs.generate_c_source(["snprintf_s", "vsnprintf_s", "strcpy_s"]))
     lib_path = tmp_path / "libs.so"
-    _stubs._compile(_environment.c_compiler(), source, lib_path, "libs.so")
+    _stubs._compile(environment.c_compiler(), source, lib_path, "libs.so")
     lib = ctypes.CDLL(str(lib_path))
     buf = ctypes.create_string_buffer(8)
 
@@ -114,7 +114,7 @@ def test_cache_root_precedence(tmp_path):
 def test_missing_compiler_says_install_gcc(tmp_path, monkeypatch):
     import torch  # noqa: F401
 
-    monkeypatch.setattr(_environment, "c_compiler", lambda environ=os.environ: None)
+    monkeypatch.setattr(environment, "c_compiler", lambda environ=os.environ: None)
     with pytest.raises(_stubs.MissingTool, match="install gcc"):
         _stubs.ensure_stubs(_torchair_modules(), "2.13.0", torch.__version__, root=tmp_path)
 
@@ -183,7 +183,7 @@ def test_concurrent_builds_leave_one_complete_entry(tmp_path):
 @pytest.fixture(scope="module")
 def good_entry(tmp_path_factory):
     """A complete cache entry, built once; tests damage copies of it."""
-    if _environment.c_compiler() is None:
+    if environment.c_compiler() is None:
         pytest.skip("no C compiler: install gcc")
     import torch
 

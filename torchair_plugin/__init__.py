@@ -4,10 +4,10 @@
 compilable on any machine (see ``registration`` for what it installs given torch_npu).
 """
 
-from torchair_plugin import _environment
+from torchair_plugin import environment
 
-# Must run before the first ``import torch`` (see _environment.prepare_torch_import).
-_environment.prepare_torch_import()
+# Must run before the first ``import torch`` (see environment.prepare_torch_import).
+environment.prepare_torch_import()
 
 from torchair_plugin import registration as _registration  # noqa: E402
 from torchair_plugin.ops import npu_moe_update_expert  # noqa: E402

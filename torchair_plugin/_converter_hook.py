@@ -19,11 +19,11 @@ replaced (``register_fx_node_ge_converter`` stores the converter on the OpOverlo
 
 torch-npu on an Ascend machine puts a lazy proxy in ``sys.modules["torchair"]`` whose real
 package is imported as ``torch_npu.dynamo.torchair``: both names are watched, and a proxy that
-has not loaded its package yet counts as "not imported".
+has not loaded its package yet counts as "not imported" (:func:`torchair_plugin._upstream.torchair_package`).
 
-Idempotent and thread-safe: everything runs under the registration's lock, and the converter is
+Idempotent and thread-safe: everything runs under the process state's lock, and the converter is
 registered at most once per process (a second ``register()`` or a reload finds the recorded
-state in :mod:`torchair_plugin._registration_state`).
+:class:`ConverterState` in :mod:`torchair_plugin._process_state`).
 """
 
 from __future__ import annotations
@@ -35,23 +35,49 @@ import os
 import sys
 import types
 import warnings
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from torchair_plugin import _environment, _import_watch, schema
-from torchair_plugin import _registration_state as _state
+from torchair_plugin import environment, _import_watch, _upstream, schema
+from torchair_plugin._process_state import STATE
 
 NATIVE_CONVERTER_ENV = "TORCHAIR_PLUGIN_NATIVE_CONVERTER"
 CONVERTER_PACKAGE = "torchair_plugin.converters"
 CONVERTER_MODULE = CONVERTER_PACKAGE + ".npu_moe_update_expert"
-# torchair's own converters for custom (torch_npu) ops; see the module docstring.
-TORCHAIR_CUSTOM_CONVERTERS = "torchair._ge_concrete_graph.ge_converter.custom"
 # The top-level name, and the name torch_npu's lazy proxy imports the real package under.
-WATCHED_NAMES = ("torchair", "torch_npu.dynamo.torchair")
+WATCHED_NAMES = ("torchair", _upstream.TORCHAIR_REAL_NAME)
 
-STATUS_PLUGIN = "torchair_plugin"
-STATUS_NATIVE = f"native (kept: {NATIVE_CONVERTER_ENV}=1)"
-STATUS_PENDING = "pending: registers when torchair is imported"
-STATUS_UNAVAILABLE = "unavailable: torchair not installed"
+
+class ConverterStatus(enum.Enum):
+    """Where the op's GE converter comes from now."""
+
+    PLUGIN = "torchair_plugin"
+    NATIVE_KEPT = "native"  # TORCHAIR_PLUGIN_NATIVE_CONVERTER=1 kept torchair's own
+    PENDING = "pending"  # registers when torchair is imported
+    UNAVAILABLE = "unavailable"  # torchair is not installed
+    FAILED = "failed"  # registering raised; ConverterState.error says what
+
+
+@dataclass(frozen=True)
+class ConverterState:
+    status: ConverterStatus
+    error: str = ""  # FAILED: "<exception type>: <message>"
+
+    def words(self) -> str:
+        """As ``registration_report()["converter"]`` prints it."""
+        return {
+            ConverterStatus.PLUGIN: "torchair_plugin",
+            ConverterStatus.NATIVE_KEPT: f"native (kept: {NATIVE_CONVERTER_ENV}=1)",
+            ConverterStatus.PENDING: "pending: registers when torchair is imported",
+            ConverterStatus.UNAVAILABLE: "unavailable: torchair not installed",
+            ConverterStatus.FAILED: f"failed: {self.error}",
+        }[self.status]
+
+
+PLUGIN = ConverterState(ConverterStatus.PLUGIN)
+NATIVE_KEPT = ConverterState(ConverterStatus.NATIVE_KEPT)
+PENDING = ConverterState(ConverterStatus.PENDING)
+UNAVAILABLE = ConverterState(ConverterStatus.UNAVAILABLE)
 
 
 class Action(enum.Enum):
@@ -62,7 +88,7 @@ class Action(enum.Enum):
 
 
 def keep_native_requested(environ: Mapping[str, str] = os.environ) -> bool:
-    return _environment.flag_set(environ, NATIVE_CONVERTER_ENV)
+    return environment.flag_set(environ, NATIVE_CONVERTER_ENV)
 
 
 def plan_converter(
@@ -77,28 +103,9 @@ def plan_converter(
 # --- observing torchair without importing it ---------------------------------------------------
 
 
-def loaded_torchair(modules: Mapping[str, Any] = sys.modules) -> Optional[types.ModuleType]:
-    """The real torchair package if it is imported (completely), else None."""
-    for name in WATCHED_NAMES:
-        module = modules.get(name)
-        if module is None:
-            continue
-        if not isinstance(module, types.ModuleType):
-            # torch_npu's _LazyTorchair proxy: read its slot without its __getattr__ (which
-            # would import torchair).
-            module = vars(module).get("_torchair")
-            if not isinstance(module, types.ModuleType):
-                continue
-        spec = module.__dict__.get("__spec__")
-        if spec is not None and getattr(spec, "_initializing", False):
-            continue  # mid-import: the finder's loader wrapper registers when it finishes
-        return module
-    return None
-
-
 def torchair_importable() -> bool:
     """torchair ships inside torch-npu (top-level once ``torch_npu/dynamo`` is on sys.path)."""
-    if _environment.torch_npu_installed():
+    if environment.torch_npu_installed():
         return True
     try:
         return importlib.util.find_spec("torchair") is not None
@@ -142,10 +149,10 @@ def converter_module() -> types.ModuleType:
 
 # --- registering ----------------------------------------------------------------------------------
 
-def status() -> str:
-    """Where the op's GE converter comes from now (``registration_report()["converter"]``)."""
-    with _state.lock:
-        return _state.converter_status if _state.converter_status is not None else STATUS_PENDING
+def state() -> ConverterState:
+    """Where the op's GE converter comes from now (``registration_report()["converter"]`` in words)."""
+    with STATE.lock:
+        return STATE.converter if STATE.converter is not None else PENDING
 
 
 def _op():
@@ -159,8 +166,8 @@ def _import_torchair_custom_converters() -> None:
     # Its modules for ops this torch build lacks fail with AttributeError, which the package
     # turns into ~100 "Failed to import ..." warnings: noise here, so only those are silenced.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Failed to import torchair\._ge_concrete_graph\.ge_converter\.custom\.")
-        importlib.import_module(TORCHAIR_CUSTOM_CONVERTERS)
+        warnings.filterwarnings("ignore", message=_upstream.CUSTOM_CONVERTER_IMPORT_WARNING)
+        importlib.import_module(_upstream.CUSTOM_CONVERTERS)
 
 
 def _is_ours(converter: Any, ours: Any) -> bool:
@@ -168,32 +175,31 @@ def _is_ours(converter: Any, ours: Any) -> bool:
     return converter is ours or getattr(converter, "__wrapped__", None) is ours
 
 
-def _register_with(torchair: types.ModuleType, keep_native: bool) -> str:
+def _register_with(torchair: types.ModuleType, keep_native: bool) -> ConverterState:
     _import_torchair_custom_converters()
     op = _op()
     ours = converter_module().convert_npu_moe_update_expert
-    # torchair internal: the registry is the OpOverload attribute ``_ge_converter`` (no public
-    # lookup exists); read only to know whether a native converter is there to keep.
-    current = getattr(op, "_ge_converter", None)
+    # Read only to know whether a native converter is there to keep (no public lookup exists).
+    current = _upstream.registered_converter(op)
     if current is not None and _is_ours(current, ours):
-        return STATUS_PLUGIN
+        return PLUGIN
     action = plan_converter(
         torchair_imported=True, torchair_importable=True, native_present=current is not None, keep_native=keep_native
     )
     if action is Action.KEEP_NATIVE:
-        return STATUS_NATIVE
+        return NATIVE_KEPT
     torchair.register_fx_node_ge_converter(op)(ours)  # public torchair API
-    return STATUS_PLUGIN
+    return PLUGIN
 
 
 def _on_torchair_imported(torchair: types.ModuleType) -> None:
-    with _state.lock:
-        if _state.converter_status != STATUS_PENDING:
+    with STATE.lock:
+        if STATE.converter != PENDING:
             return
         try:
-            _state.converter_status = _register_with(torchair, _state.keep_native_converter)
+            STATE.converter = _register_with(torchair, STATE.keep_native_converter)
         except Exception as exc:  # never break `import torchair`; say why instead
-            _state.converter_status = f"failed: {type(exc).__name__}: {exc}"
+            STATE.converter = ConverterState(ConverterStatus.FAILED, f"{type(exc).__name__}: {exc}")
             warnings.warn(f"torchair_plugin could not register its GE converter: {exc}", RuntimeWarning, stacklevel=2)
         finally:
             _remove_finders()  # the status is final either way: nothing is left watching imports
@@ -216,25 +222,25 @@ def op_redefined() -> None:
 
     The converter lives on the OpOverload object, and the old one is gone with the old schema.
     """
-    with _state.lock:
-        if _state.converter_status in (None, STATUS_UNAVAILABLE):
+    with STATE.lock:
+        if STATE.converter in (None, UNAVAILABLE):
             return
-        torchair = loaded_torchair()
-        _state.converter_status = STATUS_PENDING
+        torchair = _upstream.torchair_package()
+        STATE.converter = PENDING
         if torchair is not None:
             _on_torchair_imported(torchair)
         else:
             _import_watch.watch(_WATCH_TAG, WATCHED_NAMES, after=_after_torchair_exec)
 
 
-def install(keep_native: Optional[bool] = None) -> str:
-    """Register now, or arrange to register when torchair is imported; return :func:`status`."""
-    with _state.lock:
-        if _state.converter_status is not None:
-            return _state.converter_status
+def install(keep_native: Optional[bool] = None) -> ConverterState:
+    """Register now, or arrange to register when torchair is imported; return :func:`state`."""
+    with STATE.lock:
+        if STATE.converter is not None:
+            return STATE.converter
         keep = keep_native_requested() if keep_native is None else keep_native
-        _state.keep_native_converter = keep
-        torchair = loaded_torchair()
+        STATE.keep_native_converter = keep
+        torchair = _upstream.torchair_package()
         action = plan_converter(
             torchair_imported=torchair is not None,
             torchair_importable=torchair is not None or torchair_importable(),
@@ -242,11 +248,11 @@ def install(keep_native: Optional[bool] = None) -> str:
             keep_native=keep,
         )
         if action is Action.NOTHING:
-            _state.converter_status = STATUS_UNAVAILABLE
+            STATE.converter = UNAVAILABLE
         elif action is Action.DEFER:
-            _state.converter_status = STATUS_PENDING
+            STATE.converter = PENDING
             _import_watch.watch(_WATCH_TAG, WATCHED_NAMES, after=_after_torchair_exec)
         else:
-            _state.converter_status = STATUS_PENDING
+            STATE.converter = PENDING
             _on_torchair_imported(torchair)
-        return _state.converter_status
+        return STATE.converter

@@ -6,17 +6,19 @@ order, so the first message a user sees is the one the NPU would have logged.
 
 Sizes may be SymInts (dynamic batch): they are only ever tested through ``torch._check``, which
 records a runtime assert or a range guard instead of specialising the graph on the value.
+
+Every check takes the call's :class:`~torchair_plugin.schema.OpArguments` (``args``).
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from torchair_plugin import limits
-from torchair_plugin.schema import INPUTS, OP_NAME
+from torchair_plugin.schema import INPUTS, OP_NAME, OpArguments
 
 
 def _show(value) -> str:
@@ -76,8 +78,9 @@ def check_required_tensors(expert_ids, eplb_table) -> None:
             _check(False, name, f"a tensor {shape}", "None" if value is None else type(value).__name__)
 
 
-def check_attributes(local_rank_id: int, world_size: int, balance_mode: int) -> None:
+def check_attributes(args: Any) -> None:
     """The Int attrs: balance_mode first, then (mode 0 only) world_size and local_rank_id."""
+    local_rank_id, world_size, balance_mode = args.local_rank_id, args.world_size, args.balance_mode
     # torch.ops refuses a non-integer before any kernel runs; a direct call of a kernel must too.
     for name, value in (("local_rank_id", local_rank_id), ("world_size", world_size), ("balance_mode", balance_mode)):
         if not isinstance(value, (numbers.Integral, torch.SymInt)):
@@ -89,9 +92,10 @@ def check_attributes(local_rank_id: int, world_size: int, balance_mode: int) -> 
             _check(False, "local_rank_id", f"in [0, world_size={world_size})", local_rank_id)
 
 
-def check_optional_inputs(expert_scales, pruning_threshold, active_mask) -> None:
+def check_optional_inputs(args: Any) -> None:
     """Pruning needs both expert_scales and pruning_threshold; active_mask only works with them."""
-    has_scales, has_threshold = expert_scales is not None, pruning_threshold is not None
+    active_mask = args.active_mask
+    has_scales, has_threshold = args.expert_scales is not None, args.pruning_threshold is not None
     if has_scales != has_threshold:
         _check(
             False,
@@ -110,22 +114,14 @@ def check_optional_inputs(expert_scales, pruning_threshold, active_mask) -> None
         )
 
 
-def check_update_expert_args(
-    expert_ids: torch.Tensor,
-    eplb_table: torch.Tensor,
-    expert_scales: Optional[torch.Tensor] = None,
-    pruning_threshold: Optional[torch.Tensor] = None,
-    active_mask: Optional[torch.Tensor] = None,
-    local_rank_id: int = -1,
-    world_size: int = -1,
-    balance_mode: int = 0,
-) -> None:
+def check_arguments(args: Any) -> None:
     """Every check of the NPU's tiling, in its order. Raises RuntimeError naming the culprit."""
+    expert_ids, eplb_table, world_size, balance_mode = args.expert_ids, args.eplb_table, args.world_size, args.balance_mode
+    expert_scales, pruning_threshold, active_mask = args.expert_scales, args.pruning_threshold, args.active_mask
     check_required_tensors(expert_ids, eplb_table)
-    check_attributes(local_rank_id, world_size, balance_mode)
+    check_attributes(args)
 
-    # The signature mirrors the schema (a test checks it), so these are the schema's inputs in order.
-    tensors = dict(zip(INPUTS, (expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask)))
+    tensors = {name: getattr(args, name) for name in INPUTS}
     for name, tensor in tensors.items():
         _check_dtype(name, tensor)
 
@@ -157,7 +153,7 @@ def check_update_expert_args(
             _check_shape("pruning_threshold", pruning_threshold, (k,), "(K,) or (1, K)")
     if active_mask is not None:
         _check_shape("active_mask", active_mask, (bs,), "(BS,)")
-    check_optional_inputs(expert_scales, pruning_threshold, active_mask)
+    check_optional_inputs(args)
 
     device = expert_ids.device
     for name, tensor in tensors.items():

@@ -6,7 +6,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from torchair_plugin.checks import check_update_expert_args
+from torchair_plugin import schema
+from torchair_plugin.checks import check_arguments
 
 
 def npu_moe_update_expert_fake(
@@ -20,10 +21,7 @@ def npu_moe_update_expert_fake(
     balance_mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(balanced_expert_ids (BS, K) of expert_ids' dtype, balanced_active_mask (BS, K) bool)."""
-    check_update_expert_args(
-        expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
-        local_rank_id, world_size, balance_mode,
-    )
+    check_arguments(schema.arguments(locals()))
     balanced_expert_ids = expert_ids.new_empty(expert_ids.shape)
     balanced_active_mask = expert_ids.new_empty(expert_ids.shape, dtype=torch.bool)
     return balanced_expert_ids, balanced_active_mask

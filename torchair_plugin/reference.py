@@ -27,7 +27,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from torchair_plugin.checks import check_update_expert_args
+from torchair_plugin import schema
+from torchair_plugin.checks import check_arguments
 from torchair_plugin.schema import OP_NAME
 
 
@@ -86,13 +87,14 @@ def _mode1_physical(eplb_table: torch.Tensor, expert_ids: torch.Tensor) -> torch
     return eplb_table.reshape(-1).index_select(0, torch.add(slots, flat_ids, alpha=f).add_(1))
 
 
-def _map_to_physical(expert_ids: torch.Tensor, eplb_table: torch.Tensor, local_rank_id: int,
-                     world_size: int, balance_mode: int) -> torch.Tensor:
+def _map_to_physical(args) -> torch.Tensor:
     """balanced_expert_ids (BS, K) in expert_ids' dtype."""
+    expert_ids, eplb_table = args.expert_ids, args.eplb_table
     flat_ids = expert_ids.reshape(-1)
     _check_values(flat_ids, eplb_table.select(1, 0), eplb_table.size(1))
-    if balance_mode == 0:
-        balanced = _mode0_physical_by_expert(eplb_table, local_rank_id, world_size).index_select(0, flat_ids)
+    if args.balance_mode == 0:
+        physical_by_expert = _mode0_physical_by_expert(eplb_table, args.local_rank_id, args.world_size)
+        balanced = physical_by_expert.index_select(0, flat_ids)
     else:
         balanced = _mode1_physical(eplb_table, expert_ids)
     return balanced.view(expert_ids.shape).to(expert_ids.dtype)
@@ -108,13 +110,12 @@ def _pairwise_sum(values: torch.Tensor) -> torch.Tensor:
     return level
 
 
-def _pruned_mask(expert_scales: torch.Tensor, pruning_threshold: torch.Tensor,
-                 active_mask: Optional[torch.Tensor]) -> torch.Tensor:
+def _pruned_mask(args) -> torch.Tensor:
     """keep[i, j] = s[j] >= threshold[j] * sum(s) in float32; nothing kept for an inactive token."""
-    scales = expert_scales.detach().to(torch.float32)  # fp16/bf16 widen exactly
-    keep = scales >= _pairwise_sum(scales) * pruning_threshold.detach()
-    if active_mask is not None:
-        keep &= active_mask.view(-1, 1)
+    scales = args.expert_scales.detach().to(torch.float32)  # fp16/bf16 widen exactly
+    keep = scales >= _pairwise_sum(scales) * args.pruning_threshold.detach()
+    if args.active_mask is not None:
+        keep &= args.active_mask.view(-1, 1)
     return keep
 
 
@@ -129,13 +130,11 @@ def npu_moe_update_expert_reference(
     balance_mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(balanced_expert_ids, balanced_active_mask)``, both (BS, K), as the NPU computes them."""
-    check_update_expert_args(
-        expert_ids, eplb_table, expert_scales, pruning_threshold, active_mask,
-        local_rank_id, world_size, balance_mode,
-    )
-    balanced = _map_to_physical(expert_ids, eplb_table, local_rank_id, world_size, balance_mode)
+    args = schema.arguments(locals())
+    check_arguments(args)
+    balanced = _map_to_physical(args)
     if expert_scales is None:
         mask = torch.ones(expert_ids.shape, dtype=torch.bool, device=expert_ids.device)
     else:
-        mask = _pruned_mask(expert_scales, pruning_threshold, active_mask)
+        mask = _pruned_mask(args)
     return balanced, mask

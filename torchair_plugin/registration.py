@@ -3,10 +3,11 @@
 This is the only module that registers anything with torch. ``import torchair_plugin`` calls
 :func:`register` once; it is idempotent (a second call, a reload of the package or of this module,
 two threads at once: all return the same :class:`Registration`, kept with its lock in
-:mod:`torchair_plugin._registration_state`) and atomic (every torch registration goes through one
+:mod:`torchair_plugin._process_state`) and atomic (every torch registration goes through one
 ``torch.library.Library``; if any step fails the library is destroyed, which removes all of them
-and restores whatever was there before). Tests apply plans to ops of their own namespaces with
-:func:`apply_plan`.
+and restores whatever was there before). Every Library the plugin holds, the companion ops' too,
+comes from :func:`new_library`, and every "does the op exist" question goes to :func:`op_exists`.
+Tests apply plans to ops of their own namespaces with :func:`apply_plan`.
 
 The decision (:func:`plan_registration`) is a pure function of the observed :class:`OpState` and
 the user's :class:`Options`, so every combination is tested without an NPU:
@@ -29,6 +30,7 @@ importable or absent decides whether that happens now, when torchair is imported
 
 from __future__ import annotations
 
+import enum
 import inspect
 import os
 import sys
@@ -38,8 +40,9 @@ from typing import Dict, FrozenSet, Optional, Tuple
 
 import torch
 
-from torchair_plugin import _converter_hook, _environment, _import_watch, schema
-from torchair_plugin import _registration_state as _state
+from torchair_plugin import _converter_hook, environment, _import_watch, schema
+from torchair_plugin._converter_hook import ConverterState, ConverterStatus  # noqa: F401  (public here)
+from torchair_plugin._process_state import STATE as _state
 from torchair_plugin.fake import npu_moe_update_expert_fake
 from torchair_plugin.reference import npu_moe_update_expert_reference
 
@@ -48,10 +51,6 @@ DEVICE_KEYS = ("CPU", "CUDA")
 NPU_KEY = "PrivateUse1"
 # A kernel registered under one of these already serves every device: adding ours would shadow it.
 _COMPOSITE_KEYS = ("CompositeExplicitAutograd", "CompositeImplicitAutograd")
-
-PLUGIN = "torchair_plugin"
-NATIVE = "native"
-ABSENT = "absent"
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class Options:
     @classmethod
     def from_environ(cls, environ=os.environ) -> "Options":
         return cls(
-            keep_native_fake=_environment.flag_set(environ, NATIVE_FAKE_ENV),
+            keep_native_fake=environment.flag_set(environ, NATIVE_FAKE_ENV),
             keep_native_converter=_converter_hook.keep_native_requested(environ),
         )
 
@@ -98,17 +97,47 @@ def plan_registration(state: OpState, options: Options) -> Plan:
     )
 
 
-def probe_op_state(qualname: str = schema.QUALNAME) -> OpState:
+# --- what the dispatcher holds, and the Libraries the plugin holds ------------------------------
+# torch internals: the dispatcher's own lookups (torch.library has no "does this op exist" or
+# "which keys have a kernel" query that does not raise or warn). Every caller asks here.
+
+
+def op_exists(qualname: str) -> bool:
     try:
         torch._C._dispatch_find_schema_or_throw(qualname, "")
     except RuntimeError:
-        return OpState(schema_exists=False, torch_npu_loaded="torch_npu" in sys.modules)
-    keys = frozenset(
-        key
-        for key in ("CPU", "CUDA", NPU_KEY, "Meta") + _COMPOSITE_KEYS
-        if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
-    )
-    return OpState(schema_exists=True, kernel_keys=keys, torch_npu_loaded="torch_npu" in sys.modules)
+        return False
+    return True
+
+
+def has_kernel(qualname: str, key: str) -> bool:
+    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key))
+
+
+def new_library(namespace: str) -> torch.library.Library:
+    """A ``FRAGMENT`` Library of ``namespace``, held for the process until :func:`release_library`.
+
+    Every Library the plugin registers through comes from here (the op's, the companion ops')."""
+    library = torch.library.Library(namespace, "FRAGMENT")
+    with _state.lock:
+        _state.libraries.append(library)
+    return library
+
+
+def release_library(library: torch.library.Library) -> None:
+    """Remove everything registered through ``library`` (what it shadowed comes back)."""
+    with _state.lock:
+        if library in _state.libraries:
+            _state.libraries.remove(library)
+            library._destroy()
+
+
+def probe_op_state(qualname: str = schema.QUALNAME) -> OpState:
+    torch_npu_loaded = "torch_npu" in sys.modules
+    if not op_exists(qualname):
+        return OpState(schema_exists=False, torch_npu_loaded=torch_npu_loaded)
+    keys = frozenset(key for key in ("CPU", "CUDA", NPU_KEY, "Meta") + _COMPOSITE_KEYS if has_kernel(qualname, key))
+    return OpState(schema_exists=True, kernel_keys=keys, torch_npu_loaded=torch_npu_loaded)
 
 
 @dataclass
@@ -121,29 +150,60 @@ class Registration:
     library: Optional[torch.library.Library] = field(repr=False, default=None)
     options: Options = field(repr=False, default_factory=Options)
 
-    def sources(self) -> Dict[str, object]:
+    def pieces(self) -> "Pieces":
+        """Where each piece comes from, as data (:meth:`sources` is the same in words)."""
         kernels = {}
         for key in DEVICE_KEYS + (NPU_KEY,):
             if key in self.plan.reference_keys:
-                kernels[key] = PLUGIN + " (reference kernel)"
+                kernels[key] = Source.PLUGIN
             elif key in self.state.kernel_keys:
-                kernels[key] = NATIVE
+                kernels[key] = Source.NATIVE
             elif any(k in self.state.kernel_keys for k in _COMPOSITE_KEYS):
-                kernels[key] = NATIVE + " (composite)"
+                kernels[key] = Source.NATIVE_COMPOSITE
             else:
-                kernels[key] = ABSENT
-        if self.plan.install_fake:
-            fake = PLUGIN + " (validating fake kernel)"
-        else:
-            fake = NATIVE + f" (kept: {NATIVE_FAKE_ENV}=1)"
+                kernels[key] = Source.ABSENT
+        return Pieces(
+            schema=Source.PLUGIN if self.plan.define_schema else Source.NATIVE,
+            fake=Source.PLUGIN if self.plan.install_fake else Source.NATIVE,
+            kernels=kernels,
+            # Live: pending becomes the plugin's once torchair is imported.
+            converter=converter_state() if self.qualname == schema.QUALNAME else None,
+        )
+
+    def sources(self) -> Dict[str, object]:
+        """``registration_report()``: :meth:`pieces` in the words the CLI prints."""
+        pieces = self.pieces()
+        kernel_words = {Source.PLUGIN: "torchair_plugin (reference kernel)", Source.NATIVE: "native",
+                        Source.NATIVE_COMPOSITE: "native (composite)", Source.ABSENT: "absent"}
+        fake_words = {Source.PLUGIN: "torchair_plugin (validating fake kernel)",
+                      Source.NATIVE: f"native (kept: {NATIVE_FAKE_ENV}=1)"}
         return {
             "op": self.qualname,
-            "schema": PLUGIN if self.plan.define_schema else NATIVE,
-            "fake": fake,
-            "kernels": kernels,
-            # Live: "pending" becomes "torchair_plugin" once torchair is imported.
-            "converter": _converter_hook.status() if self.qualname == schema.QUALNAME else ABSENT,
+            "schema": pieces.schema.value,
+            "fake": fake_words[pieces.fake],
+            "kernels": {key: kernel_words[source] for key, source in pieces.kernels.items()},
+            "converter": pieces.converter.words() if pieces.converter is not None else Source.ABSENT.value,
         }
+
+
+class Source(enum.Enum):
+    PLUGIN = "torchair_plugin"
+    NATIVE = "native"
+    NATIVE_COMPOSITE = "native (composite)"  # a composite kernel serves the key
+    ABSENT = "absent"
+
+
+@dataclass(frozen=True)
+class Pieces:
+    schema: Source
+    fake: Source
+    kernels: Dict[str, Source]  # per dispatch key: CPU, CUDA, PrivateUse1
+    converter: Optional[ConverterState]  # None for an op that is not the plugin's (tests' namespaces)
+
+
+def converter_state() -> ConverterState:
+    """Where the op's GE converter comes from now; ``.status`` is a :class:`ConverterStatus`."""
+    return _converter_hook.state()
 
 
 # How the fake kernel is installed. torch_npu registers its unchecked meta as a Python ``Meta``
@@ -176,7 +236,7 @@ def apply_plan(
 ) -> torch.library.Library:
     """Install ``plan`` through one Library; on any failure remove everything it added."""
     namespace, name = qualname.split("::")
-    library = torch.library.Library(namespace, "FRAGMENT")
+    library = new_library(namespace)
     try:
         if plan.define_schema:
             library.define(name + schema.SCHEMA)
@@ -189,7 +249,7 @@ def apply_plan(
         elif plan.install_fake:
             _install_meta_kernel(library, name, npu_moe_update_expert_fake)
     except Exception:
-        library._destroy()
+        release_library(library)
         raise
     return library
 
@@ -206,12 +266,12 @@ def _import_native_op_provider() -> None:
     autoload off, importing it here keeps the order right (a later ``import torch_npu`` would
     otherwise find the schema defined by the plugin and fail).
     """
-    if "torch_npu" in sys.modules or not _environment.torch_npu_installed():
+    if "torch_npu" in sys.modules or not environment.torch_npu_installed():
         return
-    if _environment.cann_home() is None:
+    if environment.cann_home() is None:
         return
     try:
-        with _environment.forgotten_if_failed("torch_npu"):
+        with environment.forgotten_if_failed("torch_npu"):
             import torch_npu  # noqa: F401
     except Exception:  # a broken torch_npu install: proceed as without it, doctor reports it
         pass
@@ -242,7 +302,7 @@ def _register_now(options: Options, torch_npu_failed: bool = False) -> Registrat
     library = apply_plan(plan)
     registration = Registration(schema.QUALNAME, state, plan, library, options)
     _state.registration = registration
-    if plan.define_schema and not state.torch_npu_loaded and _environment.torch_npu_installed():
+    if plan.define_schema and not state.torch_npu_loaded and environment.torch_npu_installed():
         _import_watch.watch(_TORCH_NPU_WATCH_TAG, ("torch_npu",), before=_make_way_for_torch_npu,
                             after=_register_after_torch_npu)
     # After the op exists (the converter is registered on its OpOverload).
@@ -263,7 +323,7 @@ _TORCH_NPU_WATCH_TAG = "torch_npu"
 def _remove_registration() -> Optional[Registration]:
     registration, _state.registration = _state.registration, None
     if registration is not None and registration.library is not None:
-        registration.library._destroy()
+        release_library(registration.library)
     return registration
 
 

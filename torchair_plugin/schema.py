@@ -3,15 +3,20 @@
 :data:`SCHEMA` is the one statement of the op's arguments. Every table that depends on them
 (the GE node's inputs and attr defaults, which inputs are optional, what the CLI offers) is
 derived here from it, so changing an attribute default or an optional input is an edit of
-:data:`SCHEMA` alone. The parser is deliberately torch-free (``testing.graph_text`` reads these
+:data:`SCHEMA` alone. :class:`OpArguments`, the one object the internals (checks) take, is
+derived from it too: only the schema-shaped entry points (the wrapper ``ops``, the fake and
+reference kernels, the GE converter) restate the signature, each turning its parameters into
+one with :func:`arguments`, and ``tests/test_schema.py`` names any entry point that disagrees. The parser is deliberately torch-free (``testing.graph_text`` reads these
 tables without torch); tests check it against ``torch._C.parse_schema``.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import operator
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 NAMESPACE = "npu"
 OP_NAME = "npu_moe_update_expert"
@@ -107,3 +112,24 @@ TABLES = OpTables.from_schema(SCHEMA)
 INPUTS = TABLES.inputs
 OPTIONAL_INPUTS = TABLES.optional_inputs
 ATTR_DEFAULTS = TABLES.attr_defaults
+
+
+# One call's arguments, as fields named and defaulted like the schema's (``args.world_size``).
+# Not frozen: it is made on every eager call, and a frozen dataclass costs a setattr per field.
+OpArguments: Any = dataclasses.make_dataclass(
+    "OpArguments",
+    [(a.name, object, dataclasses.field(default=a.default)) if a.has_default else (a.name, object)
+     for a in ARGUMENTS],
+    namespace={"__doc__": "The arguments of one call of the op, named as the schema names them."},
+)
+OpArguments.__module__ = __name__
+_PICK_ARGUMENTS = operator.itemgetter(*(a.name for a in ARGUMENTS))  # in C: this runs per eager call
+
+
+def arguments(values: Mapping[str, Any]) -> Any:
+    """The :class:`OpArguments` of a schema-shaped entry point, from its ``locals()`` (read first
+    thing; extra names such as the converter's ``meta_outputs`` are ignored)."""
+    try:
+        return OpArguments(*_PICK_ARGUMENTS(values))
+    except KeyError as missing:
+        raise TypeError(f"{OP_NAME}: an entry point lacks the schema's argument {missing}") from None

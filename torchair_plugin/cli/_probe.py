@@ -19,7 +19,7 @@ import shutil
 import sys
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from torchair_plugin import _environment
+from torchair_plugin import environment
 
 MIN_PROTOBUF = (3, 13)  # torchair asserts this at import time
 # Files a CANN toolkit records its version in, relative to its home (releases differ).
@@ -70,7 +70,7 @@ def torchair_location() -> Dict[str, Optional[str]]:
     standalone = distribution_version("torchair")
     if standalone is not None:
         return {"version": standalone, "source": "torchair distribution"}
-    root = _environment.torch_npu_dir()
+    root = environment.torch_npu_dir()
     bundled = os.path.join(root, "dynamo", "torchair") if root is not None else None
     if bundled is not None and os.path.isfile(os.path.join(bundled, "__init__.py")):
         version = distribution_version("torch_npu")
@@ -95,16 +95,16 @@ def npu_devices() -> Dict[str, object]:
 
 def stub_cache() -> Tuple[str, Optional[str]]:
     """(the stub cache directory, why stubs cannot be built there or None), creating nothing."""
-    from torchair_plugin.testing import _stubs
+    from torchair_plugin.testing import stub_cache_problem
 
-    root = _stubs.cache_root()
-    return str(root), _stubs.cache_problem(root)
+    root = environment.cache_root()
+    return str(root), stub_cache_problem(root)
 
 
 def capture_requirements(torch_version: str, cache_dir: str, cache_problem: Optional[str]) -> Dict[str, object]:
     """What CANN-less GE capture needs, each None/False when missing."""
     torch_npu = distribution_version("torch_npu")
-    cc = _environment.c_compiler()
+    cc = environment.c_compiler()
     protobuf = distribution_version("protobuf")
     return {
         "linux": platform.system() == "Linux",
@@ -115,7 +115,7 @@ def capture_requirements(torch_version: str, cache_dir: str, cache_problem: Opti
         "torch_npu_matches_torch": torch_npu is not None
         and version_tuple(torch_npu)[:2] == version_tuple(torch_version)[:2],
         "protobuf": protobuf if protobuf and version_tuple(protobuf)[:2] >= MIN_PROTOBUF else None,
-        "torch_npu_has_op": torch_npu is None or _environment.torch_npu_has_op(),
+        "torch_npu_has_op": torch_npu is None or environment.torch_npu_has_op(),
         "capture_layer": importlib.util.find_spec("torchair_plugin.testing") is not None,
         "stub_cache": cache_dir if cache_problem is None else None,
     }
@@ -131,7 +131,7 @@ def collect() -> Dict[str, object]:
 
     import torchair_plugin
 
-    home = _environment.cann_home()
+    home = environment.cann_home()
     cache_dir, cache_problem = stub_cache()
     requirements = capture_requirements(torch.__version__, cache_dir, cache_problem)
     return {

@@ -106,8 +106,7 @@ def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, object]:
         graph = lower(spec)
     except CannLessUnavailable as exc:
         return {"available": False, "reason": f"capture is not possible here: {exc}"}
-    from torchair_plugin.testing import current_mode
-    from torchair_plugin.testing._torchair_import import describe_capture
+    from torchair_plugin.testing import current_mode, describe_capture
 
     types = graph.op_types()
     update = graph.ops_of_type("MoeUpdateExpert")[0].name

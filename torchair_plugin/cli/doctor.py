@@ -11,6 +11,7 @@ from typing import Dict, List
 
 from torchair_plugin.cli import EXIT_OK, EXIT_UNUSABLE, _probe
 from torchair_plugin.cli.report import format_registration
+from torchair_plugin.registration import ConverterState, ConverterStatus, converter_state
 
 CANN_HINT = "source <CANN toolkit>/set_env.sh (it sets ASCEND_HOME_PATH)"
 _REQUIREMENT_ADVICE = {
@@ -66,7 +67,7 @@ def try_uses(facts: Dict) -> List[str]:
     return uses
 
 
-def advice(facts: Dict) -> List[str]:
+def advice(facts: Dict, converter: ConverterState) -> List[str]:
     """One line per missing piece, saying what to do (or why it does not matter here)."""
     lines = []
     has_cann = facts["cann"]["home"] is not None
@@ -93,10 +94,9 @@ def advice(facts: Dict) -> List[str]:
                 lines.append(facts["capture"]["stub_cache"]["problem"])
             else:
                 lines.append(_REQUIREMENT_ADVICE[name])
-    converter = facts["registration"]["converter"]
-    if converter.startswith("unavailable"):
+    if converter.status is ConverterStatus.UNAVAILABLE:
         lines.append("GE converter: torchair is not installed; graph mode needs it (it ships inside torch-npu)")
-    elif converter.startswith("pending"):
+    elif converter.status is ConverterStatus.PENDING:
         lines.append("GE converter: registers itself when torchair is imported (no action needed)")
     return lines
 
@@ -163,7 +163,7 @@ def add_doctor_subcommand(subparsers):
 def run_doctor(args) -> int:
     facts = _probe.collect()
     facts["usable_for"] = try_uses(facts)
-    facts["advice"] = advice(facts)
+    facts["advice"] = advice(facts, converter_state())
     facts["ok"] = bool(facts["usable_for"])
     print(json.dumps(facts) if args.json else _format(facts))
     return EXIT_OK if facts["ok"] else EXIT_UNUSABLE

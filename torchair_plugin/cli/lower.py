@@ -87,7 +87,7 @@ def run_lower(args: argparse.Namespace) -> int:
         return usage_error("torchair-plugin lower", str(exc).strip().splitlines()[0])
     except Exception as exc:  # a shape function failing on these arguments: still no traceback
         return usage_error("torchair-plugin lower", f"cannot lower with these arguments: {type(exc).__name__}: {exc}")
-    from torchair_plugin.testing._torchair_import import describe_capture
+    from torchair_plugin.testing import describe_capture
 
     # stdout is the graph alone (--json, pbtxt); which torch_npu the capture ran on goes to stderr
     print(f"torchair-plugin lower: captured with {describe_capture()}", file=sys.stderr)

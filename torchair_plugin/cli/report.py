@@ -14,8 +14,8 @@ import json
 import sys
 from typing import List, Mapping
 
-from torchair_plugin._converter_hook import STATUS_PENDING
 from torchair_plugin.cli import EXIT_BAD_INPUT, EXIT_OK
+from torchair_plugin.registration import ConverterStatus, converter_state
 
 # The dispatch key torch_npu's kernels live under, named as users know it.
 _KEY_NAMES = {"PrivateUse1": "NPU (PrivateUse1)"}
@@ -87,7 +87,7 @@ def run_report(args) -> int:
     lines = format_registration(sources)
     if imported_by_report is not None:
         lines.append(f"(torchair imported by this report, as graph capture does: {imported_by_report})")
-    elif sources["converter"] == STATUS_PENDING:
+    elif converter_state().status is ConverterStatus.PENDING:
         lines.append(IN_YOUR_PROCESS)
     print("\n".join(lines))
     return EXIT_OK

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from torchair_plugin import _environment
+from torchair_plugin import environment
 from torchair_plugin.cli import EXIT_BAD_INPUT
 
 
@@ -41,7 +41,7 @@ def run_command(args: argparse.Namespace) -> int:
         print("torchair-plugin run: error: COMMAND is required, got none (torchair-plugin run -- COMMAND ...)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    environ = _environment.for_a_new_process(os.environ)
+    environ = environment.for_a_new_process(os.environ)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

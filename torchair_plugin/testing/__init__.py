@@ -16,11 +16,13 @@ Golden-file assertions for pytest live in :mod:`torchair_plugin.testing.pytest_p
 Importing this package imports neither torch nor torchair.
 """
 
+from torchair_plugin.testing._stubs import cache_problem as stub_cache_problem
 from torchair_plugin.testing._torchair_import import (
     CannLessUnavailable,
     Mode,
     current_mode,
     decide_mode,
+    describe_capture,
     fallback_reason,
     import_torchair,
     stub_libraries,
@@ -38,10 +40,12 @@ __all__ = [
     "capture_ge_graphs",
     "current_mode",
     "decide_mode",
+    "describe_capture",
     "fallback_reason",
     "import_torchair",
     "lower_fx",
     "register_op_ir",
+    "stub_cache_problem",
     "stub_libraries",
 ]
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
-from torchair_plugin import _environment
-from torchair_plugin._environment import CACHE_DIR_VAR, cache_root  # noqa: F401  (part of this module's API)
+from torchair_plugin import environment
+from torchair_plugin.environment import CACHE_DIR_VAR, cache_root  # noqa: F401  (part of this module's API)
 
 
 # Bump when the generated C or the layout of a cache entry changes: old entries are then ignored.
@@ -522,7 +522,7 @@ def ensure_stubs(
         if cached is not None:
             return cached
         damage = ""
-    cc = cc or _environment.c_compiler()
+    cc = cc or environment.c_compiler()
     if cc is None:
         raise MissingTool("no C compiler found (tried $CC, cc, gcc): install gcc, e.g. `apt-get install gcc`")
     plan = plan_stubs(modules, extra_sonames)

@@ -22,8 +22,9 @@ one of two ways, said by :func:`current_mode` (and in pytest's header and the CL
 
 Whether the real torch_npu loads is found out once per stub set in a child process (a
 static-initialiser abort would kill this one) and remembered in the stub cache.
-``TORCHAIR_PLUGIN_TORCH_NPU=real|stand-in`` forces one. Either way :mod:`._interception` is
-applied to torchair. If a step fails, what was done is undone and :class:`CannLessUnavailable`
+``TORCHAIR_PLUGIN_TORCH_NPU=real|stand-in`` forces one. Either way :mod:`._interception`'s
+CANN-less patches are applied to torchair. What the import did is kept in
+:data:`torchair_plugin._process_state.STATE`. If a step fails, what was done is undone and :class:`CannLessUnavailable`
 says what to install. Stub libraries cannot be unloaded; they define only symbols nobody else
 defines, so they are inert.
 """
@@ -33,20 +34,17 @@ from __future__ import annotations
 import contextlib
 import enum
 import glob
-import importlib.abc
-import importlib.machinery
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
-
-from torchair_plugin import _environment
+from torchair_plugin import environment, _import_watch, _upstream
+from torchair_plugin._process_state import STATE
 from torchair_plugin.testing import _interception, _stubs
 
 INSTALL_TORCH_NPU = "install torch-npu with --no-deps and protobuf (docs/cann-less-ci.md)"
@@ -105,59 +103,23 @@ def current_mode() -> Mode:
     Before the import, a real torch_npu is assumed to load (finding out costs a child process);
     after it, the answer is what ran.
     """
-    if _mode is not None:
-        return _mode
-    if "torch_npu" in sys.modules and _environment.cann_home() is None:
+    if STATE.capture_mode is not None:
+        return STATE.capture_mode
+    if "torch_npu" in sys.modules and environment.cann_home() is None:
         return Mode.REAL_TORCH_NPU  # imported by the user over their own stand-ins for CANN
-    return decide_mode(_environment.cann_home(), _environment.torch_npu_installed(), choice=_torch_npu_choice())
+    return decide_mode(environment.cann_home(), environment.torch_npu_installed(), choice=_torch_npu_choice())
 
 
-class _BlockTorchNpu(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Make ``import torch_npu`` fail cleanly, before any of its submodules runs.
-
-    ``sys.modules["torch_npu"] = None`` is not enough: torchair tests
-    ``'torch_npu' in sys.modules`` and then uses the entry. The real spec is still found, with
-    its location (so ``importlib.util.find_spec("torch_npu")`` keeps answering where torch-npu
-    is installed); only its loader is replaced, and loading fails before a module object
-    reaches ``sys.modules``.
-    """
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "torch_npu" and not fullname.startswith("torch_npu."):
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is not None:
-            spec.loader = self
-        return spec
-
-    def create_module(self, spec):
-        raise ImportError(
-            f"{spec.name} is not importable in this process: it needs CANN, and "
-            "torchair_plugin.testing runs torchair on CANN-less stubs",
-            name=spec.name,
-        )
-
-    def exec_module(self, module):  # never reached: create_module raises
-        raise ImportError(module.__name__)
-
-
-class _Loaded:
-    """What a successful CANN-less import did, kept for the life of the process."""
-
-    def __init__(self) -> None:
-        self.undo: List[Callable[[], None]] = []
-        self.stubs: Optional[_stubs.StubSet] = None
-        self.libraries: list = []  # ctypes handles: keep them referenced
-
-
-_lock = threading.RLock()
-_torchair: Optional[ModuleType] = None
-_mode: Optional[Mode] = None
-_loaded: Optional[_Loaded] = None
+# Stand-in capture: ``import torch_npu`` fails cleanly, before any of its submodules runs.
+# ``sys.modules["torch_npu"] = None`` is not enough: torchair tests ``'torch_npu' in sys.modules``
+# and then uses the entry.
+_REFUSE_TORCH_NPU = "refuse-torch_npu"
+_TORCH_NPU_REFUSAL = ("is not importable in this process: it needs CANN, and torchair_plugin.testing runs "
+                      "torchair on CANN-less stubs")
 
 
 def _torch_npu_dir() -> str:
-    directory = _environment.torch_npu_dir()
+    directory = environment.torch_npu_dir()
     if directory is None:
         raise CannLessUnavailable(f"torch-npu is not installed: {INSTALL_TORCH_NPU}")
     return directory
@@ -171,17 +133,13 @@ def native_modules(real_torch_npu: bool = False) -> List[str]:
     """The native modules the stubs are planned from: torchair's, plus torch_npu's own when the
     real torch_npu is to be loaded (its ``_C`` and ``lib/*.so``)."""
     root = _torch_npu_dir()
-    core = os.path.join(root, "dynamo", "torchair", "core")
+    core = os.path.join(root, _upstream.DYNAMO_DIR, "torchair", "core")
     modules = _shared_objects(core)
     if not modules:
         raise CannLessUnavailable(f"no native modules under {core}: is torch-npu installed completely?")
     if real_torch_npu:
         modules += _shared_objects(root, "_C*.so") + _shared_objects(os.path.join(root, "lib"))
     return modules
-
-
-# Opened with dlopen by torch_npu at import time (not a DT_NEEDED entry), by some releases (2.6).
-_DLOPENED_SONAMES = ("libopapi.so",)
 
 
 def preload_stubs(real_torch_npu: bool = False) -> Tuple[_stubs.StubSet, list]:
@@ -195,7 +153,7 @@ def preload_stubs(real_torch_npu: bool = False) -> Tuple[_stubs.StubSet, list]:
     try:
         stubs = _stubs.ensure_stubs(
             native_modules(real_torch_npu), _torch_npu_version(), torch.__version__,
-            extra_sonames=_DLOPENED_SONAMES if real_torch_npu else (),
+            extra_sonames=_upstream.DLOPENED_SONAMES if real_torch_npu else (),
         )
     except (_stubs.MissingTool, _stubs.CacheUnusable) as exc:
         raise CannLessUnavailable(str(exc)) from exc
@@ -203,7 +161,7 @@ def preload_stubs(real_torch_npu: bool = False) -> Tuple[_stubs.StubSet, list]:
 
 
 def _torch_npu_version() -> str:
-    return _environment.torch_npu_version() or "unknown"
+    return environment.torch_npu_version() or "unknown"
 
 
 # --- does the real torch_npu load here? ---------------------------------------------------------
@@ -240,7 +198,7 @@ def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
         return ProbeResult(bool(data["loads"]), str(data["detail"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    env = dict(os.environ, **{_environment.AUTOLOAD_VAR: "0"})
+    env = dict(os.environ, **{environment.AUTOLOAD_VAR: "0"})
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE_CODE, *map(str, stubs.libraries())],
@@ -266,44 +224,33 @@ def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
 
 def stub_libraries() -> Optional[_stubs.StubSet]:
     """The stub set this process loaded, or None (CANN present, or not imported yet)."""
-    return _loaded.stubs if _loaded is not None else None
+    return STATE.stubs
 
 
 def fallback_reason() -> str:
     """Why this process runs on stand-ins rather than the real torch_npu ('' when it does not)."""
-    return _fallback_reason
+    return STATE.fallback_reason
 
 
 def describe_capture() -> str:
     """This process's capture mode in words, with the reason when it fell back to stand-ins."""
-    return current_mode().value + (f" ({_fallback_reason})" if _fallback_reason else "")
-
-
-def _real_torchair_module(torchair: Any) -> ModuleType:
-    """The package behind torch_npu's lazy ``torchair`` proxy (touching an attribute loads it)."""
-    torchair.CompilerConfig  # noqa: B018
-    if isinstance(torchair, ModuleType):
-        return torchair
-    real = vars(torchair).get("_torchair")
-    return real if isinstance(real, ModuleType) else sys.modules["torch_npu.dynamo.torchair"]
+    reason = STATE.fallback_reason
+    return current_mode().value + (f" ({reason})" if reason else "")
 
 
 def _import_real_torch_npu() -> ModuleType:
-    global _loaded
     import torch  # noqa: F401  (the stubs must come after torch's own libraries are loaded)
 
-    state = _Loaded()
     if "torch_npu" not in sys.modules:
-        state.stubs, state.libraries = preload_stubs(real_torch_npu=True)
+        STATE.stubs, STATE.stub_handles = preload_stubs(real_torch_npu=True)
         # torch_npu prints a warning about CANN's variables on stdout, where it would corrupt the
         # output of whoever captures (``lower --json``): it goes to stderr instead.
         with contextlib.redirect_stdout(sys.stderr):
             import torch_npu  # noqa: F401  (the plugin's registration makes way and re-plans)
     import torchair
 
-    real = _real_torchair_module(torchair)
-    state.undo.extend(_interception.apply(real))
-    _loaded = state
+    _upstream.torchair_package(load=True)  # the real package behind torch_npu's lazy proxy
+    STATE.patches = _interception.apply_cann_less()
     return torchair
 
 
@@ -313,44 +260,40 @@ def _real_loads() -> bool:
         return True
     stubs, _ = preload_stubs(real_torch_npu=True)
     result = probe_real_torch_npu(stubs)
-    global _fallback_reason
-    _fallback_reason = "" if result.loads else f"the real torch_npu does not load here over CANN stubs ({result.detail})"
+    STATE.fallback_reason = (
+        "" if result.loads else f"the real torch_npu does not load here over CANN stubs ({result.detail})"
+    )
     return result.loads
 
 
-_fallback_reason = ""
-
-
 def _import_stand_in() -> ModuleType:
-    global _loaded
     import torch  # noqa: F401  (the stubs must come after torch's own libraries are loaded)
 
     if "torch_npu" in sys.modules and sys.modules["torch_npu"] is not None:
         raise CannLessUnavailable("torch_npu is already imported: stand-in capture needs a process without it")
-    state = _Loaded()
+    undo: List[Callable[[], None]] = []
     try:
-        dynamo_dir = os.path.join(_torch_npu_dir(), "dynamo")
-        state.stubs, state.libraries = preload_stubs()
+        dynamo_dir = os.path.join(_torch_npu_dir(), _upstream.DYNAMO_DIR)
+        stubs, handles = preload_stubs()
 
-        blocker = _BlockTorchNpu()
-        sys.meta_path.insert(0, blocker)
-        state.undo.append(lambda: sys.meta_path.remove(blocker))
+        _import_watch.refuse(_REFUSE_TORCH_NPU, ("torch_npu",), _TORCH_NPU_REFUSAL)
+        undo.append(lambda: _import_watch.unwatch(_REFUSE_TORCH_NPU))
         if dynamo_dir not in sys.path:
             sys.path.append(dynamo_dir)
-            state.undo.append(lambda: sys.path.remove(dynamo_dir))
-        state.undo.append(_forget_torchair_modules)
+            undo.append(lambda: sys.path.remove(dynamo_dir))
+        undo.append(_forget_torchair_modules)
         try:
             import torchair
         except ImportError as exc:
             if exc.name in ("google", "google.protobuf") or "protobuf" in str(exc):
                 raise CannLessUnavailable(f"torchair needs protobuf: {INSTALL_TORCH_NPU}") from exc
             raise RuntimeError(f"import torchair failed on CANN-less stubs: {exc}") from exc
-        state.undo.extend(_interception.apply(torchair))
+        STATE.patches = _interception.apply_cann_less()
     except BaseException:
-        for undo in reversed(state.undo):
-            undo()
+        for step in reversed(undo):
+            step()
         raise
-    _loaded = state
+    STATE.stubs, STATE.stub_handles = stubs, handles
     return torchair
 
 
@@ -360,28 +303,27 @@ def _forget_torchair_modules() -> None:
 
 
 def _import_native() -> ModuleType:
-    with _environment.forgotten_if_failed("torch_npu", "torchair"):
+    with environment.forgotten_if_failed("torch_npu", "torchair"):
         import torch_npu  # noqa: F401  (registers the NPU device; torchair expects it)
         import torchair
 
-        # torch_npu may install a lazy proxy as ``torchair``; touching an attribute makes it import
-        # the real package, so that ``torchair._ge_concrete_graph`` is importable for the capture hook.
-        torchair.CompilerConfig  # noqa: B018
+        # torch_npu may install a lazy proxy as ``torchair``: loading it makes the real package's
+        # submodules importable for the capture hook.
+        _upstream.torchair_package(load=True)
     return torchair
 
 
 def import_torchair() -> ModuleType:
     """Return ``torchair``, importable for GE lowering (see the module docstring)."""
-    global _torchair, _mode
-    with _lock:
-        if _torchair is None:
-            if _environment.torch_npu_installed() and not _environment.torch_npu_has_op():
+    with STATE.lock:
+        if STATE.torchair is None:
+            if environment.torch_npu_installed() and not environment.torch_npu_has_op():
                 raise CannLessUnavailable(
                     f"torch-npu {_torch_npu_version()} predates npu_moe_update_expert and its torchair cannot lower "
                     "it: capture needs torch-npu >= 2.6 (docs/compatibility.md)"
                 )
             mode = decide_mode(
-                _environment.cann_home(), _environment.torch_npu_installed(), _real_loads, _torch_npu_choice()
+                environment.cann_home(), environment.torch_npu_installed(), _real_loads, _torch_npu_choice()
             )
             if mode is Mode.UNAVAILABLE:
                 raise CannLessUnavailable(f"torch-npu is not installed (torchair ships inside it): {INSTALL_TORCH_NPU}")
@@ -394,5 +336,5 @@ def import_torchair() -> ModuleType:
             from torchair_plugin.testing.companion_ops import define_companion_ops
 
             define_companion_ops()
-            _torchair, _mode = torchair, mode
-        return _torchair
+            STATE.torchair, STATE.capture_mode = torchair, mode
+        return STATE.torchair

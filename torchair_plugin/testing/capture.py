@@ -25,13 +25,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import importlib
 import inspect
 import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
-from torchair_plugin.testing import graph_text
+from torchair_plugin import _upstream
+from torchair_plugin.testing import _interception, graph_text
 from torchair_plugin.testing._torchair_import import import_torchair
 
 MarkDynamic = Mapping[int, Union[int, Sequence[int]]]
@@ -64,10 +66,8 @@ class CapturedGraph:
 
     def to_pbtxt(self) -> str:
         """The raw graph in the pbtxt format torchair's own graph dump writes."""
-        # torchair internal: the converter behind CompilerConfig().debug.graph_dump.type="pbtxt".
-        from torchair._ge_concrete_graph.utils import convert_to_pbtxt
-
-        return str(convert_to_pbtxt(self.graph_def))
+        module, name = _upstream.PBTXT
+        return str(getattr(importlib.import_module(module), name)(self.graph_def))
 
     def op_types(self) -> List[str]:
         return [op.type for op in self.ops]
@@ -115,38 +115,18 @@ class CaptureResult:
 
 # --- the hook -----------------------------------------------------------------------------------
 
-_hook_lock = threading.Lock()
-_hook_installed = False
 _active = threading.local()  # .stack: list of CaptureResult receiving graphs on this thread
 
 
-def _install_hook() -> None:
-    """Wrap GeConcreteGraph.optimize_graph_without_runtime once per process.
-
-    The wrapper is transparent when no capture is active on the calling thread, so leaving it
-    installed costs one attribute lookup per compile.
-    """
-    global _hook_installed
-    with _hook_lock:
-        if _hook_installed:
-            return
-        from torchair._ge_concrete_graph.fx2ge_converter import GeConcreteGraph
-
-        original = GeConcreteGraph.optimize_graph_without_runtime
-
-        @functools.wraps(original)
-        def optimize_and_record(self, *args, **kwargs):
-            result = original(self, *args, **kwargs)
-            stack = getattr(_active, "stack", None)
-            if stack:
-                # Copy: the GeConcreteGraph may keep editing its graph for runtime (ref data).
-                graph_def = type(self.graph._proto)()
-                graph_def.CopyFrom(self.graph._proto)
-                stack[-1].graphs.append(CapturedGraph(graph_def, stack[-1].pending_input_names))
-            return result
-
-        GeConcreteGraph.optimize_graph_without_runtime = optimize_and_record
-        _hook_installed = True
+def _record(graph_def: Any) -> None:
+    """Called with every graph torchair lowers (testing._interception's hook); transparent when no
+    capture is active on the calling thread, so the hook costs one attribute lookup per compile."""
+    stack = getattr(_active, "stack", None)
+    if stack:
+        # Copy: the GeConcreteGraph may keep editing its graph for runtime (ref data).
+        kept = type(graph_def)()
+        kept.CopyFrom(graph_def)
+        stack[-1].graphs.append(CapturedGraph(kept, stack[-1].pending_input_names))
 
 
 class _Recording:
@@ -197,7 +177,7 @@ class GraphCapture:
         import torch
 
         torchair = import_torchair()
-        _install_hook()
+        _interception.install_capture_hook(_record)
         if reset:
             torch._dynamo.reset()
         self.training = training
@@ -296,7 +276,7 @@ def lower_fx(fn: Callable, *args: Any, dynamic: bool = False, config: Any = None
     from torch.fx.experimental.proxy_tensor import make_fx
 
     torchair = import_torchair()
-    _install_hook()
+    _interception.install_capture_hook(_record)
     def as_tuple(*inputs: Any) -> Any:
         # torchair's output converter expects what AOTAutograd gives it: a tuple of outputs.
         out = fn(*inputs)

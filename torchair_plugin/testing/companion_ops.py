@@ -31,19 +31,12 @@ import math
 import os
 import re
 import sys
-import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
-from torchair_plugin import _environment
+from torchair_plugin import environment, _upstream, registration
+from torchair_plugin._process_state import STATE
 
 OPS = ("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2")
-SCHEMA_FILE = os.path.join("csrc", "aten", "npu_native_functions_by_codegen.yaml")
-META_FILE = os.path.join("op_plugin", "meta", "_meta_registrations.py")
-# torchair's converter modules for OPS (ge_converter/custom/<module>.py).
-TORCHAIR_CONVERTERS = (
-    "torchair._ge_concrete_graph.ge_converter.custom.moe_distribute_dispatch_v2",
-    "torchair._ge_concrete_graph.ge_converter.custom.moe_distribute_combine_v2",
-)
 
 
 class _ErrCode:
@@ -62,7 +55,8 @@ def _no_soc_version() -> int:
     )
 
 
-# The torch_npu helpers the meta functions call, and what stands in for them here.
+# The torch_npu helpers the meta functions call (_upstream.COMPANION_META_HELPERS), and what
+# stands in for them here.
 STAND_INS: Dict[str, Any] = {
     "ops_error": _ops_error,
     "ErrCode": _ErrCode(),
@@ -71,7 +65,7 @@ STAND_INS: Dict[str, Any] = {
 
 
 def torch_npu_dir() -> str:
-    directory = _environment.torch_npu_dir()
+    directory = environment.torch_npu_dir()
     if directory is None:
         raise ModuleNotFoundError("torch-npu is not installed (pip install torch-npu==2.13.0)", name="torch_npu")
     return directory
@@ -155,20 +149,6 @@ def _zeros_like_meta(meta_fn: Callable) -> Callable:
     return cpu_kernel
 
 
-_lock = threading.Lock()
-_library: Optional[Any] = None  # the torch.library.Library holding what was defined
-
-
-def _op_exists(name: str) -> bool:
-    import torch
-
-    try:
-        torch._C._dispatch_find_schema_or_throw(f"npu::{name}", "")
-        return True
-    except RuntimeError:
-        return False
-
-
 def _native_meta_as_cpu_kernel(name: str) -> Callable:
     import torch
 
@@ -177,37 +157,31 @@ def _native_meta_as_cpu_kernel(name: str) -> Callable:
 
 def define_companion_ops() -> List[str]:
     """Make :data:`OPS` runnable on CPU (idempotent); return the names defined by this call."""
-    global _library
     import torch
 
-    with _lock:
-        absent = [name for name in OPS if not _op_exists(name)]
-        without_cpu = [
-            name for name in OPS
-            if name not in absent and not torch._C._dispatch_has_kernel_for_dispatch_key(f"npu::{name}", "CPU")
-        ]
+    with STATE.lock:
+        absent = [name for name in OPS if not registration.op_exists(f"npu::{name}")]
+        without_cpu = [name for name in OPS if name not in absent and not registration.has_kernel(f"npu::{name}", "CPU")]
         if without_cpu:
-            library = _library if _library is not None else torch.library.Library("npu", "FRAGMENT")
+            library = registration.new_library("npu")
             for name in without_cpu:
                 library.impl(name, _native_meta_as_cpu_kernel(name), "CPU")
-            _library = library
         if not absent:
             return []
         root = torch_npu_dir()
-        with open(os.path.join(root, SCHEMA_FILE), encoding="utf-8") as f:
+        with open(os.path.join(root, _upstream.COMPANION_SCHEMA_FILE), encoding="utf-8") as f:
             schemas = read_schemas(f.read(), absent)
-        with open(os.path.join(root, META_FILE), encoding="utf-8") as f:
+        with open(os.path.join(root, _upstream.COMPANION_META_FILE), encoding="utf-8") as f:
             metas = extract_functions(
                 f.read(), {name: f"{name}_meta" for name in absent}, {"torch": torch, "math": math, **STAND_INS}
             )
-        library = _library if _library is not None else torch.library.Library("npu", "FRAGMENT")
+        library = registration.new_library("npu")
         for name in absent:
             library.define(name + schemas[name])
             torch.library.register_fake(f"npu::{name}", metas[name], lib=library)
             library.impl(name, _zeros_like_meta(metas[name]), "CPU")
-        _library = library
-    if "torchair._ge_concrete_graph.ge_converter.custom" in sys.modules:
-        for module in TORCHAIR_CONVERTERS:
+    if _upstream.CUSTOM_CONVERTERS in sys.modules:
+        for module in _upstream.COMPANION_CONVERTER_MODULES:
             if module not in sys.modules:
                 importlib.import_module(module)
     return absent

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from torchair_plugin import schema
+from torchair_plugin import _upstream, schema
 from torchair_plugin.schema import split_top_level
 
 NONE_INPUT = "<none>"
@@ -137,8 +137,8 @@ def _desc_shape(desc: Any) -> Optional[List[int]]:
     # shape message is a scalar.
     if desc.HasField("shape") and len(desc.shape.dim) > 0:
         return [int(d) for d in desc.shape.dim]
-    if "_meta" in desc.attr:
-        parsed = parse_meta_shape(desc.attr["_meta"].s.decode("utf-8", "replace"))
+    if _upstream.META_DESC_ATTR in desc.attr:
+        parsed = parse_meta_shape(desc.attr[_upstream.META_DESC_ATTR].s.decode("utf-8", "replace"))
         if parsed is not None:
             return parsed
     if desc.HasField("shape"):

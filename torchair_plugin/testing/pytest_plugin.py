@@ -31,7 +31,7 @@ from typing import Any, List, Optional, Union
 
 import pytest
 
-from torchair_plugin import _environment
+from torchair_plugin import environment
 
 UPDATE_OPTION = "--update-goldens"
 UPDATE_ENV = "TORCHAIR_PLUGIN_UPDATE_GOLDENS"
@@ -46,7 +46,7 @@ def pytest_addoption(parser: Any) -> None:
     group.addoption(
         UPDATE_OPTION,
         action="store_true",
-        default=_environment.flag_set(os.environ, UPDATE_ENV),
+        default=environment.flag_set(os.environ, UPDATE_ENV),
         help=f"rewrite GE graph golden files instead of comparing (env {UPDATE_ENV}=1 does the same)",
     )
     group.addoption(
@@ -81,7 +81,7 @@ def pytest_unconfigure(config: Any) -> None:
 
 def strict() -> bool:
     """Whether "capture unavailable" fails tests rather than skipping them."""
-    return bool(_strict_sessions and _strict_sessions[-1]) or _environment.flag_set(os.environ, STRICT_ENV)
+    return bool(_strict_sessions and _strict_sessions[-1]) or environment.flag_set(os.environ, STRICT_ENV)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
@@ -93,7 +93,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
 
 
 def _capture_line() -> str:
-    from torchair_plugin.testing._torchair_import import describe_capture
+    from torchair_plugin.testing import describe_capture
 
     return f"torchair-plugin GE capture: {describe_capture()}"
 
@@ -126,7 +126,7 @@ class GoldenMismatch(AssertionError):
 
 def torch_npu_tag() -> str:
     """``torch_npu-<version>`` of the installed torch-npu: the folder of its own goldens."""
-    return f"torch_npu-{_environment.torch_npu_version() or 'none'}"
+    return f"torch_npu-{environment.torch_npu_version() or 'none'}"
 
 
 _written: List[Path] = []  # goldens written by this session (reported at its end)

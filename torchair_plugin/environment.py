@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, MutableMapping, Optional
 
+from torchair_plugin import _upstream
+
 AUTOLOAD_VAR = "TORCH_DEVICE_BACKEND_AUTOLOAD"
 CC_VAR = "CC"
 CACHE_DIR_VAR = "TORCHAIR_PLUGIN_CACHE_DIR"
@@ -150,12 +152,10 @@ def prepare_torch_import(environ: MutableMapping[str, str] = os.environ) -> bool
     return False
 
 
-# torchair's own converter for the op ships with every torch-npu that has the op (2.6.0 on);
-# older torchair knows neither the op nor the GE IR hooks capture relies on.
-_NATIVE_CONVERTER_FILE = ("dynamo", "torchair", "_ge_concrete_graph", "ge_converter", "custom", "npu_moe_update_expert.py")
-
-
 def torch_npu_has_op() -> bool:
-    """Whether the installed torch-npu provides npu_moe_update_expert (read from its files)."""
+    """Whether the installed torch-npu provides npu_moe_update_expert (read from its files).
+
+    torchair's own converter for the op ships with every torch-npu that has the op (2.6.0 on);
+    older torchair knows neither the op nor the GE IR hooks capture relies on."""
     directory = torch_npu_dir()
-    return directory is not None and os.path.isfile(os.path.join(directory, *_NATIVE_CONVERTER_FILE))
+    return directory is not None and os.path.isfile(os.path.join(directory, _upstream.NATIVE_CONVERTER_FILE))
