@@ -1,6 +1,8 @@
 """torchair_plugin.npu_moe_update_expert: a thin call of ``torch.ops``, so the dispatcher decides every
 route and the wrapper gives what ``torch.ops`` gives, edge cases included."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,8 @@ def test_edge_cases_give_values_or_named_errors():
     assert outcome(lambda: OP(ids, table, **kwargs))[0] is RuntimeError
 
 
+@pytest.mark.skipif("allow_override" not in inspect.signature(torch.library.Library.impl).parameters,
+                    reason="this torch's Library.impl refuses to override a Python kernel (torch < 2.8)")
 def test_a_cpu_kernel_registered_after_import_is_what_the_wrapper_runs():
     ids, table, kwargs = small_inputs()
     want = torchair_plugin.npu_moe_update_expert(ids, table, **kwargs)
@@ -117,8 +121,6 @@ def test_a_cpu_kernel_registered_after_import_is_what_the_wrapper_runs():
 
 
 def test_the_wrapper_is_one_call_of_torch_ops():
-    import inspect
-
     source = inspect.getsource(ops)
     assert "torch._C" not in source and source.count("torch.ops.npu.npu_moe_update_expert.default(") == 1
 
