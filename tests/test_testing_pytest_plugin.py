@@ -87,3 +87,30 @@ def test_version_goldens_are_written_only_where_the_version_differs(tmp_path):
     assert (tmp_path / "differs.txt").read_text() == "A\n"  # the shared golden is untouched
     GoldenFiles(tmp_path, update=False, tag="v9").check("B\n", "differs")  # that version now reads its own
     GoldenFiles(tmp_path, update=False, tag="v8").check("A\n", "differs")  # others the shared one
+
+
+@pytest.mark.parametrize("off", ["false", "0", "no", "OFF"])
+def test_the_update_switch_set_to_an_off_word_keeps_the_golden_guard(pytester, monkeypatch, off):
+    """Issue 18: TORCHAIR_PLUGIN_UPDATE_GOLDENS=false once turned rewriting on."""
+    monkeypatch.setenv("TORCHAIR_PLUGIN_UPDATE_GOLDENS", off)
+    pytester.makeconftest('pytest_plugins = ["torchair_plugin.testing.pytest_plugin"]')
+    pytester.makepyfile(test_g=_GOLDEN_TEST)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(failed=1)
+    assert not (pytester.path / "goldens").exists()
+    monkeypatch.setenv("TORCHAIR_PLUGIN_UPDATE_GOLDENS", "true")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("TORCHAIR_PLUGIN_UPDATE_GOLDENS", "maybe"),
+    ("TORCHAIR_PLUGIN_CAPTURE_STRICT", "2"),
+    ("TORCHAIR_PLUGIN_TORCH_NPU", "stand_in"),
+])
+def test_a_mistyped_variable_is_a_usage_error_before_any_test(pytester, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    pytester.makeconftest('pytest_plugins = ["torchair_plugin.testing.pytest_plugin"]')
+    pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"{name}={value!r} is not accepted" in result.stderr.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()

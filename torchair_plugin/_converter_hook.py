@@ -38,7 +38,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from torchair_plugin import environment, _import_watch, _upstream, schema
+from torchair_plugin import _import_watch, _upstream, environment, schema, variables
 from torchair_plugin._process_state import STATE
 
 NATIVE_CONVERTER_ENV = "TORCHAIR_PLUGIN_NATIVE_CONVERTER"
@@ -88,7 +88,7 @@ class Action(enum.Enum):
 
 
 def keep_native_requested(environ: Mapping[str, str] = os.environ) -> bool:
-    return environment.flag_set(environ, NATIVE_CONVERTER_ENV)
+    return variables.read_switch(NATIVE_CONVERTER_ENV, environ)
 
 
 def plan_converter(

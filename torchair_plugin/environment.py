@@ -28,11 +28,6 @@ _CANN_DEFAULT_DIRS = ("/usr/local/Ascend/ascend-toolkit/latest", "/usr/local/Asc
 _CANN_RUNTIME_LIBRARY = "libascendcl.so"
 
 
-def flag_set(environ: Mapping[str, str], name: str) -> bool:
-    """An on/off environment variable: on unless unset, empty or ``0``."""
-    return environ.get(name, "") not in ("", "0")
-
-
 def torch_npu_version() -> Optional[str]:
     """The installed torch-npu distribution's version, read without importing it; None if absent."""
     try:

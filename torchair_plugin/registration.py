@@ -40,7 +40,7 @@ from typing import Dict, FrozenSet, Optional, Tuple
 
 import torch
 
-from torchair_plugin import _converter_hook, environment, _import_watch, schema
+from torchair_plugin import _converter_hook, _import_watch, environment, schema, variables
 from torchair_plugin._converter_hook import ConverterState, ConverterStatus  # noqa: F401  (public here)
 from torchair_plugin._process_state import STATE as _state
 from torchair_plugin.fake import npu_moe_update_expert_fake
@@ -70,7 +70,7 @@ class Options:
     @classmethod
     def from_environ(cls, environ=os.environ) -> "Options":
         return cls(
-            keep_native_fake=environment.flag_set(environ, NATIVE_FAKE_ENV),
+            keep_native_fake=variables.read_switch(NATIVE_FAKE_ENV, environ),
             keep_native_converter=_converter_hook.keep_native_requested(environ),
         )
 

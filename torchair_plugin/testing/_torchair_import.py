@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, List, Optional, Tuple
 
-from torchair_plugin import environment, _import_watch, _upstream
+from torchair_plugin import _import_watch, _upstream, environment, variables
 from torchair_plugin._process_state import STATE
 from torchair_plugin.testing import _interception, _stubs
 
@@ -91,10 +91,10 @@ def decide_mode(cann_dir: Optional[str], npu_installed: bool, real_loads: Callab
 
 
 def _torch_npu_choice() -> str:
-    choice = os.environ.get(TORCH_NPU_CHOICE_VAR, "").strip()
-    if choice not in ("", REAL, STAND_IN):
-        raise CannLessUnavailable(f"{TORCH_NPU_CHOICE_VAR} must be '{REAL}', '{STAND_IN}' or unset, got {choice!r}")
-    return choice
+    try:
+        return variables.read_choice(TORCH_NPU_CHOICE_VAR) or ""
+    except variables.VariableError as error:
+        raise CannLessUnavailable(str(error)) from None
 
 
 def current_mode() -> Mode:

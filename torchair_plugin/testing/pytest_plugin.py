@@ -31,7 +31,7 @@ from typing import Any, List, Optional, Union
 
 import pytest
 
-from torchair_plugin import environment
+from torchair_plugin import environment, variables
 
 UPDATE_OPTION = "--update-goldens"
 UPDATE_ENV = "TORCHAIR_PLUGIN_UPDATE_GOLDENS"
@@ -46,7 +46,7 @@ def pytest_addoption(parser: Any) -> None:
     group.addoption(
         UPDATE_OPTION,
         action="store_true",
-        default=environment.flag_set(os.environ, UPDATE_ENV),
+        default=False,  # or the environment variable: read in pytest_configure, where a bad value is a usage error
         help=f"rewrite GE graph golden files instead of comparing (env {UPDATE_ENV}=1 does the same)",
     )
     group.addoption(
@@ -71,6 +71,12 @@ _strict_sessions: List[bool] = []
 
 
 def pytest_configure(config: Any) -> None:
+    try:
+        variables.check_all()
+    except variables.VariableError as error:
+        raise pytest.UsageError(str(error)) from None
+    if variables.read_switch(UPDATE_ENV):
+        config.option.update_goldens = True
     _strict_sessions.append(_option(config, STRICT_OPTION))
 
 
@@ -81,7 +87,7 @@ def pytest_unconfigure(config: Any) -> None:
 
 def strict() -> bool:
     """Whether "capture unavailable" fails tests rather than skipping them."""
-    return bool(_strict_sessions and _strict_sessions[-1]) or environment.flag_set(os.environ, STRICT_ENV)
+    return bool(_strict_sessions and _strict_sessions[-1]) or variables.read_switch(STRICT_ENV)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
