@@ -252,3 +252,16 @@ def test_the_console_command_flushes_runs_exit_handlers_and_keeps_the_status(arg
         assert "usage: torchair-plugin balance" in done.stdout
     else:
         assert "invalid choice: 'not-a-command'" in done.stderr
+
+
+def test_doctor_reports_the_stub_cache_owner_mode_and_trust(capsys, monkeypatch, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("TORCHAIR_PLUGIN_CACHE_DIR", str(shared))
+    status, out, _ = _run(capsys, "doctor", "--json")
+    cache = json.loads(out)["capture"]["stub_cache"]
+    assert (cache["mode"], cache["trusted"]) == ("0777", False) and "writable by group or others" in cache["trust_problem"]
+    shared.chmod(0o700)
+    status, out, _ = _run(capsys, "doctor")
+    assert f"stub cache {shared} (owner " in out and "mode 0700): trusted" in out

@@ -93,7 +93,7 @@ def test_a_bad_choice_is_one_clear_line(monkeypatch):
     from torchair_plugin.testing import CannLessUnavailable, _torchair_import
 
     monkeypatch.setenv("TORCHAIR_PLUGIN_TORCH_NPU", "yes")
-    with pytest.raises(CannLessUnavailable, match=r"TORCHAIR_PLUGIN_TORCH_NPU must be 'real', 'stand-in' or unset, got 'yes'"):
+    with pytest.raises(CannLessUnavailable, match=r"TORCHAIR_PLUGIN_TORCH_NPU='yes' is not accepted: use one of real, stand-in"):
         _torchair_import._torch_npu_choice()
 
 

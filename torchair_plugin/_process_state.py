@@ -39,5 +39,8 @@ class ProcessState:
     patches: Optional[Any] = None  # testing._interception.Patches applied to torchair
     capture_hook: Optional[Any] = None  # testing._interception.Patches of the capture hook
 
+    # testing._stubs
+    private_stub_root: Optional[Any] = None  # Path built in when the configured cache is not trusted
+
 
 STATE = ProcessState()

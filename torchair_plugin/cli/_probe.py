@@ -101,6 +101,26 @@ def stub_cache() -> Tuple[str, Optional[str]]:
     return str(root), stub_cache_problem(root)
 
 
+def stub_cache_trust(cache_dir: str) -> Dict[str, object]:
+    """The cache root's owner and mode, and whether the package will load stubs from it."""
+    import pwd
+    import stat
+
+    from torchair_plugin.testing import stub_cache_trust_problem
+
+    try:
+        info = os.lstat(cache_dir)
+    except OSError:
+        return {"owner": None, "mode": None, "trusted": True, "trust_problem": None}  # made private when needed
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    problem = stub_cache_trust_problem(cache_dir)
+    return {"owner": owner, "mode": f"{stat.S_IMODE(info.st_mode):04o}", "trusted": problem is None,
+            "trust_problem": problem}
+
+
 def capture_requirements(torch_version: str, cache_dir: str, cache_problem: Optional[str]) -> Dict[str, object]:
     """What CANN-less GE capture needs, each None/False when missing."""
     torch_npu = distribution_version("torch_npu")
@@ -150,7 +170,7 @@ def collect() -> Dict[str, object]:
         "capture": {
             "possible": not missing_requirements(requirements),
             "requirements": requirements,
-            "stub_cache": {"directory": cache_dir, "problem": cache_problem},
+            "stub_cache": {"directory": cache_dir, "problem": cache_problem, **stub_cache_trust(cache_dir)},
         },
         "registration": torchair_plugin.registration_report(),
     }

@@ -138,6 +138,14 @@ def _format(facts: Dict) -> str:
         for name, value in facts["capture"]["requirements"].items():
             missing = "NOT USABLE (see advice)" if name == "stub_cache" else "MISSING"
             lines.append(f"  {name:<24}{'ok' if value is True else value or missing}")
+        cache = facts["capture"]["stub_cache"]
+        if cache["mode"] is None:
+            lines.append(f"  stub cache {cache['directory']}: not made yet (it will be private, mode 0700)")
+        elif cache["trusted"]:
+            lines.append(f"  stub cache {cache['directory']} (owner {cache['owner']}, mode {cache['mode']}): trusted")
+        else:
+            lines.append(f"  stub cache NOT TRUSTED: {cache['trust_problem']}; capture builds in a private "
+                         "directory per process instead")
     lines += ["", "Registration"] + ["  " + line for line in format_registration(facts["registration"])]
     lines += ["", "Usable here for"] + ([f"  - {use}" for use in facts["usable_for"]] or ["  nothing"])
     if facts["advice"]:

@@ -17,6 +17,7 @@ Importing this package imports neither torch nor torchair.
 """
 
 from torchair_plugin.testing._stubs import cache_problem as stub_cache_problem
+from torchair_plugin.testing._stubs import trust_problem as stub_cache_trust_problem
 from torchair_plugin.testing._torchair_import import (
     CannLessUnavailable,
     Mode,
@@ -46,6 +47,7 @@ __all__ = [
     "lower_fx",
     "register_op_ir",
     "stub_cache_problem",
+    "stub_cache_trust_problem",
     "stub_libraries",
 ]
 

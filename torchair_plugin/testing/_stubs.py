@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
-from torchair_plugin import environment
+from torchair_plugin import environment, trusted_files
+from torchair_plugin._process_state import STATE
 from torchair_plugin.environment import CACHE_DIR_VAR, cache_root  # noqa: F401  (part of this module's API)
 
 
@@ -361,13 +362,17 @@ def _build(directory: Path, cc: Sequence[str], plan: SymbolPlan) -> None:
         if not is_soname(soname):
             raise ValueError(f"refusing to build a stub for the soname {soname!r}")
         _compile(cc, empty, directory / soname, soname)
+    for built in directory.iterdir():  # the compiler's files follow the umask: exact modes instead
+        os.chmod(built, 0o644, follow_symlinks=False)
     _write_manifest(directory, plan)
 
 
 # --- the cache entry on disk -------------------------------------------------------------------
-# An entry is trusted only as far as its manifest vouches for it: a process killed mid-write, a
-# full disk or a hand edit can leave a truncated .so, which the loader maps and then dies on
-# (SIGBUS), so every library's SHA-256 is recorded and checked before it is loaded.
+# An entry is loaded only if the trust rule of trusted_files holds for it and for every file in
+# it (owned by this user, not writable by group or others, no link): a digest proves nothing
+# against whoever could rewrite the manifest too. Then its manifest vouches for completeness: a
+# process killed mid-write, a full disk or a hand edit can leave a truncated .so, which the
+# loader maps and then dies on (SIGBUS), so every library's SHA-256 is checked before loading.
 
 
 class CacheUnusable(StubError):
@@ -395,7 +400,7 @@ def _write_manifest(directory: Path, plan: SymbolPlan) -> None:
         "symbols": list(plan.symbols),
         "sha256": {name: _sha256(directory / name) for name in libraries},
     }
-    (directory / _MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    trusted_files.write_atomic(directory, _MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def _string_list(manifest: dict, key: str, valid) -> List[str]:
@@ -409,6 +414,12 @@ def _load_entry(directory: Path, built: bool) -> Optional[StubSet]:
     """The entry in ``directory``, None when there is none; _DamagedEntry when it is not whole."""
     if not directory.exists():  # also False under a path that is not a directory
         return None
+    try:
+        trusted_files.check_trusted(directory, directory=True)
+        for path in directory.iterdir():
+            trusted_files.check_trusted(path, directory=False)
+    except trusted_files.UntrustedPath as exc:
+        raise _DamagedEntry(f"it is not trusted ({exc})") from exc
     try:
         raw = (directory / _MANIFEST).read_bytes()
     except OSError as exc:
@@ -464,12 +475,12 @@ def cache_problem(root: Path) -> Optional[str]:
 @contextlib.contextmanager
 def _exclusive(final: Path):
     """Hold the entry's lock file: one process at a time builds, repairs or renames an entry."""
-    with open(final.parent / f".{final.name}.lock", "a") as lock:
+    lock = trusted_files.open_lock(final.parent / f".{final.name}.lock")
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(lock)  # closing releases the lock
 
 
 def _install(final: Path, cc: Sequence[str], plan: SymbolPlan) -> StubSet:
@@ -498,6 +509,32 @@ def _install(final: Path, cc: Sequence[str], plan: SymbolPlan) -> StubSet:
     return _load_entry(final, built=True)
 
 
+def trust_problem(root: Path) -> Optional[str]:
+    """Why the cache ``root`` (or its ``stubs/`` folder) may not be loaded from (one line), or None
+    when it is trusted or does not exist yet (it is then made private)."""
+    for path in (Path(root), Path(root) / "stubs"):
+        if os.path.lexists(path):
+            try:
+                trusted_files.check_trusted(path, directory=True)
+            except trusted_files.UntrustedPath as exc:
+                return str(exc)
+    return None
+
+
+def trusted_root(root: Path) -> Path:
+    """``root`` if the trust rule holds for it, else (saying so on stderr, once per process) a
+    fresh private directory of this process: capture works, nothing is shared or kept."""
+    problem = trust_problem(root)
+    if problem is None:
+        return root
+    with STATE.lock:
+        if STATE.private_stub_root is None:
+            STATE.private_stub_root = trusted_files.fallback_directory()
+            print(f"torchair-plugin: not using the stub cache: {problem}; building in {STATE.private_stub_root} "
+                  "for this process instead", file=sys.stderr)
+        return STATE.private_stub_root
+
+
 def ensure_stubs(
     modules: Sequence[str],
     torch_npu_version: str,
@@ -511,7 +548,7 @@ def ensure_stubs(
     CacheUnusable when the cache location cannot be written (or holds a damaged entry that
     cannot be replaced); the message names the directory.
     """
-    root = cache_root() if root is None else Path(root)
+    root = trusted_root(cache_root() if root is None else Path(root))
     final = root / "stubs" / cache_key(torch_npu_version, torch_version, modules, extra_sonames)
     damaged = None
     try:
@@ -527,7 +564,7 @@ def ensure_stubs(
         raise MissingTool("no C compiler found (tried $CC, cc, gcc): install gcc, e.g. `apt-get install gcc`")
     plan = plan_stubs(modules, extra_sonames)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        trusted_files.private_directory(final.parent)
         return _install(final, cc, plan)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, List, Optional, Tuple
 
-from torchair_plugin import _import_watch, _upstream, environment, variables
+from torchair_plugin import _import_watch, _upstream, environment, trusted_files, variables
 from torchair_plugin._process_state import STATE
 from torchair_plugin.testing import _interception, _stubs
 
@@ -216,7 +216,7 @@ def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
                or lines[-1:] or ["no output"])
     result = ProbeResult(loads, "" if loads else f"exit {proc.returncode}: {telling[0].strip()[:300]}")
     try:
-        record.write_text(json.dumps({"loads": result.loads, "detail": result.detail}), encoding="utf-8")
+        trusted_files.write_atomic(stubs.directory, _PROBE_FILE, json.dumps({"loads": result.loads, "detail": result.detail}).encode())
     except OSError:
         pass  # an unwritable cache only costs the probe again next time
     return result
