@@ -265,3 +265,12 @@ def test_doctor_reports_the_stub_cache_owner_mode_and_trust(capsys, monkeypatch,
     shared.chmod(0o700)
     status, out, _ = _run(capsys, "doctor")
     assert f"stub cache {shared} (owner " in out and "mode 0700): trusted" in out
+
+
+def test_demo_and_lower_start_without_torch_npus_environment_warning():
+    """Issue 21: torch_npu's 'ASCEND_HOME_PATH environment variable is not set' was the first line."""
+    for argv in (SMALL_DEMO, ("lower", "--json")):
+        done = subprocess.run([sys.executable, "-m", "torchair_plugin", *argv], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "ASCEND_HOME_PATH" not in done.stdout + done.stderr, argv

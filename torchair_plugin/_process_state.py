@@ -35,6 +35,7 @@ class ProcessState:
     capture_mode: Optional[Any] = None  # testing.Mode it was imported in
     fallback_reason: str = ""  # why capture runs on stand-ins, '' where it does not
     stubs: Optional[Any] = None  # the stub set loaded into this process
+    torch_npu_import_output: str = ""  # what torch_npu printed while it was imported over the stubs
     stub_handles: List[Any] = field(default_factory=list)  # ctypes handles: keep them referenced
     patches: Optional[Any] = None  # testing._interception.Patches applied to torchair
     capture_hook: Optional[Any] = None  # testing._interception.Patches of the capture hook

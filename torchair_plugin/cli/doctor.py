@@ -110,7 +110,9 @@ def _format(facts: Dict) -> str:
     else:
         npu_line = npu["version"] + (" (imported)" if npu["imported"] else " (installed; not imported: no CANN)")
     if cann["home"] is None:
-        cann_line = "not found"
+        # torch_npu prints "ASCEND_HOME_PATH environment variable is not set" at every import here;
+        # the plugin keeps it out of demo, lower and pytest (pytest -v shows it): said once, here.
+        cann_line = "not found (ASCEND_HOME_PATH is not set: torch_npu warns about it at import)"
     else:
         cann_line = f"{cann['version'] or 'version unknown'} at {cann['home']}"
     if devices["torch_npu_device_count"] is not None:

@@ -96,6 +96,16 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
         for path in _written:
             terminalreporter.write_line(f"  {path}")
     terminalreporter.write_line(_capture_line())
+    if config.getoption("verbose") > 0:
+        for line in torch_npu_import_output().splitlines():
+            terminalreporter.write_line(f"torch_npu said at import: {line}")
+
+
+def torch_npu_import_output() -> str:
+    """What torch_npu printed while this process imported it over the CANN stubs ('' if nothing)."""
+    from torchair_plugin._process_state import STATE
+
+    return STATE.torch_npu_import_output
 
 
 def _capture_line() -> str:
