@@ -105,3 +105,13 @@ def test_capture_unavailable_is_one_line_exit_2(monkeypatch, capsys):
         "torchair-plugin lower: error: GE graph capture is unavailable here: "
         "torch-npu is not installed: pip install torch-npu==2.13.0 protobuf\n"
     )
+
+
+@pytest.mark.parametrize("version,dispatch", [("v1", "MoeDistributeDispatch"), ("v2", "MoeDistributeDispatchV2")])
+def test_chain_v1_and_v2(version, dispatch, capsys):
+    require_ge_capture()
+    code, out, err = run(["--chain", version], capsys)
+    assert code == 0, err
+    assert f"{dispatch}_0: {dispatch}\n" in out
+    code, default, _ = run(["--chain"], capsys)
+    assert code == 0 and "MoeDistributeDispatchV2_0" in default  # v2 stays the default

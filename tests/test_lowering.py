@@ -219,6 +219,36 @@ def test_chain_is_one_graph_fed_by_update_expert(dynamic, ge_golden, ours_regist
     assert native.text == graph.text
 
 
+def chain_v1(ids, table, scales, threshold, x):
+    balanced_ids, balanced_mask = torch.ops.npu.npu_moe_update_expert(
+        ids, table, expert_scales=scales, pruning_threshold=threshold, local_rank_id=1, world_size=4
+    )
+    expand_x, _, expand_idx, _, ep_recv_counts, _, _ = torch.ops.npu.npu_moe_distribute_dispatch(
+        x, balanced_ids, "ep", 4, 1, 16, x_active_mask=balanced_mask
+    )
+    return torch.ops.npu.npu_moe_distribute_combine(
+        expand_x, balanced_ids, expand_idx, ep_recv_counts, scales, "ep", 4, 1, 16, x_active_mask=balanced_mask
+    )
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_the_v1_chain_is_one_graph_fed_by_update_expert(dynamic, ge_golden, ours_registered):
+    """Issue 21: the op's documentation names both dispatches; capture once had CPU kernels for v2 only."""
+    from torchair_plugin.registration import op_exists
+
+    define_companion_ops()
+    if not op_exists("npu::npu_moe_distribute_dispatch"):
+        pytest.skip("this torch-npu has no npu_moe_distribute_dispatch (v1)")
+    result = capture_ge_graphs(chain_v1, *chain_inputs(), dynamic=dynamic)
+    assert result.fx_graph_count == 1 and result.graph_breaks == 0
+    graph = result.graph
+    ge_golden.check(graph, f"lowering_chain_v1_{'dynamic' if dynamic else 'static'}")
+    assert graph.op_types() == ["Data"] * 5 + ["MoeUpdateExpert", "MoeDistributeDispatch", "MoeDistributeCombine", "NetOutput"]
+    for op_type in ("MoeDistributeDispatch", "MoeDistributeCombine"):
+        inputs = {i.name: i.source for i in graph.ops_of_type(op_type)[0].inputs}
+        assert inputs["expert_ids"] == "MoeUpdateExpert_0:0" and inputs["x_active_mask"] == "MoeUpdateExpert_0:1"
+
+
 # --- the converter's own checks --------------------------------------------------------------------
 
 
@@ -260,4 +290,5 @@ def test_the_ops_own_lowering_is_shared_by_every_torch_npu():
     goldens = pathlib.Path(__file__).parent / "goldens"
     for version_dir in sorted(goldens.glob("torch_npu-*")):
         own = {p.name for p in version_dir.iterdir()}
-        assert own <= {"lowering_chain_static.txt", "lowering_chain_dynamic.txt"}, (version_dir, own)
+        chains = {f"lowering_chain{v}_{d}.txt" for v in ("", "_v1") for d in ("static", "dynamic")}
+        assert own <= chains, (version_dir, own)

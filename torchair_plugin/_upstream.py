@@ -44,6 +44,8 @@ class Private:
     # "python": an importable name (tests/test_upstream.py resolves it); "file": a path under
     # torch_npu's directory; "runtime": exists only at run time (checked by its own test there).
     kind: str = "python"
+    # False: used where the installed torch-npu has it, done without elsewhere.
+    required: bool = True
 
     @property
     def module(self) -> str:
@@ -76,8 +78,9 @@ DLOPENED_SONAMES = ("libopapi.so",)
 # converter lookup; each of its modules registers one, last registration wins.
 CUSTOM_CONVERTERS = "torchair._ge_concrete_graph.ge_converter.custom"
 NATIVE_CONVERTER_MODULE = CUSTOM_CONVERTERS + ".npu_moe_update_expert"
-COMPANION_CONVERTER_MODULES = (CUSTOM_CONVERTERS + ".moe_distribute_dispatch_v2",
-                               CUSTOM_CONVERTERS + ".moe_distribute_combine_v2")
+V2_CONVERTER_MODULES = (CUSTOM_CONVERTERS + ".moe_distribute_dispatch_v2", CUSTOM_CONVERTERS + ".moe_distribute_combine_v2")
+V1_CONVERTER_MODULES = (CUSTOM_CONVERTERS + ".moe_distribute_dispatch", CUSTOM_CONVERTERS + ".moe_distribute_combine")
+COMPANION_CONVERTER_MODULES = V2_CONVERTER_MODULES + V1_CONVERTER_MODULES
 # The converter registry: an attribute of the OpOverload, set by register_fx_node_ge_converter.
 CONVERTER_ATTRIBUTE = "_ge_converter"
 FX2GE = "torchair._ge_concrete_graph.fx2ge_converter"
@@ -115,7 +118,10 @@ PRIVATES = (
     Private(NATIVE_CONVERTER_MODULE, "torchair's own converter module for the op (kept with "
             "TORCHAIR_PLUGIN_NATIVE_CONVERTER=1)"),
     *(Private(name, "imported again once the companion ops are defined, so their converters register")
-      for name in COMPANION_CONVERTER_MODULES),
+      for name in V2_CONVERTER_MODULES),
+    *(Private(name, "the v1 chain's converters, imported again once the ops are defined (where they exist)",
+              ("2.13.0",), required=False)
+      for name in V1_CONVERTER_MODULES),
     Private(NATIVE_MODULE, "native torchair module behind ge_custom: CANN-less capture wraps it in a stand-in"),
     Private(":".join(GRAPH_ENGINE_INIT), "GE initialisation (native): a no-op for CANN-less capture"),
     Private(":".join(BACKEND_GRAPH_ENGINE_INIT), "the same, where generated code imports it"),

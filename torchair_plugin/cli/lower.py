@@ -55,7 +55,11 @@ def add_lower_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     inputs.add_argument("--threshold-shape", choices=("k", "1k"), default="k", help="pruning_threshold (K,) or (1, K)")
     inputs.add_argument("--x-dtype", choices=X_DTYPES, default="bfloat16", help="--chain: dtype of x")
     parser.add_argument("--dynamic", action="store_true", help="compile with dynamic=True (symbolic shapes, -1 dims)")
-    parser.add_argument("--chain", action="store_true", help="lower update_expert -> dispatch_v2 -> combine_v2")
+    parser.add_argument(
+        "--chain", nargs="?", const="v2", choices=("v1", "v2"), default=None,
+        help="lower update_expert -> dispatch -> combine: v2 (the default, npu_moe_distribute_dispatch_v2 and "
+             "combine_v2) or v1 (npu_moe_distribute_dispatch and combine, where the installed torch-npu has them)",
+    )
     parser.add_argument("--format", choices=("text", "pbtxt", "json"), default="text", help="output form (default text)")
     parser.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     parser.set_defaults(func=run_lower)
@@ -68,7 +72,7 @@ def spec_from_args(args: argparse.Namespace) -> LowerSpec:
         world_size=args.world_size, rank=args.rank,
         balance_mode=args.mode, optional=tuple(dict.fromkeys(args.optional)), ids_dtype=args.ids_dtype,
         scales_dtype=args.scales_dtype, threshold_2d=args.threshold_shape == "1k", dynamic=args.dynamic,
-        chain=args.chain, hidden=args.hidden, x_dtype=args.x_dtype,
+        chain=args.chain is not None, chain_version=args.chain or "v2", hidden=args.hidden, x_dtype=args.x_dtype,
     )
 
 

@@ -1,7 +1,9 @@
-"""``npu_moe_distribute_dispatch_v2`` and ``npu_moe_distribute_combine_v2`` for capture off the NPU.
+"""``npu_moe_distribute_dispatch(_v2)`` and ``npu_moe_distribute_combine(_v2)`` for capture off the NPU.
 
-The chain the op exists for is update_expert -> dispatch_v2 -> combine_v2. Capture runs the FX
-graph eagerly on CPU tensors, so the two ops need a CPU kernel. :func:`define_companion_ops`:
+The chain the op exists for is update_expert -> dispatch_v2 -> combine_v2, or the v1 pair (the
+op's own documentation names both dispatches). Capture runs the FX graph eagerly on CPU tensors,
+so these ops need a CPU kernel. The v2 pair is required; the v1 pair is added wherever the
+installed torch-npu has it. :func:`define_companion_ops`:
 
 - where torch_npu is loaded (the real one, over CANN stubs or not), the ops, their schemas and
   meta functions are torch_npu's own: it only adds a CPU kernel (below) where none exists;
@@ -27,6 +29,7 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib
+import importlib.util
 import math
 import os
 import re
@@ -36,7 +39,9 @@ from typing import Any, Callable, Dict, List
 from torchair_plugin import environment, _upstream, registration
 from torchair_plugin._process_state import STATE
 
-OPS = ("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2")
+V2_OPS = ("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2")
+V1_OPS = ("npu_moe_distribute_dispatch", "npu_moe_distribute_combine")  # where torch-npu has them
+OPS = V2_OPS + V1_OPS
 
 
 class _ErrCode:
@@ -71,11 +76,12 @@ def torch_npu_dir() -> str:
     return directory
 
 
-def read_schemas(yaml_text: str, names=OPS) -> Dict[str, str]:
-    """``name -> "(args) -> returns"`` from the codegen yaml's ``- func:`` lines."""
+def read_schemas(yaml_text: str, names=V2_OPS, optional=()) -> Dict[str, str]:
+    """``name -> "(args) -> returns"`` from the codegen yaml's ``- func:`` lines; every one of
+    ``names`` must be there, each of ``optional`` is taken where it is."""
     found = {}
     for match in re.finditer(r"^- func:\s*(\w+)(\(.*\)\s*->\s*.+?)\s*$", yaml_text, re.MULTILINE):
-        if match.group(1) in names:
+        if match.group(1) in names or match.group(1) in optional:
             found[match.group(1)] = match.group(2)
     missing = [n for n in names if n not in found]
     if missing:
@@ -162,6 +168,8 @@ def define_companion_ops() -> List[str]:
     with STATE.lock:
         absent = [name for name in OPS if not registration.op_exists(f"npu::{name}")]
         without_cpu = [name for name in OPS if name not in absent and not registration.has_kernel(f"npu::{name}", "CPU")]
+        if "torch_npu" in sys.modules:  # torch_npu defined every op it has: the absent ones it lacks
+            absent = []
         if without_cpu:
             library = registration.new_library("npu")
             for name in without_cpu:
@@ -170,11 +178,13 @@ def define_companion_ops() -> List[str]:
             return []
         root = torch_npu_dir()
         with open(os.path.join(root, _upstream.COMPANION_SCHEMA_FILE), encoding="utf-8") as f:
-            schemas = read_schemas(f.read(), absent)
+            schemas = read_schemas(f.read(), [n for n in absent if n in V2_OPS], [n for n in absent if n in V1_OPS])
         with open(os.path.join(root, _upstream.COMPANION_META_FILE), encoding="utf-8") as f:
-            metas = extract_functions(
-                f.read(), {name: f"{name}_meta" for name in absent}, {"torch": torch, "math": math, **STAND_INS}
-            )
+            meta_source = f.read()
+        absent = [name for name in absent if name in schemas and f"def {name}_meta(" in meta_source]
+        metas = extract_functions(
+            meta_source, {name: f"{name}_meta" for name in absent}, {"torch": torch, "math": math, **STAND_INS}
+        )
         library = registration.new_library("npu")
         for name in absent:
             library.define(name + schemas[name])
@@ -182,6 +192,6 @@ def define_companion_ops() -> List[str]:
             library.impl(name, _zeros_like_meta(metas[name]), "CPU")
     if _upstream.CUSTOM_CONVERTERS in sys.modules:
         for module in _upstream.COMPANION_CONVERTER_MODULES:
-            if module not in sys.modules:
+            if module not in sys.modules and importlib.util.find_spec(module) is not None:
                 importlib.import_module(module)
     return absent

@@ -38,6 +38,7 @@ class LowerSpec:
     threshold_2d: bool = False
     dynamic: bool = False
     chain: bool = False
+    chain_version: str = "v2"  # "v1": npu_moe_distribute_dispatch/combine instead of the _v2 pair
     hidden: int = 32
     x_dtype: str = "bfloat16"
 
@@ -106,6 +107,9 @@ class LowerSpec:
 
         attrs, names, chain = self.attrs(), [n for n in OPTIONAL_INPUTS if n in self.optional], self.chain
         group_size, rank, experts = self.world_size, self.rank, self.physical
+        suffix = "_v2" if self.chain_version == "v2" else ""
+        dispatch = getattr(torch.ops.npu, f"npu_moe_distribute_dispatch{suffix}") if chain else None
+        combine = getattr(torch.ops.npu, f"npu_moe_distribute_combine{suffix}") if chain else None
 
         def update(ids, table, *rest):
             optional = dict(zip(names, rest))
@@ -115,10 +119,11 @@ class LowerSpec:
             balanced_ids, balanced_mask = outputs
             x = rest[len(names)]
             scales = optional["expert_scales"] if "expert_scales" in optional else rest[len(names) + 1]
-            expand_x, _, assist_info, _, ep_recv_counts, _, _ = torch.ops.npu.npu_moe_distribute_dispatch_v2(
+            # v1 and v2 agree on these positions: (expand_x, _, expand_idx / assist_info, _, ep_recv_counts, ...)
+            expand_x, _, assist_info, _, ep_recv_counts, _, _ = dispatch(
                 x, balanced_ids, "ep", group_size, rank, experts, x_active_mask=balanced_mask
             )
-            return torch.ops.npu.npu_moe_distribute_combine_v2(
+            return combine(
                 expand_x, balanced_ids, assist_info, ep_recv_counts, scales.float(), "ep", group_size, rank, experts,
                 x_active_mask=balanced_mask,
             )
@@ -130,6 +135,8 @@ class LowerSpec:
         bound, checked before anything is allocated), or None."""
         if self.chain and self.hidden > MAX_HIDDEN:
             return f"--hidden must be in [1, {MAX_HIDDEN}] (a sane bound of this tool), got {self.hidden}"
+        if self.chain_version not in ("v1", "v2"):
+            return f"the chain is v1 or v2, got {self.chain_version!r}"
         if self.physical_experts is None:
             return None
         physical = self.physical
