@@ -190,6 +190,9 @@ class GraphCapture:
             return backend(gm, example_inputs)
 
         self._compiled = torch.compile(fn, backend=counting_backend, dynamic=dynamic, fullgraph=fullgraph)
+        self._fn = fn
+        self._dynamic = dynamic
+        self._first_sizes: Optional[dict] = None  # {argument name: shape} of the first call
 
     def __call__(self, *args: Any, mark_dynamic: Optional[MarkDynamic] = None, **kwargs: Any) -> Any:
         import torch
@@ -202,8 +205,34 @@ class GraphCapture:
         with _Recording(self.result), (torch.enable_grad() if self.training else torch.no_grad()):
             self.result.outputs = self._compiled(*args, **kwargs)
         self.result.graph_breaks += sum(counters["graph_break"].values()) - breaks_before
-        self.result.recompile_reasons += _new_recompile_reasons(failures_before)
+        if self._first_sizes is None:
+            names = _argument_names(self._fn, len(args))
+            self._first_sizes = {n: tuple(a.shape) if isinstance(a, torch.Tensor) else () for n, a in zip(names, args)}
+        self.result.recompile_reasons += [
+            reason + (_duck_sizing_hint(reason, self._first_sizes) if self._dynamic else "")
+            for reason in _new_recompile_reasons(failures_before)
+        ]
         return self.result.outputs
+
+
+_SIZE_MISMATCH = re.compile(r"tensor '(\w+)' size mismatch at index (\d+)\. expected (\d+), actual \d+")
+
+
+def _duck_sizing_hint(reason: str, first_sizes: dict) -> str:
+    """Why a size that ``dynamic=True`` should have kept symbolic was specialised, where the
+    reason is Dynamo's duck sizing: on the first call that size equalled another input's size,
+    so both got one symbol, which later calls cannot split (BS == K in a first test batch)."""
+    match = _SIZE_MISMATCH.search(reason)
+    if match is None or match.group(1) not in first_sizes:
+        return ""
+    name, index, expected = match.group(1), int(match.group(2)), int(match.group(3))
+    twins = [f"{other}.size({dim})" for other, shape in first_sizes.items() for dim, size in enumerate(shape)
+             if size == expected and (other, dim) != (name, index)]
+    if not twins:
+        return ""
+    return (f" (duck sizing: on the first call {name}.size({index}) = {expected} equalled {', '.join(twins)}, so "
+            f"Dynamo gave them one symbol; mark the dim dynamic (mark_dynamic={{{list(first_sizes).index(name)}: "
+            f"{index}}}, the position of {name} among the arguments) or make the other inputs buffers or parameters)")
 
 
 def _guard_failure_counts() -> dict:
