@@ -212,41 +212,57 @@ def highest_averages(load: np.ndarray, max_count: int, num_slots: int) -> np.nda
     return 1 + chosen.reshape(num_layers, num_experts, -1).sum(2)
 
 
-def place(counts, load, weights, constraints: Constraints, num_ranks: int, slots_per_rank: int) -> Layout:
-    """Pinned replicas first, then S rounds: in round k every rank with a free slot k takes one
-    replica, the heaviest left going to the lightest rank. Rules broken by this (a second replica
-    of an expert on a rank) are swapped away by ``repair``."""
-    num_layers, num_experts = counts.shape
-    expert = items_from_counts(counts)
-    first = np.cumsum(counts, 1) - counts
-    size = np.take_along_axis(load / counts, expert, 1)  # shares before rank order is known
-    pinned_layers, pinned_experts = np.nonzero(constraints.pinned >= 0)
-    pinned_ranks = constraints.pinned[pinned_layers, pinned_experts]
-    size[pinned_layers, first[pinned_layers, pinned_experts]] = -np.inf  # placed already: sorted last
-    pins = np.zeros((num_layers, num_ranks), dtype=np.int64)
-    np.add.at(pins, (pinned_layers, pinned_ranks), 1)
-    slot_expert = np.full((num_layers, num_ranks, slots_per_rank), -1, dtype=np.int64)
-    # Pins fill their rank's first slots, in expert order.
-    key = np.lexsort((pinned_experts, pinned_ranks, pinned_layers))
-    group = pinned_layers[key] * num_ranks + pinned_ranks[key]
-    place_in_rank = np.arange(key.size) - np.searchsorted(group, group)
-    slot_expert[pinned_layers[key], pinned_ranks[key], place_in_rank] = pinned_experts[key]
+def pin_preset(constraints: Constraints, num_ranks: int, slots_per_rank: int) -> np.ndarray:
+    """(L, R, S) the pinned experts in the first slots of their rank (in expert order), -1 elsewhere."""
+    layers, experts = np.nonzero(constraints.pinned >= 0)
+    ranks = constraints.pinned[layers, experts]
+    preset = np.full((constraints.pinned.shape[0], num_ranks, slots_per_rank), -1, dtype=np.int64)
+    key = np.lexsort((experts, ranks, layers))
+    group = layers[key] * num_ranks + ranks[key]
+    preset[layers[key], ranks[key], np.arange(key.size) - np.searchsorted(group, group)] = experts[key]
+    return preset
 
+
+def place(counts, load, weights, constraints: Constraints, preset: np.ndarray) -> Layout:
+    """Fill the free slots (-1) of ``preset`` (L, R, S) with the replicas ``counts`` (L, E) still
+    lack, in S rounds: in round k every rank with at least S - k free slots takes one, the heaviest
+    replica left going to the lightest rank (so ranks with few free slots get the small ones).
+    Rules this breaks (a second replica of an expert on a rank) are for ``repair``."""
+    num_layers, num_ranks, slots = preset.shape
+    rows = np.arange(num_layers)
+    taken_slots = preset >= 0
+    present = np.zeros(counts.shape, dtype=np.int64)
+    layer_of = np.broadcast_to(rows[:, None, None], preset.shape)[taken_slots]
+    np.add.at(present, (layer_of, preset[taken_slots]), 1)
+    todo = counts - present
+    # The replicas to place, per layer, padded to the longest list (free slots differ by layer).
+    per_layer = todo.sum(1)
+    flat = np.repeat(np.tile(np.arange(counts.shape[1]), num_layers), todo.ravel())
+    owner = np.repeat(rows, per_layer)
+    width = int(per_layer.max(initial=0))
+    expert = np.full((num_layers, max(width, 1)), -1, dtype=np.int64)
+    expert[owner, np.arange(flat.size) - np.repeat(np.cumsum(per_layer) - per_layer, per_layer)] = flat
+    share = load / counts  # shares before rank order is known
+    size = np.where(expert >= 0, share[rows[:, None], np.maximum(expert, 0)], -np.inf)
     order = np.argsort(-size, axis=1, kind="stable")
-    loads = np.zeros((num_layers, num_ranks))
-    np.add.at(loads, (pinned_layers, pinned_ranks), load[pinned_layers, pinned_experts] / counts[pinned_layers, pinned_experts])
+
+    slot_expert = preset.copy()
+    loads = np.where(taken_slots, share[rows[:, None, None], np.maximum(preset, 0)], 0.0).sum(2)
+    free = (~taken_slots).sum(2)
+    free_at = np.argsort(taken_slots, axis=2, kind="stable")  # free slot positions first
     taken = np.zeros(num_layers, dtype=np.int64)
-    for k in range(slots_per_rank):
-        eligible = pins <= k
+    columns_all = np.arange(num_ranks)[None, :]
+    for k in range(slots):
+        eligible = free >= slots - k
         ranks = np.argsort(np.where(eligible, loads, np.inf), axis=1, kind="stable")
-        width = eligible.sum(1)
-        use = np.arange(num_ranks)[None, :] < width[:, None]
-        item = np.take_along_axis(order, np.minimum(taken[:, None] + np.arange(num_ranks)[None, :], order.shape[1] - 1), 1)
-        layers, columns = np.nonzero(use)
+        count = eligible.sum(1)
+        item = np.take_along_axis(order, np.minimum(taken[:, None] + columns_all, order.shape[1] - 1), 1)
+        layers, columns = np.nonzero(columns_all < count[:, None])
         r = ranks[layers, columns]
-        slot_expert[layers, r, k] = expert[layers, item[layers, columns]]
-        loads[layers, r] += size[layers, item[layers, columns]]
-        taken += width
+        it = item[layers, columns]
+        slot_expert[layers, r, free_at[layers, r, k - (slots - free[layers, r])]] = expert[layers, it]
+        loads[layers, r] += size[layers, it]
+        taken += count
     return Layout(slot_expert, load, weights, constraints)
 
 
@@ -333,17 +349,20 @@ def _first_per_expert(ea, eb, best, slots, take):
     return keep
 
 
-def improve_by_swaps(layout: Layout, max_rounds: int, with_heaviest: bool = True) -> None:
+def improve_by_swaps(layout: Layout, max_rounds: int, with_heaviest: bool = True, good_enough=None) -> None:
     """Rounds of exchanges, all layers in step, alternating: each of the R/2 heaviest ranks with
     its counterpart among the lightest (many exchanges a round), then (``with_heaviest``) the
     heaviest with any other.
     A round is undone for a layer whose heaviest rank (under the op's exact split) got heavier;
-    a layer stops after two rounds in a row that change nothing."""
+    a layer stops after two rounds in a row that change nothing, or when its heaviest rank is
+    below ``good_enough`` (L,) (every exchange is a weight copy to a replanner)."""
     num_layers, num_ranks, _ = layout.slot_expert.shape
     stalled = np.zeros(num_layers, dtype=np.int64)
     half = max(1, num_ranks // 2)
     for round_ in range(max_rounds):
         active = stalled < 2
+        if good_enough is not None:
+            active &= layout.peak > good_enough
         if not active.any() or num_ranks < 2:
             return
         before, peak = layout.snapshot(), layout.peak

@@ -20,7 +20,11 @@ import numpy as np
 from torchair_plugin.eplb import _layer_packing as packing
 
 _DONORS = 6
-_MAX_STEPS = 400
+_MAX_STEPS = 60
+_FREE_SWAP_ROUNDS = 8
+_RELEASE_STEPS = 24
+_RELEASED = 2
+_FEWER_MOVES_STEPS = 40
 _IMPROVES = 1 - 1e-9
 
 
@@ -196,20 +200,110 @@ def _matched(scratch: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return result
 
 
+def _repacked(problem, prior: packing.Layout, counts: np.ndarray, target_peak: np.ndarray) -> packing.Layout:
+    """The prior slots with the replica counts changed to ``counts`` (L, E): an expert with fewer
+    replicas gives up those on the heaviest ranks (never its pin), the freed slots take the new
+    replicas heaviest first onto the lightest ranks, and exchanges among slots that change anyway
+    balance them. While a layer is above ``target_peak``, a few more slots are let go: the largest
+    replicas of its heaviest rank and the smallest of its lightest, then exchanges again."""
+    num_layers, num_ranks, slots = prior.slot_expert.shape
+    expert = prior.slot_expert.reshape(num_layers, -1)
+    weight = np.repeat(prior.loads, slots, axis=1)
+    weight = np.where(prior.fixed.reshape(num_layers, -1), -np.inf, weight)
+    order = np.lexsort((-weight, expert), axis=-1)
+    sorted_expert = np.take_along_axis(expert, order, 1)
+    starts = np.cumsum(prior.counts, 1) - prior.counts
+    position = np.arange(expert.shape[1])[None, :] - np.take_along_axis(starts, sorted_expert, 1)
+    drop = np.maximum(prior.counts - counts, 0)
+    keep = np.empty(expert.shape, dtype=bool)
+    np.put_along_axis(keep, order, position >= np.take_along_axis(drop, sorted_expert, 1), 1)
+    keep = keep.reshape(prior.slot_expert.shape)
+    layout = packing.place(counts, problem.load, problem.weights, problem.constraints,
+                           np.where(keep, prior.slot_expert, -1))
+    pins = layout.fixed
+    layout.fixed = pins | keep
+    if not layout.valid().all():
+        packing.repair(layout)
+    packing.improve_by_swaps(layout, _FREE_SWAP_ROUNDS)
+    rows = layout.rows
+    for _ in range(_RELEASE_STEPS):
+        above = layout.peak > target_peak
+        if not above.any():
+            break
+        for rank, sign in ((layout.loads.argmax(1), 1), (layout.loads.argmin(1), -1)):
+            size = np.where(layout.fixed[rows, rank] & ~pins[rows, rank], sign * layout.size[rows, rank], -np.inf)
+            chosen = np.argsort(-size, axis=1, kind="stable")[:, :_RELEASED]
+            release = np.take_along_axis(np.isfinite(size), chosen, 1) & above[:, None]
+            layers, j = np.nonzero(release)
+            layout.fixed[layers, rank[layers], chosen[layers, j]] = False
+        packing.improve_by_swaps(layout, _FREE_SWAP_ROUNDS, good_enough=target_peak)
+    layout.fixed = pins
+    return layout
+
+
+def _fewer_moves(layout: packing.Layout, prior: np.ndarray, target_peak: np.ndarray) -> None:
+    """Exchanges that put replicas back on a rank that held them before, each the one that saves
+    the most moves per layer while both ranks stay within ``target_peak``; until none saves any.
+    A rank's moves are the experts it holds that it did not hold in ``prior`` (L, R, S)."""
+    rows = layout.rows
+    num_layers, num_ranks, slots = layout.slot_expert.shape
+    before = np.zeros((num_layers, layout.load.shape[1], num_ranks), dtype=bool)
+    before[rows[:, None, None], prior, layout.slot_rank] = True
+    flat_rank = layout.slot_rank.reshape(num_layers, -1)
+    for _ in range(_FEWER_MOVES_STEPS):
+        expert = layout.slot_expert.reshape(num_layers, -1)
+        size = layout.size.reshape(num_layers, -1)
+        arrived = ~before[rows[:, None], expert, flat_rank] & ~layout.fixed.reshape(num_layers, -1)
+        width = int(arrived.sum(1).max(initial=0))
+        if not width:
+            return
+        a = np.argsort(~arrived, axis=1, kind="stable")[:, :width]  # (L, K) slots that moved
+        a_ok = np.take_along_axis(arrived, a, 1)
+        xa, ra, sa = (np.take_along_axis(v, a, 1)[:, :, None] for v in (expert, flat_rank, size))
+        xb, rb, sb = expert[:, None, :], flat_rank[:, None, :], size[:, None, :]
+        layer = rows[:, None, None]
+        # Moves saved: x leaves a rank it is new on (1), y leaves one (if new there), minus
+        # whether each is new on the rank it lands on.
+        new = ~before
+        gain = 1 + new[layer, xb, rb].astype(np.int64) - new[layer, xb, ra] - new[layer, xa, rb]
+        delta = sb - sa
+        now = _held(layout)
+        ok = a_ok[:, :, None] & (ra != rb) & (xa != xb) & ~layout.fixed.reshape(num_layers, -1)[:, None, :]
+        ok &= ~now[layer, xa, rb] & ~now[layer, xb, ra]
+        ok &= layout.node_ok(layer, xa, rb, ra) & layout.node_ok(layer, xb, ra, rb)
+        ok &= np.maximum(layout.loads[layer, ra] + delta, layout.loads[layer, rb] - delta) <= target_peak[:, None, None]
+        score = np.where(ok & (gain > 0), gain, 0)
+        best = score.reshape(num_layers, -1).argmax(1)
+        take = score.reshape(num_layers, -1)[rows, best] > 0
+        if not take.any():
+            return
+        i, j = np.divmod(best, expert.shape[1])
+        slot_a = a[rows, i]
+        layers = rows[take]
+        layout.exchange(layers, np.divmod(slot_a[take], slots), np.divmod(j[take], slots))
+        layout.rescore()
+
+
 def replan(problem, prior: np.ndarray, scratch_phy2log: np.ndarray, target: np.ndarray):
     """(phy2log (L, P), exact rank loads (L, R)): per layer the plan with fewest slots changed
     against ``prior`` (L, P) whose balancedness is >= ``target`` (L,)."""
     num_layers = prior.shape[0]
     shape = (num_layers, problem.num_ranks, problem.slots_per_rank)
-    make = lambda slots: packing.Layout(slots.reshape(shape), problem.load, problem.weights, problem.constraints)
+    max_count = problem.weights.shape[1]
+
+    def make(slots):
+        return packing.Layout(slots.reshape(shape), problem.load, problem.weights, problem.constraints)
+
     mean = problem.load.sum(1) / problem.num_ranks
     target_peak = mean / np.maximum(target, 1e-12)
-    scratch = make(scratch_phy2log)
-    candidates = []
+    scratch, current = make(scratch_phy2log), make(prior)
     descent = make(prior)
-    _descend(descent, target_peak, problem.weights.shape[1])
-    candidates += [make(prior), descent]
-    candidates += [make(_matched(scratch.slot_expert, prior.reshape(shape))), scratch]
+    _descend(descent, target_peak, max_count)
+    repacked = _repacked(problem, current, scratch.counts, target_peak)
+    matched = make(_matched(scratch.slot_expert, prior.reshape(shape)))
+    for layout in (matched, repacked):
+        _fewer_moves(layout, prior.reshape(shape), target_peak)
+    candidates = [current, descent, repacked, matched, scratch]
     best_moves = np.full(num_layers, np.iinfo(np.int64).max)
     chosen = scratch.slot_expert.copy()
     loads = scratch.loads.copy()

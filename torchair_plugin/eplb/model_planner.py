@@ -66,7 +66,8 @@ class _Problem:
     constraints: packing.Constraints
 
     def pack(self, counts: np.ndarray, swap_rounds: int, with_heaviest: bool = False) -> packing.Layout:
-        layout = packing.place(counts, self.load, self.weights, self.constraints, self.num_ranks, self.slots_per_rank)
+        preset = packing.pin_preset(self.constraints, self.num_ranks, self.slots_per_rank)
+        layout = packing.place(counts, self.load, self.weights, self.constraints, preset)
         if not layout.valid().all():
             packing.repair(layout)
         packing.improve_by_swaps(layout, swap_rounds, with_heaviest)
