@@ -7,6 +7,8 @@ load, and report what the op does to the load of every rank.
 - ``workload``: synthetic skewed routing, per-expert load from routing.
 - ``load_report``: tokens per physical expert and per rank through the op itself.
 - ``io``: routing and table files; ``plot``: PNG chart (matplotlib optional); ``cli``: ``balance``.
+- ``model_planner``: ``plan_model``, every layer of a model in one vectorised call, move-aware
+  with ``previous=`` tables, with placement constraints (one replica per rank, pins, nodes).
 """
 
 from torchair_plugin.eplb.io import load_eplb_table, load_routing
@@ -19,6 +21,7 @@ from torchair_plugin.eplb.load_report import (
     physical_ranks,
     source_expert_tokens,
 )
+from torchair_plugin.eplb.model_planner import ModelPlan, plan_model
 from torchair_plugin.eplb.planner import Placement, balancedness, expected_loads, plan_placement, replica_shares
 from torchair_plugin.eplb.plot import plot_rank_loads
 from torchair_plugin.eplb.tables import (
@@ -35,6 +38,7 @@ __all__ = [
     "PADDING",
     "SCENARIOS",
     "LoadReport",
+    "ModelPlan",
     "Placement",
     "ScenarioLoad",
     "balancedness",
@@ -45,6 +49,7 @@ __all__ = [
     "load_report",
     "load_routing",
     "physical_ranks",
+    "plan_model",
     "plan_placement",
     "plot_rank_loads",
     "replica_shares",

@@ -144,15 +144,13 @@ def _descend(layout: packing.Layout, target_peak: np.ndarray, max_count: int) ->
         before = layout.snapshot()
         counts_before, caps_before = layout.counts.copy(), layout.caps.copy()
         # An exchange costs two slots: it wins only when it gains more than twice as much.
-        swap_layout = layout
-        swap_before = swap_layout.snapshot()
-        swapped = packing.best_with_heaviest(swap_layout, active)
-        swap_layout.rescore()
-        gain_swap = np.where(swapped, peak - swap_layout.peak, 0.0)
+        swapped = packing.best_with_heaviest(layout, active)
+        layout.rescore()
+        gain_swap = np.where(swapped, peak - layout.peak, 0.0)
         use_swap = swapped & (gain_swap > 2 * np.maximum(gain_rewrite, 0)) & (gain_swap > 0)
         undo_swap = np.nonzero(swapped & ~use_swap)[0]
         if undo_swap.size:
-            layout.restore(swap_before, undo_swap)
+            layout.restore(before, undo_swap)
         use_rewrite = active & ~use_swap & np.isfinite(value) & (value < peak * _IMPROVES)
         layers = rows[use_rewrite]
         if layers.size:
