@@ -47,9 +47,11 @@ def _judge_layers(tables, loads, num_ranks, mode):
 
 
 def _timed(function):
-    start = time.perf_counter()
+    """(result, CPU seconds): on a shared machine wall time measures the neighbours too."""
+    start, wall = time.process_time(), time.perf_counter()
     result = function()
-    return result, time.perf_counter() - start
+    _timed.wall = time.perf_counter() - wall
+    return result, time.process_time() - start
 
 
 def _layer_loads(num_layers, num_experts, skew, seed=0):
@@ -64,25 +66,35 @@ def whole_model(args):
     ranks, slots = args.ranks, args.slots_per_rank
     print(f"\nwhole model: {args.layers} layers x {args.experts} experts, {ranks} ranks x {slots} slots "
           f"(mean balancedness over layers; seconds for all layers)")
-    print(f"{'s':>4} {'mode':>4} {'deepseek s':>10} {'bal':>7} {'per-layer s':>11} {'bal':>7} "
+    print("times: CPU seconds of this process (the machine is shared; wall time in the JSON); deepseek: "
+          "torch loop, and [the same loop on lists]")
+    print(f"{'s':>4} {'mode':>4} {'deepseek s':>16} {'bal':>7} {'per-layer s':>11} {'bal':>7} "
           f"{'plan_model s':>12} {'bal':>7} {'min vs greedy':>13}")
     for skew in args.model_skews:
         loads = _layer_loads(args.layers, args.experts, skew)
         phy2log, deepseek_s = _timed(lambda: rebalance_global(torch.from_numpy(loads), ranks * slots, ranks))
+        deepseek_wall = _timed.wall
+        lists_phy2log, lists_s = _timed(lambda: rebalance_global(torch.from_numpy(loads), ranks * slots, ranks, lists=True))
+        assert torch.equal(lists_phy2log, phy2log)
         deepseek_tables = table_from_phy2log(phy2log, ranks, num_logical=args.experts, balance_mode=1)
         greedy = [greedy_table(load, ranks, slots) for load in loads]
         for mode in (1, 0):
             deepseek = _judge_layers(deepseek_tables, loads, ranks, mode)
             per_layer, per_layer_s = _timed(lambda: [plan_placement(load, ranks, slots, balance_mode=mode).eplb_table
                                                      for load in loads])
+            per_layer_wall = _timed.wall
             plan, model_s = _timed(lambda: plan_model(loads, num_ranks=ranks, slots_per_rank=slots, balance_mode=mode))
             ours = _judge_layers(plan.eplb_tables, loads, ranks, mode)
             versus_greedy = float((ours - _judge_layers(greedy, loads, ranks, mode)).min())
-            row = {"skew": skew, "balance_mode": mode, "deepseek_seconds": deepseek_s, "deepseek": deepseek.mean(),
-                   "per_layer_seconds": per_layer_s, "per_layer": _judge_layers(per_layer, loads, ranks, mode).mean(),
-                   "plan_model_seconds": model_s, "plan_model": ours.mean(), "min_vs_greedy": versus_greedy}
+            row = {"skew": skew, "balance_mode": mode, "deepseek_seconds": deepseek_s, "deepseek_wall": deepseek_wall,
+                   "deepseek_lists_seconds": lists_s, "deepseek": deepseek.mean(),
+                   "per_layer_seconds": per_layer_s, "per_layer_wall": per_layer_wall,
+                   "per_layer": _judge_layers(per_layer, loads, ranks, mode).mean(),
+                   "plan_model_seconds": model_s, "plan_model_wall": _timed.wall, "plan_model": ours.mean(),
+                   "min_vs_greedy": versus_greedy}
             rows.append(row)
-            print(f"{skew:>4} {mode:>4} {deepseek_s:>10.3f} {row['deepseek']:>7.4f} {per_layer_s:>11.3f} "
+            both = f"{deepseek_s:.3f} [{lists_s:.3f}]"
+            print(f"{skew:>4} {mode:>4} {both:>16} {row['deepseek']:>7.4f} {per_layer_s:>11.3f} "
                   f"{row['per_layer']:>7.4f} {model_s:>12.3f} {row['plan_model']:>7.4f} {versus_greedy:>13.4f}")
     return rows
 

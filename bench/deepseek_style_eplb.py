@@ -7,12 +7,17 @@ the paper: redundant experts, then balanced packing), for the planner benchmark.
    lightest rank that still has a free slot; every rank ends with P / R replicas.
 Physical ids run rank by rank, so phy2log (L, P) converts to eplb_tables with the project's
 builders. Like the original, nothing stops two replicas of one expert landing on one rank.
+
+The packing loop reads and writes torch tensors element by element, the way a torch
+implementation of that loop (the published one included) does; ``lists=True`` runs the same
+loop on Python lists, which is several times faster. The benchmark reports both, so that the
+planner is compared with the algorithm and not only with one way to write it.
 """
 
 import torch
 
 
-def rebalance_global(weight: torch.Tensor, num_replicas: int, num_ranks: int) -> torch.Tensor:
+def rebalance_global(weight: torch.Tensor, num_replicas: int, num_ranks: int, *, lists: bool = False) -> torch.Tensor:
     """phy2log (L, P) int64 for loads ``weight`` (L, E); P = ``num_replicas``, a multiple of R."""
     num_layers, num_experts = weight.shape
     weight = weight.double()
@@ -33,9 +38,11 @@ def rebalance_global(weight: torch.Tensor, num_replicas: int, num_ranks: int) ->
     for layer in range(num_layers):
         loads = [0.0] * num_ranks
         filled = [0] * num_ranks
-        experts = replica_expert[layer].tolist()
-        layer_sizes = sizes[layer].tolist()
-        for item in sizes[layer].argsort(descending=True, stable=True).tolist():
+        experts, layer_sizes = replica_expert[layer], sizes[layer]
+        order = layer_sizes.argsort(descending=True, stable=True)
+        if lists:
+            experts, layer_sizes, order = experts.tolist(), layer_sizes.tolist(), order.tolist()
+        for item in order:
             rank = min((r for r in range(num_ranks) if filled[r] < per_rank), key=loads.__getitem__)
             phy2log[layer, rank * per_rank + filled[rank]] = experts[item]
             loads[rank] += layer_sizes[item]
