@@ -212,6 +212,11 @@ def highest_averages(load: np.ndarray, max_count: int, num_slots: int) -> np.nda
     return 1 + chosen.reshape(num_layers, num_experts, -1).sum(2)
 
 
+def select(where: np.ndarray, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Per layer: ``new`` where ``where`` (L,) holds, else ``old`` (arrays with L leading)."""
+    return np.where(where.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+
 def pin_preset(constraints: Constraints, num_ranks: int, slots_per_rank: int) -> np.ndarray:
     """(L, R, S) the pinned experts in the first slots of their rank (in expert order), -1 elsewhere."""
     layers, experts = np.nonzero(constraints.pinned >= 0)
@@ -263,6 +268,85 @@ def place(counts, load, weights, constraints: Constraints, preset: np.ndarray) -
         slot_expert[layers, r, free_at[layers, r, k - (slots - free[layers, r])]] = expert[layers, it]
         loads[layers, r] += size[layers, it]
         taken += count
+    return Layout(slot_expert, load, weights, constraints)
+
+
+def place_greedy(counts, load, weights, constraints: Constraints, num_ranks: int, slots_per_rank: int) -> Layout:
+    """The common greedy's packing with the rules: replicas heaviest first (load / count; ties in
+    expert order), each onto the least-loaded rank (lowest index on ties) with a free slot that
+    lacks the expert and whose node is under the expert's cap. Where the greedy itself never
+    doubles an expert up on a rank, this is its plan exactly, so a search that starts here never
+    ends below it. One step per replica, all layers at once."""
+    preset = pin_preset(constraints, num_ranks, slots_per_rank)
+    num_layers, slots = counts.shape[0], slots_per_rank
+    rows = np.arange(num_layers)
+    expert = items_from_counts(counts)
+    share = load / counts
+    size = np.take_along_axis(share, expert, 1)
+    first = np.cumsum(counts, 1) - counts
+    layers, pinned = np.nonzero(constraints.pinned >= 0)
+    size[layers, first[layers, pinned]] = -np.inf  # in the preset already
+    order = np.argsort(-size, axis=1, kind="stable")
+    slot_expert = preset.copy()
+    taken = preset >= 0
+    loads = np.where(taken, share[rows[:, None, None], np.maximum(preset, 0)], 0.0).sum(2)
+    free = slots - taken.sum(2)
+    held = np.zeros((num_layers, counts.shape[1], num_ranks), dtype=bool)
+    held[np.broadcast_to(rows[:, None, None], preset.shape)[taken], preset[taken],
+         np.broadcast_to(np.arange(num_ranks)[None, :, None], preset.shape)[taken]] = True
+    caps = -(-counts // constraints.num_nodes)
+    on_node = np.zeros((num_layers, counts.shape[1], constraints.num_nodes), dtype=np.int64)
+    np.add.at(on_node, (layers, pinned, constraints.node[constraints.pinned[layers, pinned]]), 1)
+    for step in range(order.shape[1]):
+        item = order[:, step]
+        todo = np.isfinite(size[rows, item])
+        e = expert[rows, item]
+        has_slot = free > 0
+        allowed = has_slot & ~held[rows, e]
+        spread = allowed & (on_node[rows, e][:, constraints.node] < caps[rows, e][:, None])
+        choice = np.where(spread.any(1)[:, None], spread, np.where(allowed.any(1)[:, None], allowed, has_slot))
+        r = np.where(choice, loads, np.inf).argmin(1)
+        at = rows[todo]
+        r, e = r[todo], e[todo]
+        slot_expert[at, r, slots - free[at, r]] = e  # pins hold a rank's first slots
+        loads[at, r] += size[at, item[todo]]
+        free[at, r] -= 1
+        held[at, e, r] = True
+        on_node[at, e, constraints.node[r]] += 1
+    return Layout(slot_expert, load, weights, constraints)
+
+
+def dealt(counts, load, weights, constraints: Constraints, num_ranks: int, slots_per_rank: int) -> Layout:
+    """A layout built to keep the rules, for layers where placing and repairing did not: pins
+    first, then each expert's replicas (most replicas first) dealt to ranks taken node by node in
+    turn, each to the next rank with a free slot that lacks the expert and whose node is under the
+    expert's cap. Without pins this always succeeds (c <= R replicas on c consecutive turns);
+    pins can leave a layer no way out, which ``valid`` then reports. One Python loop per
+    replica: it runs only for the rare layers that need it."""
+    num_layers = counts.shape[0]
+    per_node = num_ranks // constraints.num_nodes
+    turn = (np.arange(num_ranks) % constraints.num_nodes) * per_node + np.arange(num_ranks) // constraints.num_nodes
+    slot_expert = pin_preset(constraints, num_ranks, slots_per_rank)
+    caps = -(-counts // constraints.num_nodes)
+    for layer in range(num_layers):
+        slots = slot_expert[layer]
+        pins = constraints.pinned[layer]
+        position = 0
+        for expert in np.argsort(-counts[layer], kind="stable"):
+            for _ in range(counts[layer, expert] - int(pins[expert] >= 0)):
+                order = turn[(position + np.arange(num_ranks)) % num_ranks]
+                free = (slots[order] < 0).any(1)
+                lacks = ~(slots[order] == expert).any(1)
+                on_node = np.bincount(constraints.node[np.nonzero((slots == expert).any(1))[0]],
+                                      minlength=constraints.num_nodes)
+                room = on_node[constraints.node[order]] < caps[layer, expert]
+                for choice in (free & lacks & room, free & lacks, free):
+                    if choice.any():
+                        break
+                step = int(choice.argmax())
+                rank = order[step]
+                slots[rank, int(np.argmax(slots[rank] < 0))] = expert
+                position = (position + step + 1) % num_ranks
     return Layout(slot_expert, load, weights, constraints)
 
 

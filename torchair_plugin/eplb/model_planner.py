@@ -65,29 +65,38 @@ class _Problem:
     weights: np.ndarray
     constraints: packing.Constraints
 
-    def pack(self, counts: np.ndarray, swap_rounds: int, with_heaviest: bool = False) -> packing.Layout:
-        preset = packing.pin_preset(self.constraints, self.num_ranks, self.slots_per_rank)
-        layout = packing.place(counts, self.load, self.weights, self.constraints, preset)
+    def subset(self, layers: np.ndarray) -> "_Problem":
+        constraints = dataclasses.replace(self.constraints, pinned=self.constraints.pinned[layers])
+        return dataclasses.replace(self, load=self.load[layers], constraints=constraints)
+
+    def pack(self, counts: np.ndarray, swap_rounds: int, with_heaviest: bool = False, greedy: bool = False):
+        if greedy:
+            layout = packing.place_greedy(counts, self.load, self.weights, self.constraints, self.num_ranks,
+                                          self.slots_per_rank)
+        else:
+            preset = packing.pin_preset(self.constraints, self.num_ranks, self.slots_per_rank)
+            layout = packing.place(counts, self.load, self.weights, self.constraints, preset)
         if not layout.valid().all():
             packing.repair(layout)
         packing.improve_by_swaps(layout, swap_rounds, with_heaviest)
         return layout
 
 
-def _keep_lighter(best: packing.Layout, trial: packing.Layout, allowed: np.ndarray) -> None:
-    """Per layer, ``best`` becomes ``trial`` where that is allowed and lighter."""
-    better = np.nonzero(allowed & (trial.peak < best.peak))[0]
-    if better.size:
-        best.restore(trial.snapshot(), better)
-        best.counts[better] = trial.counts[better]
-        best.caps[better] = trial.caps[better]
-        best.fixed[better] = trial.fixed[better]
+def _keep_lighter(best: packing.Layout, trial: packing.Layout, allowed: np.ndarray, layers=None,
+                  force: bool = False) -> None:
+    """Per layer, ``best`` becomes ``trial`` where that is allowed and lighter (or just allowed,
+    with ``force``); ``trial`` holds the ``layers`` of ``best`` (default: all)."""
+    layers = best.rows if layers is None else layers
+    better = allowed & (force | (trial.peak < best.peak[layers]))
+    for name in packing.Layout._STATE + ("counts", "caps", "fixed"):
+        if better.any() and getattr(best, name).size:
+            getattr(best, name)[layers[better]] = getattr(trial, name)[better]
 
 
 def _plan_scratch(problem: _Problem) -> packing.Layout:
     load, num_slots = problem.load, problem.num_ranks * problem.slots_per_rank
     max_count = problem.weights.shape[1]
-    best = problem.pack(packing.highest_averages(load, max_count, num_slots), _SWAP_ROUNDS)
+    best = problem.pack(packing.highest_averages(load, max_count, num_slots), _SWAP_ROUNDS, greedy=True)
     # No rank is lighter than the mean, nor than an expert's share at its most replicas.
     low = np.maximum(load.sum(1) / problem.num_ranks, (load * problem.weights[max_count, 0]).max(1))
     high = best.peak.copy()
@@ -95,20 +104,63 @@ def _plan_scratch(problem: _Problem) -> packing.Layout:
     # smallest: the shares must leave room for those, or the bound is never reached.
     smallest = np.sort(load, axis=1)[:, : max(1, load.shape[1] // 2)].mean(1)
     room = (problem.slots_per_rank - 1) * smallest
+    # The bound at the mean without room: spare slots as fillers everywhere (small layers).
+    counts, feasible = packing.counts_for_bound(load, low, problem.weights, num_slots)
+    trial = problem.pack(counts, _SWAP_ROUNDS)
+    _keep_lighter(best, trial, (feasible & trial.valid()) | ~best.valid())
+    high = np.where(best.valid(), np.minimum(high, best.peak), high)
     for _ in range(_BISECTIONS):
         searching = high > low * (1 + 1e-6)
         if not searching.any():
             break
         bound = np.where(searching, 0.5 * (low + high), high)
         counts, feasible = packing.counts_for_bound(load, np.maximum(bound - room, low / 2), problem.weights, num_slots)
+        # Too few slots to leave that room: the bound on shares alone (small layers need it).
+        plain, plain_feasible = packing.counts_for_bound(load, bound, problem.weights, num_slots)
+        counts = packing.select(feasible, counts, plain)
+        feasible = feasible | plain_feasible
         trial = problem.pack(counts, _SWAP_ROUNDS)
         ok = feasible & trial.valid()
-        _keep_lighter(best, trial, ok)
+        _keep_lighter(best, trial, ok | ~best.valid())
         reached = ok & (trial.peak <= bound * (1 + 1e-12))
         high = np.where(searching & reached, np.minimum(high, trial.peak), high)
         low = np.where(searching & ~reached, bound, low)
+    broken = np.nonzero(~best.valid())[0]
+    if broken.size:
+        _fall_back(problem, best, broken)
     packing.improve_by_swaps(best, _FINAL_SWAP_ROUNDS)
     return best
+
+
+def _even_counts(load: np.ndarray, pinned: np.ndarray, max_count: int, num_slots: int) -> np.ndarray:
+    """(L, E) counts as even as the slots allow, the extra replicas to unpinned experts first
+    and then the lightest: what pins and node caps leave the most room for."""
+    order = np.lexsort((load, pinned >= 0), axis=-1)
+    counts = np.zeros(load.shape, dtype=np.int64)
+    for layer, experts in enumerate(order):
+        turns = np.tile(experts, max_count)[:num_slots]
+        counts[layer] = np.bincount(turns, minlength=load.shape[1])
+    return counts
+
+
+def _fall_back(problem: _Problem, best: packing.Layout, broken: np.ndarray) -> None:
+    """Layers no packing kept within the rules: deal the replicas out (``dealt``), with the
+    counts found and then with even counts; a layer neither fixes is refused."""
+    sub = problem.subset(broken)
+    num_slots = problem.num_ranks * problem.slots_per_rank
+    even = _even_counts(sub.load, sub.constraints.pinned, problem.weights.shape[1], num_slots)
+    for counts in (best.counts[broken], even):
+        fallback = packing.dealt(counts, sub.load, sub.weights, sub.constraints, problem.num_ranks,
+                                 problem.slots_per_rank)
+        if not fallback.valid().all():
+            packing.repair(fallback)
+        fixed = fallback.valid() & ~best.valid()[broken]
+        _keep_lighter(best, fallback, fixed, broken, force=True)
+    still = broken[~best.valid()[broken]]
+    if still.size:
+        raise ValueError(f"layer {int(still[0])}: no placement found that keeps the pins with one replica of an "
+                         f"expert per rank{' and ranks_per_node' if problem.constraints.num_nodes > 1 else ''}: "
+                         f"pin fewer experts or give more slots_per_rank")
 
 
 def _balancedness(loads: np.ndarray) -> np.ndarray:
