@@ -252,7 +252,7 @@ def test_deterministic_and_scale_free():
         ([[1.0] * 4], {"pinned": [0, 1]}, r"pinned must have shape \(E,\) = \(4,\) or \(L, E\) = \(1, 4\), got \(2,\)"),
         ([[1.0] * 4], {"pinned": [0, 5, -1, -1]}, r"pinned\[1\] must be a rank in \[0, 2\) or -1 \(not pinned\), got 5"),
         ([[1.0] * 4], {"pinned": [0, 0, 0, -1]}, r"pinned puts 3 experts on rank 0 \(layer 0\): more than slots_per_rank = 2"),
-        ([[1.0] * 4], {"num_columns": 1}, r"num_columns must be an int in \[2, 3\], got 1"),
+        ([[1.0] * 4], {"num_columns": 1}, r"num_columns must be an int in \[2, 769\], got 1"),
         ([[1.0] * 4], {"previous": torch.zeros(2, 2, dtype=torch.int32)}, r"previous must be the \(L, E, F\) eplb_tables"),
         ([[1.0] * 4], {"previous": torch.zeros(1, 3, 2, dtype=torch.int32)}, r"previous must have \(L, E\) = \(1, 4\)"),
     ],

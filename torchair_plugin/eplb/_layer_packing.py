@@ -202,7 +202,8 @@ def highest_averages(load: np.ndarray, max_count: int, num_slots: int) -> np.nda
     spare = num_slots - num_experts
     if max_count == 1 or not spare:
         return np.ones(load.shape, dtype=np.int64)
-    quotients = (load[:, :, None] / np.arange(2, max_count + 1)[None, None, :]).reshape(num_layers, -1)
+    # The k-th replica (k >= 2) is added while the expert has k - 1: its priority is load / (k - 1).
+    quotients = (load[:, :, None] / np.arange(1, max_count)[None, None, :]).reshape(num_layers, -1)
     # The spare-th largest quotient, then ties at it taken in index order (lower expert first).
     kth = -np.partition(-quotients, spare - 1, axis=1)[:, spare - 1 : spare]
     above = quotients > kth

@@ -92,7 +92,7 @@ def _best_rewrite(layout: packing.Layout, held: np.ndarray, max_count: int, acti
         ok &= (on < np.take_along_axis(caps, heavy, 1)[:, :, None])[:, :, None, :]
     after = np.where(ok & active[:, None, None, None], after, np.inf).reshape(num_layers, -1)
     best = after.argmin(1)
-    i, rest = np.divmod(best, _DONORS * num_ranks)
+    i, rest = np.divmod(best, donors.shape[1] * num_ranks)
     k, r = np.divmod(rest, num_ranks)
     return after[rows, best], r, slot_of[rows, k, r], heavy[rows, i]
 
