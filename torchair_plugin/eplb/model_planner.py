@@ -30,7 +30,7 @@ from torchair_plugin.eplb._move_aware import replan
 from torchair_plugin.eplb.tables import table_from_phy2log, table_to_phy2log
 from torchair_plugin.validate import check_int, max_columns
 
-_BISECTIONS = 14
+_BISECTIONS = 10
 _SWAP_ROUNDS = 4
 _FINAL_SWAP_ROUNDS = 60
 DEFAULT_MAX_LOSS = 0.002
