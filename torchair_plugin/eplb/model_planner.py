@@ -27,6 +27,7 @@ from torchair_plugin import limits
 from torchair_plugin.eplb import _layer_packing as packing
 from torchair_plugin.eplb._arrays import int_array, load_array, positive_int
 from torchair_plugin.eplb._move_aware import replan
+from torchair_plugin.eplb.planner import check_slots
 from torchair_plugin.eplb.tables import table_from_phy2log, table_to_phy2log
 from torchair_plugin.validate import check_int, max_columns
 
@@ -173,14 +174,7 @@ def _check_setup(load: np.ndarray, num_ranks: int, slots_per_rank: int, balance_
                  num_columns: Optional[int]) -> int:
     """The most replicas an expert may have (bounded by the ranks and by F - 1)."""
     num_experts, num_slots = load.shape[1], num_ranks * slots_per_rank
-    if not num_experts <= num_slots <= min(limits.MAX_EXPERTS, num_experts * num_ranks):
-        raise ValueError(
-            f"num_ranks * slots_per_rank = {num_slots} physical experts must be in [experts = {num_experts}, "
-            f"min({limits.MAX_EXPERTS}, experts * num_ranks = {num_experts * num_ranks})] (each expert has "
-            f"1..num_ranks replicas, at most one per rank)"
-        )
-    if balance_mode == 0 and num_ranks < limits.MIN_WORLD_SIZE:
-        raise ValueError(f"balance_mode 0 needs num_ranks (world_size) >= {limits.MIN_WORLD_SIZE}, got {num_ranks}")
+    check_slots(num_experts, num_ranks, slots_per_rank, balance_mode)
     if num_columns is None:
         return num_ranks
     check_int("num_columns", num_columns, 2, max_columns(num_ranks, balance_mode))
