@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import pytest
@@ -38,9 +37,7 @@ def _zipf(skew, num_experts=256):
 )
 def test_targets_on_256_experts_32_ranks_9_slots(skew, mode, target):
     load = _zipf(skew)
-    start = time.perf_counter()
-    plan = plan_placement(load, 32, 9, balance_mode=mode)
-    assert time.perf_counter() - start < 1.0
+    plan = plan_placement(load, 32, 9, balance_mode=mode)  # its speed: bench/bench_planner.py, not a timed test
     assert plan.balancedness >= target
     # The modelled figure is what the table really gives under the op's split.
     assert _true_balancedness(plan.eplb_table, load, 32, mode) == pytest.approx(plan.balancedness)

@@ -14,6 +14,7 @@ import json
 from torchair_plugin import limits
 from torchair_plugin.cli import EXIT_OK
 from torchair_plugin.cli._args import int_in, usage_error
+from torchair_plugin.cli.balance_model import add_model_arguments, run_model_balance
 from torchair_plugin.eplb._arrays import check_expert_ids
 from torchair_plugin.eplb.io import in_file, load_eplb_table, load_routing
 from torchair_plugin.eplb.load_report import format_report, load_report
@@ -49,6 +50,7 @@ def add_balance_subcommand(subparsers) -> argparse.ArgumentParser:
                         help="balance_mode the table is planned for (default 1)")
     parser.add_argument("--png", metavar="PATH", help="also write a bar chart per rank (needs matplotlib)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the text table")
+    add_model_arguments(parser)
     parser.set_defaults(func=run_balance)
     return parser
 
@@ -113,7 +115,16 @@ def _notes(args, plan) -> list:
 
 
 def run_balance(args) -> int:
-    """Handler of ``balance``: print the report (text or JSON), write the PNG if asked."""
+    """Handler of ``balance``: print the report (text or JSON), write the PNG if asked; with
+    ``--loads``, plan the whole model instead (``balance_model``)."""
+    if args.loads:
+        try:
+            if args.routing or args.table or args.png:
+                raise ValueError("--loads plans a whole model: it takes no --routing, --table or --png")
+            run_model_balance(args, DEFAULT_WORLD_SIZE if args.world_size is None else args.world_size)
+        except (ValueError, OSError) as error:
+            return usage_error("torchair-plugin balance", str(error))
+        return EXIT_OK
     try:
         routing, table, world_size, plan = _inputs(args)
         report = load_report(routing, table, world_size)

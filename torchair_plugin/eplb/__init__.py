@@ -14,6 +14,8 @@ The loop inside a compiled model (docs/eplb.md, "The EPLB loop"):
 - ``rank_check``: ``check_same_table``, a digest all-gather naming the ranks that differ.
 - ``rebalance_gain``: ``rebalance_gain``, balancedness now and predicted, replicas moved.
 - ``formats``: vllm-ascend's expert-map JSON, per-rank one-replica maps, SGLang's replica map.
+- ``model_planner``: ``plan_model``, every layer of a model in one vectorised call, move-aware
+  with ``previous=`` tables, with placement constraints (one replica per rank, pins, nodes).
 """
 
 from torchair_plugin.eplb.formats import (
@@ -36,6 +38,7 @@ from torchair_plugin.eplb.load_report import (
     physical_ranks,
     source_expert_tokens,
 )
+from torchair_plugin.eplb.model_planner import ModelPlan, plan_model
 from torchair_plugin.eplb.planner import Placement, balancedness, expected_loads, plan_placement, replica_shares
 from torchair_plugin.eplb.plot import plot_rank_loads
 from torchair_plugin.eplb.rank_check import RankMismatchError, check_same_table, table_digest
@@ -71,6 +74,7 @@ __all__ = [
     "PADDING",
     "SCENARIOS",
     "LoadReport",
+    "ModelPlan",
     "Placement",
     "ScenarioLoad",
     "balancedness",
@@ -81,6 +85,7 @@ __all__ = [
     "load_report",
     "load_routing",
     "physical_ranks",
+    "plan_model",
     "plan_placement",
     "plot_rank_loads",
     "replica_shares",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from torchair_plugin import limits
-from torchair_plugin.eplb._arrays import INT32, check_expert_ids, check_range, int_array
+from torchair_plugin.eplb._arrays import INT32, check_expert_ids, check_range, int_array, load_array
 from torchair_plugin.validate import validate_eplb_table
 
 SUFFIXES = (".pt", ".npy", ".json")
@@ -104,3 +104,10 @@ def load_eplb_table(path: str, world_size: int, *, balance_mode: int = 0) -> tor
         table = torch.from_numpy(array.astype(np.int32))
         validate_eplb_table(table, world_size, balance_mode=balance_mode)
     return table
+
+
+def load_layer_loads(path: str) -> np.ndarray:
+    """Per-layer loads (L, E) float64: tokens per logical expert per MoE layer (finite, >= 0)."""
+    value = _entry(path, "loads")
+    with in_file(path):
+        return load_array("loads", value, (2,))

@@ -338,6 +338,19 @@ def _check_mode(balance_mode: int) -> None:
         raise ValueError(f"balance_mode must be 0 or 1, got {balance_mode!r}")
 
 
+def check_slots(num_experts: int, num_ranks: int, slots_per_rank: int, balance_mode: int) -> None:
+    """Every expert needs a slot, and has at most num_ranks replicas; mode 0 needs 2 ranks."""
+    num_slots = num_ranks * slots_per_rank
+    if balance_mode == 0 and num_ranks < limits.MIN_WORLD_SIZE:
+        raise ValueError(f"balance_mode 0 needs num_ranks (world_size) >= {limits.MIN_WORLD_SIZE}, got {num_ranks}")
+    if not num_experts <= num_slots <= min(limits.MAX_EXPERTS, num_experts * num_ranks):
+        raise ValueError(
+            f"num_ranks * slots_per_rank = {num_slots} physical experts must be in [experts = {num_experts}, "
+            f"min({limits.MAX_EXPERTS}, experts * num_ranks = {num_experts * num_ranks})] (each expert has "
+            f"1..num_ranks replicas)"
+        )
+
+
 def plan_placement(
     load, num_ranks: int, slots_per_rank: int, *, balance_mode: int = 1, num_columns: Optional[int] = None
 ) -> Placement:
@@ -353,16 +366,9 @@ def plan_placement(
     num_ranks = positive_int("num_ranks", num_ranks, limits.MAX_EXPERTS)
     slots_per_rank = positive_int("slots_per_rank", slots_per_rank, limits.MAX_EXPERTS)
     _check_mode(balance_mode)
-    if balance_mode == 0 and num_ranks < limits.MIN_WORLD_SIZE:
-        raise ValueError(f"balance_mode 0 needs num_ranks (world_size) >= {limits.MIN_WORLD_SIZE}, got {num_ranks}")
     source = per_source_load(load, num_ranks)
     num_experts, num_slots = source.shape[1], num_ranks * slots_per_rank
-    if not num_experts <= num_slots <= min(limits.MAX_EXPERTS, num_experts * num_ranks):
-        raise ValueError(
-            f"num_ranks * slots_per_rank = {num_slots} physical experts must be in [experts = {num_experts}, "
-            f"min({limits.MAX_EXPERTS}, experts * num_ranks = {num_experts * num_ranks})] (each expert has "
-            f"1..num_ranks replicas)"
-        )
+    check_slots(num_experts, num_ranks, slots_per_rank, balance_mode)
     # Planned in units of the largest load: a plan does not depend on the scale, and sums of loads
     # near the float64 maximum would overflow to inf.
     scale = float(source.max()) or 1.0
