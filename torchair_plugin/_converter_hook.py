@@ -136,6 +136,7 @@ def converter_module() -> types.ModuleType:
             f"{CONVERTER_PACKAGE} is not installed and {package_dir} does not exist", name=CONVERTER_PACKAGE
         )
     spec = importlib.util.spec_from_file_location(CONVERTER_PACKAGE, init, submodule_search_locations=[package_dir])
+    assert spec is not None and spec.loader is not None  # a path to an existing file always has both
     package = importlib.util.module_from_spec(spec)
     sys.modules[CONVERTER_PACKAGE] = package
     try:
@@ -253,6 +254,7 @@ def install(keep_native: Optional[bool] = None) -> ConverterState:
             STATE.converter = PENDING
             _import_watch.watch(_WATCH_TAG, WATCHED_NAMES, after=_after_torchair_exec)
         else:
+            assert torchair is not None  # INSTALL_NOW is planned only for an imported torchair
             STATE.converter = PENDING
             _on_torchair_imported(torchair)
         return STATE.converter

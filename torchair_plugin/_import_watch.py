@@ -79,7 +79,8 @@ class Watcher:
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _WrappedLoader(spec.loader, self._before, self._after, self._refusal)
+                    spec.loader = _WrappedLoader(  # type: ignore[assignment]  # a loader by duck typing
+                        spec.loader, self._before, self._after, self._refusal)
                 return spec
         return None
 

@@ -228,7 +228,7 @@ def _install_meta_kernel(library: torch.library.Library, name: str, kernel) -> N
     # is overridden: that is the intent here, so only that warning is silenced.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
-        library.m.impl(name, "Meta", kernel, False)
+        library.m.impl(name, "Meta", kernel, False)  # type: ignore[union-attr]  # set by Library.__init__
 
 
 def apply_plan(

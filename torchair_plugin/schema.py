@@ -54,7 +54,9 @@ class Argument:
 
 def split_top_level(text: str) -> List[str]:
     """Split on commas outside brackets: ``int[2] size=[1, 1], *`` -> [``int[2] size=[1, 1]``, ``*``]."""
-    parts, depth, current = [], 0, []
+    parts: List[str] = []
+    current: List[str] = []
+    depth = 0
     for ch in text:
         if ch in "([{":
             depth += 1

@@ -60,8 +60,8 @@ def _validate_layer(table: torch.Tensor, world_size: int, balance_mode: int) -> 
     max_count = min(world_size, f - 1) if balance_mode == 0 else f - 1
     bad = ((counts < 1) | (counts > max_count)).nonzero()
     if bad.numel():
-        row = bad[0].item()
-        raise ValueError(_count_error(row, counts[row].item(), world_size, f, balance_mode))
+        row = int(bad[0].item())
+        raise ValueError(_count_error(row, int(counts[row].item()), world_size, f, balance_mode))
     # After the counts: a count beyond world_size needs a wider row, and its message says what to do.
     max_f = max_columns(world_size, balance_mode)
     if f > max_f:
@@ -158,7 +158,7 @@ def validate_active_mask(active_mask: torch.Tensor) -> Optional[int]:
     inactive = (~mask).nonzero()
     if not inactive.numel():
         return None
-    first_false = inactive[0].item()
+    first_false = int(inactive[0].item())
     late_true = mask[first_false:].nonzero()
     if late_true.numel():
         raise ValueError(

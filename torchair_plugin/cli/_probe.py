@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import sys
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from torchair_plugin import environment
@@ -86,7 +87,7 @@ def npu_devices() -> Dict[str, object]:
         import torch
 
         try:
-            count = int(torch.npu.device_count())
+            count = int(getattr(torch, "npu").device_count())  # torch.npu exists once torch_npu is imported
         except Exception:  # a driver/runtime mismatch: report it as "none seen", doctor advises
             count = 0
     visible = bool(count) if count is not None else False
@@ -116,7 +117,7 @@ def stub_cache_trust(cache_dir: str) -> Dict[str, object]:
         owner = pwd.getpwuid(info.st_uid).pw_name
     except KeyError:
         owner = str(info.st_uid)
-    problem = stub_cache_trust_problem(cache_dir)
+    problem = stub_cache_trust_problem(Path(cache_dir))
     return {"owner": owner, "mode": f"{stat.S_IMODE(info.st_mode):04o}", "trusted": problem is None,
             "trust_problem": problem}
 

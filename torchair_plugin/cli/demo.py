@@ -16,7 +16,10 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 from torchair_plugin import limits
 from torchair_plugin.cli import EXIT_BAD_INPUT, EXIT_OK
@@ -30,10 +33,10 @@ INACTIVE_FRACTION = 4  # the last 1/4 of the batch are padding rows (active_mask
 class DemoBatch:
     """The op's inputs for one source rank, as a serving engine would pass them."""
 
-    expert_ids: "torch.Tensor"  # noqa: F821  (BS, K) int64 logical ids
-    expert_scales: "torch.Tensor"  # noqa: F821  (BS, K) float32, descending per row
-    pruning_threshold: "torch.Tensor"  # noqa: F821  (K,) float32
-    active_mask: "torch.Tensor"  # noqa: F821  (BS,) bool, True rows first
+    expert_ids: "torch.Tensor"  # (BS, K) int64 logical ids
+    expert_scales: "torch.Tensor"  # (BS, K) float32, descending per row
+    pruning_threshold: "torch.Tensor"  # (K,) float32
+    active_mask: "torch.Tensor"  # (BS,) bool, True rows first
     local_rank_id: int
     world_size: int
     balance_mode: int
@@ -84,7 +87,7 @@ def shown_rows(bs: int, rows: int) -> List[int]:
     return sorted(set(range(min(rows, bs))) | {bs - 1})
 
 
-def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, object]:
+def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, Any]:
     """The GE graph of update_expert -> dispatch_v2 -> combine_v2 at this batch's shapes and attrs.
 
     torchair's real FX -> GE lowering through :mod:`torchair_plugin.testing` (CANN-less where there

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import List, Mapping
+from typing import Any, List, Mapping
 
 from torchair_plugin.cli import EXIT_BAD_INPUT, EXIT_OK
 from torchair_plugin.registration import ConverterStatus, converter_state
@@ -27,7 +27,7 @@ IN_YOUR_PROCESS = (
 )
 
 
-def format_registration(sources: Mapping[str, object]) -> List[str]:
+def format_registration(sources: Mapping[str, Any]) -> List[str]:
     """One line per piece: schema, fake kernel, each device kernel, GE converter."""
     pieces = [("op", sources["op"]), ("schema", sources["schema"]), ("fake kernel", sources["fake"])]
     pieces += [("kernel " + _KEY_NAMES.get(key, key), source) for key, source in sources["kernels"].items()]

@@ -135,7 +135,7 @@ class Layout:
 
     def valid(self) -> np.ndarray:
         """(L,) whether every rule holds: one replica per rank, node caps, pins."""
-        ok = ~self.violating().any((1, 2))
+        ok = np.asarray(~self.violating().any((1, 2)))
         layers, experts = np.nonzero(self.constraints.pinned >= 0)
         held = on_rank(experts, self.slot_expert[layers, self.constraints.pinned[layers, experts]])
         ok[layers[~held]] = False

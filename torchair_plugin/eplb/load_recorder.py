@@ -38,6 +38,10 @@ class ExpertLoadRecorder(torch.nn.Module):
     - ``slot``: () int64, the window slot the current step records into.
     """
 
+    counts: torch.Tensor
+    enabled: torch.Tensor
+    slot: torch.Tensor
+
     def __init__(self, num_physical: int, *, num_layers: Optional[int] = None, window: int = 1,
                  enabled: bool = True, device=None, dtype: torch.dtype = torch.int32):
         super().__init__()

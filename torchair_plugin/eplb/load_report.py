@@ -140,8 +140,8 @@ def load_report(routing, eplb_table: torch.Tensor, world_size: int) -> LoadRepor
             raise ValueError(f"routing[{rank}]: {error}") from None
     scenarios = []
     for name in SCENARIOS:
-        expert = sum(source_expert_tokens(ids, eplb_table, rank, world_size, name) for rank, ids in enumerate(ranks))
-        expert = expert.numpy()
+        per_rank = [source_expert_tokens(ids, eplb_table, rank, world_size, name) for rank, ids in enumerate(ranks)]
+        expert = torch.stack(per_rank).sum(0).numpy()
         rank_tokens = np.bincount(physical_ranks(expert.shape[0], world_size), weights=expert, minlength=world_size)
         scenarios.append(ScenarioLoad(name, expert, rank_tokens.astype(np.int64)))
     tokens = sum(int(ids.shape[0]) for ids in ranks)

@@ -279,6 +279,7 @@ def _pack(model: _ShareModel, counts: np.ndarray, num_ranks: int, slots_per_rank
         if best is not None and packing.peak >= best.peak * (1 - 1e-12):
             break
         best = dataclasses.replace(packing, rank=packing.rank.copy(), rank_loads=packing.rank_loads.copy())
+    assert best is not None  # the first round always keeps its packing
     return best
 
 

@@ -72,7 +72,7 @@ def _logical_load(physical_load: np.ndarray, tables: np.ndarray) -> np.ndarray:
         in_row = np.arange(1, table.shape[1]) <= counts[:, None]
         experts = np.repeat(np.arange(table.shape[0]), counts)
         physical = table[:, 1:][in_row]  # row-major: experts in order, matching ``experts``
-        np.add.at(result[layer], (slice(None), experts), physical_load[layer][:, physical])
+        np.add.at(result[layer], (slice(None), experts), physical_load[layer][:, physical])  # type: ignore[arg-type]
     return result
 
 

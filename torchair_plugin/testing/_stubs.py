@@ -210,7 +210,8 @@ _NEEDED = re.compile(r"\((NEEDED|RPATH|RUNPATH)\)\s+\S.*?\[(.*)\]")
 
 def dynamic_entries(path: str) -> Tuple[List[str], List[str]]:
     """(DT_NEEDED sonames, RPATH/RUNPATH directories with $ORIGIN expanded) of an ELF file."""
-    needed, dirs = [], []
+    needed: List[str] = []
+    dirs: List[str] = []
     origin = os.path.dirname(os.path.abspath(path))
     for kind, value in _NEEDED.findall(_run_tool(["readelf", "-d", "-W", path])):
         if kind == "NEEDED":
@@ -506,7 +507,9 @@ def _install(final: Path, cc: Sequence[str], plan: SymbolPlan) -> StubSet:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return _load_entry(final, built=True)
+    built = _load_entry(final, built=True)
+    assert built is not None  # just renamed into place
+    return built
 
 
 def trust_problem(root: Path) -> Optional[str]:

@@ -106,7 +106,7 @@ def compare(native: Kernel, reference: Kernel, cases, device: str = "cpu", max_e
         expected = reference(*args, **kwargs)
         try:
             got = native(*(_move(a, device) for a in args), **{k: _move(v, device) for k, v in kwargs.items()})
-            got = tuple(t.cpu() for t in got)
+            got = (got[0].cpu(), got[1].cpu())
         except Exception as exc:  # a native refusal of a valid case is a mismatch too
             found.append(Mismatch(case, "error", error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
             continue

@@ -91,7 +91,7 @@ def read_schemas(yaml_text: str, names=V2_OPS, optional=()) -> Dict[str, str]:
 
 def _free_names(node: ast.stmt) -> set:
     """Names ``node`` reads and does not bind (decorators excluded: they are dropped)."""
-    parts = [node]
+    parts: List[Any] = [node]
     if isinstance(node, ast.FunctionDef):
         parts = node.body + node.args.defaults + [d for d in node.args.kw_defaults if d is not None]
     loaded = {n.id for p in parts for n in ast.walk(p) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
@@ -117,6 +117,7 @@ def extract_functions(source: str, function_names: Dict[str, str], given: Dict[s
             defs[stmt.name] = stmt
         elif isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
             for target in stmt.targets:
+                assert isinstance(target, ast.Name)
                 defs[target.id] = stmt
     wanted: List[str] = []
     pending = list(function_names.values())

@@ -56,7 +56,8 @@ class OpIR:
         """The IR of an op whose GE node mirrors its torch schema (tensors as inputs, the other
         arguments as attrs with the schema's defaults), as the plugin's converter writes it."""
         tables = schema.OpTables.from_schema(schema_text)
-        return cls(tables.inputs, frozenset(tables.optional_inputs), dict(tables.attr_defaults))
+        defaults: Dict[str, AttrValue] = dict(tables.attr_defaults)  # type: ignore[arg-type]  # schema defaults are attr values
+        return cls(tables.inputs, frozenset(tables.optional_inputs), defaults)
 
 
 # Extend this table (or call register_op_ir) when a converter emits a new op type.
@@ -152,7 +153,7 @@ def _tensor_value(tensor: Any) -> Dict[str, Any]:
     return {"dtype": _dtype_name(tensor.desc, tensor.desc.dtype), "shape": _desc_shape(tensor.desc), "data": shown}
 
 
-def _attr_value(value: Any) -> AttrValue:
+def _attr_value(value: Any) -> Optional[AttrValue]:
     kind = value.WhichOneof("value")
     if kind == "s":
         return value.s.decode("utf-8", "replace")
@@ -316,7 +317,7 @@ def normalize(graph_def: Any, irs: Optional[Mapping[str, OpIR]] = None,
             else:
                 dtype = _dtype_name(desc, desc.dtype) if desc is not None else None
                 inputs.append(Input(name, rename(source), dtype, _desc_shape(desc) if desc is not None else None))
-        attrs = {k: _attr_value(v) for k, v in op.attr.items() if not k.startswith("_")}
+        attrs: Dict[str, Any] = {k: _attr_value(v) for k, v in op.attr.items() if not k.startswith("_")}
         if labels[i] is not None:
             del attrs["index"]
         ir = irs.get(op.type)

@@ -108,8 +108,8 @@ class LowerSpec:
         attrs, names, chain = self.attrs(), [n for n in OPTIONAL_INPUTS if n in self.optional], self.chain
         group_size, rank, experts = self.world_size, self.rank, self.physical
         suffix = "_v2" if self.chain_version == "v2" else ""
-        dispatch = getattr(torch.ops.npu, f"npu_moe_distribute_dispatch{suffix}") if chain else None
-        combine = getattr(torch.ops.npu, f"npu_moe_distribute_combine{suffix}") if chain else None
+        dispatch: Any = getattr(torch.ops.npu, f"npu_moe_distribute_dispatch{suffix}") if chain else None
+        combine: Any = getattr(torch.ops.npu, f"npu_moe_distribute_combine{suffix}") if chain else None
 
         def update(ids, table, *rest):
             optional = dict(zip(names, rest))

@@ -268,6 +268,6 @@ def ge_torchair() -> Any:
 
 @pytest.fixture
 def ge_golden(request: Any) -> GoldenFiles:
-    directory: Optional[Path] = Path(request.path).parent / GOLDEN_DIR
+    directory = Path(request.path).parent / GOLDEN_DIR
     return GoldenFiles(directory, _option(request.config, UPDATE_OPTION),
                        for_version=_option(request.config, UPDATE_VERSION_OPTION))
