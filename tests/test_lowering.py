@@ -180,16 +180,27 @@ def test_dynamic_true_compiles_once_over_bs_2_to_512(ours_registered):
 # --- the chain: update_expert -> dispatch_v2 -> combine_v2 ---------------------------------------------
 
 
-def chain(ids, table, scales, threshold, x):
-    balanced_ids, balanced_mask = torch.ops.npu.npu_moe_update_expert(
-        ids, table, expert_scales=scales, pruning_threshold=threshold, local_rank_id=1, world_size=4
-    )
-    expand_x, _, assist_info, _, ep_recv_counts, _, _ = torch.ops.npu.npu_moe_distribute_dispatch_v2(
-        x, balanced_ids, "ep", 4, 1, 16, x_active_mask=balanced_mask
-    )
-    return torch.ops.npu.npu_moe_distribute_combine_v2(
-        expand_x, balanced_ids, assist_info, ep_recv_counts, scales, "ep", 4, 1, 16, x_active_mask=balanced_mask
-    )
+def _chain_of(suffix):
+    """update_expert -> dispatch -> combine, v2 (``suffix="_v2"``) or v1 (""): they take the same
+    positions. The ops are looked up at call time: they may be defined after this module loads."""
+
+    def chain(ids, table, scales, threshold, x):
+        dispatch = getattr(torch.ops.npu, f"npu_moe_distribute_dispatch{suffix}")
+        combine = getattr(torch.ops.npu, f"npu_moe_distribute_combine{suffix}")
+        balanced_ids, balanced_mask = torch.ops.npu.npu_moe_update_expert(
+            ids, table, expert_scales=scales, pruning_threshold=threshold, local_rank_id=1, world_size=4
+        )
+        expand_x, _, assist_info, _, ep_recv_counts, _, _ = dispatch(
+            x, balanced_ids, "ep", 4, 1, 16, x_active_mask=balanced_mask
+        )
+        return combine(
+            expand_x, balanced_ids, assist_info, ep_recv_counts, scales, "ep", 4, 1, 16, x_active_mask=balanced_mask
+        )
+
+    return chain
+
+
+chain = _chain_of("_v2")
 
 
 def chain_inputs():
@@ -219,18 +230,6 @@ def test_chain_is_one_graph_fed_by_update_expert(dynamic, ge_golden, ours_regist
     assert native.text == graph.text
 
 
-def chain_v1(ids, table, scales, threshold, x):
-    balanced_ids, balanced_mask = torch.ops.npu.npu_moe_update_expert(
-        ids, table, expert_scales=scales, pruning_threshold=threshold, local_rank_id=1, world_size=4
-    )
-    expand_x, _, expand_idx, _, ep_recv_counts, _, _ = torch.ops.npu.npu_moe_distribute_dispatch(
-        x, balanced_ids, "ep", 4, 1, 16, x_active_mask=balanced_mask
-    )
-    return torch.ops.npu.npu_moe_distribute_combine(
-        expand_x, balanced_ids, expand_idx, ep_recv_counts, scales, "ep", 4, 1, 16, x_active_mask=balanced_mask
-    )
-
-
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_the_v1_chain_is_one_graph_fed_by_update_expert(dynamic, ge_golden, ours_registered):
     """Issue 21: the op's documentation names both dispatches; capture once had CPU kernels for v2 only."""
@@ -239,6 +238,7 @@ def test_the_v1_chain_is_one_graph_fed_by_update_expert(dynamic, ge_golden, ours
     define_companion_ops()
     if not op_exists("npu::npu_moe_distribute_dispatch"):
         pytest.skip("this torch-npu has no npu_moe_distribute_dispatch (v1)")
+    chain_v1 = _chain_of("")
     result = capture_ge_graphs(chain_v1, *chain_inputs(), dynamic=dynamic)
     assert result.fx_graph_count == 1 and result.graph_breaks == 0
     graph = result.graph
