@@ -4,7 +4,12 @@ would record into an ACL graph, taken off the NPU, with its static inputs and ho
 Goldens: ``goldens/aclgraph_<mode>_<case>.txt`` (rewrite with ``pytest --update-goldens``).
 """
 
+import importlib
 import inspect
+import os
+import pathlib
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -80,8 +85,6 @@ def test_the_modes_this_torch_npu_has_are_the_ones_capture_offers():
 @pytest.mark.parametrize("mode", MODES)
 def test_the_torchair_internals_capture_stands_in_for_resolve(mode):
     require_aclgraph_capture(mode)
-    import importlib
-
     module = importlib.import_module(_upstream.acl_converter_module(mode))
     concrete = module.__dict__[_upstream.ACL_CONCRETE_GRAPH]
     assert callable(module.__dict__[_upstream.ACL_GRAPH]) and _upstream.ACL_CODEGEN in concrete.__dict__
@@ -250,3 +253,33 @@ def test_the_text_form_names_symbols_in_order_of_first_appearance():
     with torch._dynamo.config.patch(capture_scalar_outputs=True):
         text = quiet_capture(scaled_by_count, torch.ones(4), torch.ones(3)).graph.text
     assert "_local_scalar_dense_0 = aten._local_scalar_dense(sum_0) -> sym zuf0" in text
+
+
+# --- outside a capture nothing is stood in for ----------------------------------------------------------------
+
+AFTER_A_CAPTURE = """
+import warnings
+import torchair_plugin
+from torchair_plugin.testing import capture_aclgraph_graphs, import_torchair
+torchair = import_torchair()
+import torch
+warnings.simplefilter("ignore")
+fn = lambda x: x * 2
+print("captured", len(capture_aclgraph_graphs(fn, torch.ones(3)).graphs), flush=True)
+config = torchair.CompilerConfig()
+config.mode = "reduce-overhead"
+try:
+    torch.compile(fn, backend=torchair.get_npu_backend(compiler_config=config))(torch.ones(3))
+except Exception as error:
+    print("plain compile raised", type(error).__name__, flush=True)
+"""
+
+
+def test_outside_a_capture_torchair_builds_its_real_acl_graph():
+    require_aclgraph_capture("reduce-overhead")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", AFTER_A_CAPTURE], env=dict(os.environ, PYTHONPATH=str(root)),
+                          capture_output=True, text=True, timeout=300)
+    assert "captured 1" in done.stdout, done.stdout + done.stderr[-2000:]
+    # The real AclGraph asks torch_npu for the device: the CANN stubs refuse aclInit.
+    assert "plain compile raised" in done.stdout and "aclInit" in done.stderr, done.stdout + done.stderr[-2000:]
