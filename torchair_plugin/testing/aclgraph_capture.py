@@ -484,7 +484,7 @@ def _arg_text(value: Any, names: Dict[Any, str]) -> str:
 
 
 def graph_to_text(graph: AclCapturedGraph) -> str:
-    """One line per input, op and output, in graph order (the order torchair would run them).
+    """One line per input (sorted by name), op and output (in graph order: the order torchair would run them).
 
     ``inputs``: ``<name>: <dtype>[<shape>] <kind>`` (kind ``static(buffer)`` etc.); ``ops``:
     ``<op>_<k> = <target>(<args>) -> <dtype>[<shape>]``, ops renamed by their place among ops of
@@ -496,7 +496,8 @@ def graph_to_text(graph: AclCapturedGraph) -> str:
     counts: Dict[str, int] = {}
     placeholders = [n for n in graph.graph_module.graph.nodes if n.op == "placeholder"]
     lines = [f"options: {_upstream.ACL_FROZEN_OPTION}={int(graph.frozen)}", "inputs:"]
-    for node, graph_input in zip(placeholders, graph.inputs):
+    # Sorted by name: the order Dynamo gives graph inputs differs between torch versions.
+    for node, graph_input in sorted(zip(placeholders, graph.inputs), key=lambda pair: pair[1].name):
         names[node] = graph_input.name
         kind = f"{graph_input.kind}({graph_input.why})" if graph_input.why else graph_input.kind
         lines.append(f"  {graph_input.name}: {_meta_text(node.meta.get('val'), symbols)} {kind}")
