@@ -147,14 +147,13 @@ def test_the_eplb_table_held_by_the_module_is_a_static_input(table_as):
     assert graph.static_inputs == ["self.eplb_table"]
 
 
-@pytest.mark.xfail(torch.__version__.startswith("2.9."), strict=False,
-                   reason="seen with torch-npu 2.9.0.post9: no input named 'table' (not yet explained)")
 def test_a_table_marked_static_address_is_a_static_input():
     require_aclgraph_capture("reduce-overhead")
     table = eplb_table()
     torch._dynamo.mark_static_address(table)
     graph = quiet_capture(MoeRouting(None), *routing_inputs(), table).graph
-    assert [(i.kind, i.why) for i in graph.inputs if i.name == "table"] == [(STATIC, "mark_static_address")], graph.inputs
+    # (torch 2.7 hands AOTAutograd inputs that do not line up with Dynamo's: names fall back to arg<i>_1)
+    assert [(i.kind, i.why) for i in graph.inputs if i.kind == STATIC] == [(STATIC, "mark_static_address")], graph.inputs
 
 
 def test_a_table_passed_as_a_plain_argument_is_copied_in_at_every_replay():

@@ -484,7 +484,8 @@ def _arg_text(value: Any, names: Dict[Any, str]) -> str:
 
 
 def graph_to_text(graph: AclCapturedGraph) -> str:
-    """One line per input (sorted by name), op and output (in graph order: the order torchair would run them).
+    """One line per input (tensors by name, then symbols), op and output (ops in graph order: the
+    order torchair would run them).
 
     ``inputs``: ``<name>: <dtype>[<shape>] <kind>`` (kind ``static(buffer)`` etc.); ``ops``:
     ``<op>_<k> = <target>(<args>) -> <dtype>[<shape>]``, ops renamed by their place among ops of
@@ -496,11 +497,18 @@ def graph_to_text(graph: AclCapturedGraph) -> str:
     counts: Dict[str, int] = {}
     placeholders = [n for n in graph.graph_module.graph.nodes if n.op == "placeholder"]
     lines = [f"options: {_upstream.ACL_FROZEN_OPTION}={int(graph.frozen)}", "inputs:"]
-    # Sorted by name: the order Dynamo gives graph inputs differs between torch versions.
-    for node, graph_input in sorted(zip(placeholders, graph.inputs), key=lambda pair: pair[1].name):
+    # Tensors sorted by name (the order Dynamo gives graph inputs differs between torch versions),
+    # then symbols by their new name: which tensor's size Dynamo takes a symbol from differs too.
+    pairs = sorted(zip(placeholders, graph.inputs), key=lambda pair: pair[1].name)
+    for node, graph_input in [pair for pair in pairs if pair[1].kind != SYMBOL]:
         names[node] = graph_input.name
         kind = f"{graph_input.kind}({graph_input.why})" if graph_input.why else graph_input.kind
         lines.append(f"  {graph_input.name}: {_meta_text(node.meta.get('val'), symbols)} {kind}")
+    symbol_lines = []
+    for node, graph_input in [pair for pair in pairs if pair[1].kind == SYMBOL]:
+        names[node] = _meta_text(node.meta.get("val"), symbols).removeprefix("sym ")
+        symbol_lines.append(f"  {names[node]}: {SYMBOL}")
+    lines += sorted(symbol_lines)
     lines.append("ops:")
     for node in graph.graph_module.graph.nodes:
         if node.op in ("call_function", "call_method", "call_module", "get_attr"):
