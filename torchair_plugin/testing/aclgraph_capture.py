@@ -28,7 +28,6 @@ Needs the real torch_npu (over CANN stubs where there is no CANN): both modes im
 from __future__ import annotations
 
 import copy
-import importlib
 import importlib.util
 import os
 import re
@@ -40,7 +39,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from torchair_plugin import _upstream
 from torchair_plugin.testing import _interception, graph_text
 from torchair_plugin.testing._torchair_import import Mode, current_mode, import_torchair
-from torchair_plugin.testing.capture import MarkDynamic, _guard_failure_counts, _new_recompile_reasons
+from torchair_plugin.testing.capture import MarkDynamic, _counted_call
 
 REDUCE_OVERHEAD = "reduce-overhead"
 NPUGRAPH_EX = _upstream.NPUGRAPH_EX
@@ -212,20 +211,6 @@ _active = threading.local()  # .stack: AclCaptureResults receiving graphs on thi
 def _current() -> Optional[AclCaptureResult]:
     stack = getattr(_active, "stack", None)
     return stack[-1] if stack else None
-
-
-class _Recording:
-    def __init__(self, result: AclCaptureResult) -> None:
-        self._result = result
-
-    def __enter__(self) -> AclCaptureResult:
-        if not hasattr(_active, "stack"):
-            _active.stack = []
-        _active.stack.append(self._result)
-        return self._result
-
-    def __exit__(self, *exc: Any) -> None:
-        _active.stack.pop()
 
 
 def _make_acl_graph(real: type, *args: Any, fx_graph: Any = None, config: Any = None, **kwargs: Any) -> Any:
@@ -580,18 +565,9 @@ class AclGraphCapture:
         self._compiled = torch.compile(fn, backend=counting_backend, dynamic=dynamic, fullgraph=fullgraph)
 
     def __call__(self, *args: Any, mark_dynamic: Optional[MarkDynamic] = None, **kwargs: Any) -> Any:
-        import torch
-        from torch._dynamo.utils import counters
-
-        for index, dims in (mark_dynamic or {}).items():
-            torch._dynamo.mark_dynamic(args[index], dims)
-        breaks_before = sum(counters["graph_break"].values())
-        failures_before = _guard_failure_counts()
         reasons_before = _graph_break_count()
-        with _Recording(self.result), (torch.enable_grad() if self.training else torch.no_grad()):
+        with _counted_call(self.result, args, mark_dynamic, self.training, _active):
             self.result.outputs = self._compiled(*args, **kwargs)
-        self.result.graph_breaks += sum(counters["graph_break"].values()) - breaks_before
-        self.result.recompile_reasons += _new_recompile_reasons(failures_before)
         reasons, syncs = _new_graph_breaks(reasons_before)
         self.result.graph_break_reasons += reasons
         self.result.host_syncs += syncs

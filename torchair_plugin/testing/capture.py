@@ -130,17 +130,21 @@ def _record(graph_def: Any) -> None:
 
 
 class _Recording:
-    def __init__(self, result: CaptureResult) -> None:
-        self._result = result
+    """Makes ``result`` the one receiving graphs on this thread, on ``local``'s stack (each kind of
+    capture keeps its own: GE graphs here, ACL graphs in aclgraph_capture)."""
 
-    def __enter__(self) -> CaptureResult:
-        if not hasattr(_active, "stack"):
-            _active.stack = []
-        _active.stack.append(self._result)
+    def __init__(self, result: Any, local: threading.local = _active) -> None:
+        self._result = result
+        self._local = local
+
+    def __enter__(self) -> Any:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        self._local.stack.append(self._result)
         return self._result
 
     def __exit__(self, *exc: Any) -> None:
-        _active.stack.pop()
+        self._local.stack.pop()
 
 
 def _eager_config(config: Any) -> Any:
@@ -192,18 +196,28 @@ class GraphCapture:
         self._compiled = torch.compile(fn, backend=counting_backend, dynamic=dynamic, fullgraph=fullgraph)
 
     def __call__(self, *args: Any, mark_dynamic: Optional[MarkDynamic] = None, **kwargs: Any) -> Any:
-        import torch
-        from torch._dynamo.utils import counters
-
-        for index, dims in (mark_dynamic or {}).items():
-            torch._dynamo.mark_dynamic(args[index], dims)
-        breaks_before = sum(counters["graph_break"].values())
-        failures_before = _guard_failure_counts()
-        with _Recording(self.result), (torch.enable_grad() if self.training else torch.no_grad()):
+        with _counted_call(self.result, args, mark_dynamic, self.training):
             self.result.outputs = self._compiled(*args, **kwargs)
-        self.result.graph_breaks += sum(counters["graph_break"].values()) - breaks_before
-        self.result.recompile_reasons += _new_recompile_reasons(failures_before)
         return self.result.outputs
+
+
+@contextlib.contextmanager
+def _counted_call(result: Any, args: Sequence[Any], mark_dynamic: Optional[MarkDynamic], training: bool,
+                  local: threading.local = _active) -> Any:
+    """One call of a compiled function: ``mark_dynamic`` applied to ``args``, ``result`` receiving
+    graphs (on ``local``'s stack) under no_grad unless ``training``, then the graph breaks and
+    recompiles the call caused added to ``result``."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    for index, dims in (mark_dynamic or {}).items():
+        torch._dynamo.mark_dynamic(args[index], dims)
+    breaks_before = sum(counters["graph_break"].values())
+    failures_before = _guard_failure_counts()
+    with _Recording(result, local), (torch.enable_grad() if training else torch.no_grad()):
+        yield
+    result.graph_breaks += sum(counters["graph_break"].values()) - breaks_before
+    result.recompile_reasons += _new_recompile_reasons(failures_before)
 
 
 def _guard_failure_counts() -> dict:
