@@ -124,7 +124,9 @@ ACL_OUTPUT_ALIASES = "userinput_ref_with_output"
 # Keys of the option dict AclGraph gets: "1" where static inputs leave the graph key (frozen).
 ACL_FROZEN_OPTION = "frozen_parameter"
 ACL_CAPTURE_LIMIT_OPTION = "static_capture_size_limit"
-ACLGRAPH_CHECKED_ON = ("2.13.0",)
+# Where tests/test_aclgraph_capture.py ran (the real torch_npu; torch-npu 2.6 has no npugraph_ex).
+ACLGRAPH_CHECKED_ON = {"reduce-overhead": ("2.6.0.post5", "2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.13.0"),
+                       NPUGRAPH_EX: ("2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.13.0")}
 # npugraph_ex's first pass (replace_stream_event_pass) asks for the current stream's id, which
 # initialises the device; torchair's copy skips the pass where torch.npu.fake_record_stream is absent.
 CURRENT_STREAM = ("torch_npu.npu", "current_stream")
@@ -168,19 +170,20 @@ PRIVATES = (
     Private(f"GeTensorDesc.attr['{META_DESC_ATTR}']", "the torch shape of a lowered tensor, read by graph_text "
             "(GE graph goldens compare it)", kind="runtime"),
     *(Private(f"{acl_converter_module(mode)}:{ACL_GRAPH}", f"{mode}: the ACL graph manager torchair hands the "
-              "final FX graph to; capture stands in for it (no device)", ACLGRAPH_CHECKED_ON, kind="runtime")
+              "final FX graph to; capture stands in for it (no device)", ACLGRAPH_CHECKED_ON[mode], kind="runtime")
       for mode in ACLGRAPH_PACKAGES),
     *(Private(f"{acl_converter_module(mode)}:{ACL_CONCRETE_GRAPH}.{ACL_CODEGEN}", f"{mode}: the Python source the "
-              "runner would execute instead (it reaches the device); capture answers None", ACLGRAPH_CHECKED_ON,
+              "runner would execute instead (it reaches the device); capture answers None", ACLGRAPH_CHECKED_ON[mode],
               kind="runtime")
       for mode in ACLGRAPH_PACKAGES),
     Private(":".join(CURRENT_STREAM), "public, but reaches the device: npugraph_ex's stream pass reads its "
-            "stream_id at compile time; capture answers a host stand-in", ACLGRAPH_CHECKED_ON, kind="runtime"),
+            "stream_id at compile time; capture answers a host stand-in", ACLGRAPH_CHECKED_ON[NPUGRAPH_EX],
+            kind="runtime"),
     Private(f"AclGraphCacheInfo.{{{ACL_STATIC_INPUTS}, {ACL_COPIED_INPUTS}, {ACL_MUTATED_INPUTS}, {ACL_OUTPUT_ALIASES}}}",
             "what AclGraph.load learns per input: read by capture to say which inputs are static",
-            ACLGRAPH_CHECKED_ON, kind="runtime"),
+            ACLGRAPH_CHECKED_ON["reduce-overhead"], kind="runtime"),
     Private(f"AclGraph config['{ACL_FROZEN_OPTION}'], ['{ACL_CAPTURE_LIMIT_OPTION}']", "whether a static input's "
-            "address is in the graph key, and the recapture budget", ACLGRAPH_CHECKED_ON, kind="runtime"),
+            "address is in the graph key, and the recapture budget", ACLGRAPH_CHECKED_ON["reduce-overhead"], kind="runtime"),
 )
 
 
