@@ -48,6 +48,7 @@ def pytest_sessionfinish(session, exitstatus):
         "native_converter": environment.torch_npu_has_op(),
         "registration": registration.register().sources(),
         "capture": describe_capture(),
+        "aclgraph_modes": _aclgraph_modes(),
         "tests": counts,
         "exit_status": int(exitstatus),
         "torch_npu_version": environment.torch_npu_version(),
@@ -55,3 +56,12 @@ def pytest_sessionfinish(session, exitstatus):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(facts, f)
 
+
+def _aclgraph_modes():
+    """The aclgraph modes (reduce-overhead, npugraph_ex) this torch-npu captures here."""
+    from torchair_plugin.testing import CannLessUnavailable, available_aclgraph_modes
+
+    try:
+        return available_aclgraph_modes()
+    except CannLessUnavailable:
+        return []

@@ -41,7 +41,8 @@ BASE = [
 ]
 
 
-GOLDEN_TESTS = ["tests/test_lowering.py", "tests/test_testing_capture.py", "examples/test_my_model_graph.py"]
+GOLDEN_TESTS = ["tests/test_lowering.py", "tests/test_testing_capture.py", "examples/test_my_model_graph.py",
+                "tests/test_aclgraph_capture.py", "examples/test_my_model_aclgraph.py"]
 
 
 def _install(session, torch_npu):
@@ -113,16 +114,16 @@ def compatibility(session):
         "wheels pin are not on the index). Where the real torch_npu aborts in its own static initialisers on",
         "those builds, capture falls back to stand-ins and the tests that need the real one skip, saying so.",
         "",
-        "| torch-npu | torch | op in the wheel | torch_npu in the test process | plugin registers | capture without CANN | own goldens | tests | wall |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| torch-npu | torch | op in the wheel | torch_npu in the test process | plugin registers | capture without CANN | aclgraph capture | own goldens | tests | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for version in SUPPORTED:
         row = rows.get(version)
         if row is None:
-            lines.append(f"| {version} | {SUPPORTED[version]} | | | | | | not run | |")
+            lines.append(f"| {version} | {SUPPORTED[version]} | | | | | | | not run | |")
             continue
         if "error" in row:
-            lines.append(f"| {version} | {SUPPORTED[version]} | | | | | | {row['error']} | {row['wall_s']} s |")
+            lines.append(f"| {version} | {SUPPORTED[version]} | | | | | | | {row['error']} | {row['wall_s']} s |")
             continue
         reg = row["registration"]
         ours = [f"schema: {reg['schema']}", f"fake: {reg['fake'].split(' (')[0]}",
@@ -135,8 +136,11 @@ def compatibility(session):
             loaded = "real: native schema" + (", native meta" if row["native_meta"] else "") + ", NPU kernel"
         else:
             loaded = "not loaded (it cannot load over CANN stubs here)"
+        # reduce-overhead / npugraph_ex: they need the real torch_npu, and npugraph_ex a newer one
+        modes = row.get("aclgraph_modes")
+        aclgraph = "not measured" if modes is None else (", ".join(modes) or "none (needs the real torch_npu)")
         lines.append(
-            f"| {version} | {row['torch']} | {in_wheel} | {loaded} | {'; '.join(ours)} | {row['capture']} | "
+            f"| {version} | {row['torch']} | {in_wheel} | {loaded} | {'; '.join(ours)} | {row['capture']} | {aclgraph} | "
             f"{row.get('own_goldens', 0)} | {result} | {row['wall_s']} s |"
         )
     lines += [
@@ -145,6 +149,9 @@ def compatibility(session):
         "over CANN stubs; so do 2.6 to 2.9 here. From 2.10 on, the real torch_npu aborts on the index's CUDA",
         "builds of torch (an uncaught `c10::ValueError` while its library loads; for 2.14.0 it names a",
         "duplicated allocator configuration key, torch_npu's and CUDA's), so those rows ran on stand-ins.",
+        "",
+        "aclgraph capture (torchair's reduce-overhead mode, torch_npu's npugraph_ex backend) needs the real",
+        "torch_npu: rows that ran on stand-ins capture neither.",
         "",
         "torch-npu 2.5.1 and older do not have the op (only `npu_moe_eplb_update_expert`): the plugin",
         "defines it itself there, as on a machine without torch-npu, eager and tracing work, and GE capture",

@@ -289,6 +289,7 @@ def test_the_ops_own_lowering_is_shared_by_every_torch_npu():
     lowering really differs on that version: look before accepting it."""
     goldens = pathlib.Path(__file__).parent / "goldens"
     for version_dir in sorted(goldens.glob("torch_npu-*")):
-        own = {p.name for p in version_dir.iterdir()}
+        # aclgraph goldens (tests/test_aclgraph_capture.py) are FX graphs, whose inputs follow Dynamo
+        own = {p.name for p in version_dir.iterdir() if not p.name.startswith("aclgraph_")}
         chains = {f"lowering_chain{v}_{d}.txt" for v in ("", "_v1") for d in ("static", "dynamic")}
         assert own <= chains, (version_dir, own)

@@ -85,6 +85,8 @@ _PRIVATE_ATTRIBUTES = {
     _upstream.CONVERTER_ATTRIBUTE, _upstream.GRAPH_PROTO, _upstream.OPTIMIZE_GRAPH, _upstream.PROXY_SLOT,
     _upstream.GE_CONCRETE_GRAPH, _upstream.GRAPH_ENGINE_INIT[1], _upstream.CANN_COMPAT[1], _upstream.PBTXT[1],
     _upstream.META_DESC_ATTR,
+    _upstream.ACL_GRAPH, _upstream.ACL_CONCRETE_GRAPH, _upstream.ACL_STATIC_INPUTS, _upstream.ACL_COPIED_INPUTS,
+    _upstream.ACL_MUTATED_INPUTS, _upstream.ACL_OUTPUT_ALIASES, _upstream.ACL_FROZEN_OPTION,
 }
 
 
@@ -104,10 +106,11 @@ def _private_uses(path: pathlib.Path):
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
             for name in names:
-                if name.startswith(("torchair._", "torchair.core", "torch_npu.")):
+                if name.startswith(("torchair._", "torchair.core", "torch_npu.", "npugraph_ex.")):
                     yield node.lineno, "import " + name
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skipped:
-            if node.value.startswith(("torchair._", "torchair.core", "torch_npu.")) or node.value in _PRIVATE_ATTRIBUTES:
+            if node.value.startswith(("torchair._", "torchair.core", "torch_npu.", "npugraph_ex.")) or \
+                    node.value in _PRIVATE_ATTRIBUTES:
                 yield node.lineno, repr(node.value)
 
 

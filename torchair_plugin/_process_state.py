@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -39,6 +39,7 @@ class ProcessState:
     stub_handles: List[Any] = field(default_factory=list)  # ctypes handles: keep them referenced
     patches: Optional[Any] = None  # testing._interception.Patches applied to torchair
     capture_hook: Optional[Any] = None  # testing._interception.Patches of the capture hook
+    aclgraph_hooks: Dict[str, Any] = field(default_factory=dict)  # aclgraph mode -> its hook's Patches
 
     # testing._stubs
     private_stub_root: Optional[Any] = None  # Path built in when the configured cache is not trusted

@@ -99,6 +99,47 @@ META_DESC_ATTR = "_meta"
 # The warning torchair's custom-converter package prints per module whose op this torch lacks.
 CUSTOM_CONVERTER_IMPORT_WARNING = r"Failed to import torchair\._ge_concrete_graph\.ge_converter\.custom\."
 
+# --- torchair's aclgraph modes (reduce-overhead, and torch_npu's npugraph_ex backend) ----------------
+
+# Both compile the FX graph into an AclConcreteGraph, whose optimize_graph_without_runtime runs
+# torchair's FX passes, then hands the final FX graph to an AclGraph (constructed by the name
+# imported into fx2acl_converter) and calls its load() with what the capture needs to know per
+# input; the device capture (torch_npu.npu.NPUGraph) starts at that AclGraph's first call. The
+# compiled runner first asks AclConcreteGraph.codegen for Python source and runs that instead
+# (which builds another AclGraph and a torch.npu.Stream): None means "no codegen, run me".
+# Resolved where the mode can be captured (tests/test_aclgraph_capture.py), since which torch-npu
+# has which mode is what the capture reports (aclgraph_capture.available_modes).
+# npugraph_ex is a copy of torchair inside torch_npu, importable as the top-level package below
+# (a lazy proxy of torch_npu's, like torchair's) and registered as a Dynamo backend of that name.
+NPUGRAPH_EX = "npugraph_ex"
+ACLGRAPH_PACKAGES = {"reduce-overhead": "torchair", NPUGRAPH_EX: NPUGRAPH_EX}
+ACL_CONVERTER_MODULE = "._acl_concrete_graph.fx2acl_converter"  # under either package
+ACL_CONCRETE_GRAPH = "AclConcreteGraph"
+ACL_GRAPH = "AclGraph"
+ACL_CODEGEN = "codegen"
+# Fields of the AclGraphCacheInfo given to AclGraph.load: positions of the inputs torchair reads
+# by address (Parameters, buffers, mark_static_address), placeholder name -> position of those
+# copied in before every replay, names of inputs the graph mutates, inputs that alias an output.
+ACL_STATIC_INPUTS = "parameter_user_inputs"
+ACL_COPIED_INPUTS = "user_inputs_mapping"
+ACL_MUTATED_INPUTS = "mutated_user_inputs"
+ACL_OUTPUT_ALIASES = "userinput_ref_with_output"
+# Keys of the option dict AclGraph gets: "1" where static inputs leave the graph key (frozen).
+ACL_FROZEN_OPTION = "frozen_parameter"
+ACL_CAPTURE_LIMIT_OPTION = "static_capture_size_limit"
+# Where tests/test_aclgraph_capture.py ran (the real torch_npu; torch-npu 2.6 has no npugraph_ex).
+ACLGRAPH_CHECKED_ON = {"reduce-overhead": ("2.6.0.post5", "2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.13.0"),
+                       NPUGRAPH_EX: ("2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.13.0")}
+# npugraph_ex's first pass (replace_stream_event_pass) asks for the current stream's id, which
+# initialises the device; torchair's copy skips the pass where torch.npu.fake_record_stream is absent.
+CURRENT_STREAM = ("torch_npu.npu", "current_stream")
+
+
+def acl_converter_module(mode: str) -> str:
+    """The fx2acl_converter module of an aclgraph mode's package."""
+    return ACLGRAPH_PACKAGES[mode] + ACL_CONVERTER_MODULE
+
+
 PRIVATES = (
     Private(f"sys.modules['torchair'].{PROXY_SLOT}", "torch_npu's lazy torchair proxy: read its slot to know "
             "whether torchair is loaded without loading it (torchair_package)", REAL_TORCH_NPU, kind="runtime"),
@@ -136,6 +177,21 @@ PRIVATES = (
     Private(":".join(PBTXT), "the converter behind CompilerConfig().debug.graph_dump.type='pbtxt'"),
     Private(f"GeTensorDesc.attr['{META_DESC_ATTR}']", "the torch shape of a lowered tensor, read by graph_text "
             "(GE graph goldens compare it)", kind="runtime"),
+    *(Private(f"{acl_converter_module(mode)}:{ACL_GRAPH}", f"{mode}: the ACL graph manager torchair hands the "
+              "final FX graph to; capture stands in for it (no device)", ACLGRAPH_CHECKED_ON[mode], kind="runtime")
+      for mode in ACLGRAPH_PACKAGES),
+    *(Private(f"{acl_converter_module(mode)}:{ACL_CONCRETE_GRAPH}.{ACL_CODEGEN}", f"{mode}: the Python source the "
+              "runner would execute instead (it reaches the device); capture answers None", ACLGRAPH_CHECKED_ON[mode],
+              kind="runtime")
+      for mode in ACLGRAPH_PACKAGES),
+    Private(":".join(CURRENT_STREAM), "public, but reaches the device: npugraph_ex's stream pass reads its "
+            "stream_id at compile time; capture answers a host stand-in", ACLGRAPH_CHECKED_ON[NPUGRAPH_EX],
+            kind="runtime"),
+    Private(f"AclGraphCacheInfo.{{{ACL_STATIC_INPUTS}, {ACL_COPIED_INPUTS}, {ACL_MUTATED_INPUTS}, {ACL_OUTPUT_ALIASES}}}",
+            "what AclGraph.load learns per input: read by capture to say which inputs are static",
+            ACLGRAPH_CHECKED_ON["reduce-overhead"], kind="runtime"),
+    Private(f"AclGraph config['{ACL_FROZEN_OPTION}'], ['{ACL_CAPTURE_LIMIT_OPTION}']", "whether a static input's "
+            "address is in the graph key, and the recapture budget", ACLGRAPH_CHECKED_ON["reduce-overhead"], kind="runtime"),
 )
 
 

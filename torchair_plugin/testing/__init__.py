@@ -31,6 +31,9 @@ from torchair_plugin.testing._torchair_import import (
 from torchair_plugin.testing.graph_text import OP_IRS, OpIR, register_op_ir
 
 __all__ = [
+    "AclCaptureResult",
+    "AclCapturedGraph",
+    "AclGraphCapture",
     "CannLessUnavailable",
     "CaptureResult",
     "CapturedGraph",
@@ -38,6 +41,8 @@ __all__ = [
     "Mode",
     "OP_IRS",
     "OpIR",
+    "available_aclgraph_modes",
+    "capture_aclgraph_graphs",
     "capture_ge_graphs",
     "current_mode",
     "decide_mode",
@@ -52,6 +57,9 @@ __all__ = [
 ]
 
 _CAPTURE_NAMES = {"CaptureResult", "CapturedGraph", "GraphCapture", "capture_ge_graphs", "lower_fx"}
+_ACLGRAPH_NAMES = {"AclCaptureResult": "AclCaptureResult", "AclCapturedGraph": "AclCapturedGraph",
+                   "AclGraphCapture": "AclGraphCapture", "capture_aclgraph_graphs": "capture_aclgraph_graphs",
+                   "available_aclgraph_modes": "available_modes"}
 
 
 def __getattr__(name):
@@ -60,4 +68,8 @@ def __getattr__(name):
         from torchair_plugin.testing import capture
 
         return getattr(capture, name)
+    if name in _ACLGRAPH_NAMES:
+        from torchair_plugin.testing import aclgraph_capture
+
+        return getattr(aclgraph_capture, _ACLGRAPH_NAMES[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

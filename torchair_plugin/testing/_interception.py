@@ -1,6 +1,6 @@
 """Every patch the plugin applies to torchair, each with its undo.
 
-Two sets, both torchair internals named in :mod:`torchair_plugin._upstream` (there is no public
+Three sets, all torchair internals named in :mod:`torchair_plugin._upstream` (there is no public
 hook for "lower but do not initialise GE" or for "give me the lowered graph"):
 
 - :func:`apply_cann_less`: the few entry points that reach CANN during FX -> GE lowering,
@@ -8,6 +8,8 @@ hook for "lower but do not initialise GE" or for "give me the lowered graph"):
   in a CANN-less process (see :mod:`._torchair_import`).
 - :func:`install_capture_hook`: ``GeConcreteGraph.optimize_graph_without_runtime`` wrapped to
   hand each lowered graph to capture; in every mode, once per process.
+- :func:`install_aclgraph_hook`: for torchair's aclgraph modes (reduce-overhead, npugraph_ex),
+  the ``AclGraph`` that would capture on the device, stood in for while a capture is active.
 
 Each returns a :class:`Patches`; the process keeps them in its state, and ``undo()`` restores
 what was there (newest first).
@@ -128,4 +130,71 @@ def install_capture_hook(on_graph: Callable[[Any], None]) -> Patches:
         patches = Patches()
         patches.replace(graph_class, _upstream.OPTIMIZE_GRAPH, optimize_and_record)
         STATE.capture_hook = patches
+        return patches
+
+
+def install_aclgraph_hook(mode: str, make_acl_graph: Callable[..., Any]) -> Patches:
+    """Stand in, once per process and aclgraph mode, for the ``AclGraph`` its ``AclConcreteGraph``
+    hands the final FX graph to (where the device capture would start).
+
+    ``make_acl_graph(real_class, *args, **kwargs)`` builds what the concrete graph gets: the real
+    ``AclGraph`` where no capture is active, a stand-in otherwise. ``AclConcreteGraph.codegen``
+    answers None for a graph whose manager is not a real ``AclGraph``, so the compiled runner calls
+    the concrete graph (and so the stand-in) rather than the source it would generate (which
+    builds a real ``AclGraph`` and a ``torch.npu.Stream``). Returns the mode's hook patches.
+    """
+    with STATE.lock:
+        if mode in STATE.aclgraph_hooks:
+            return STATE.aclgraph_hooks[mode]
+        module = importlib.import_module(_upstream.acl_converter_module(mode))
+        real = module.__dict__[_upstream.ACL_GRAPH]
+        concrete = module.__dict__[_upstream.ACL_CONCRETE_GRAPH]
+        original_codegen = concrete.__dict__[_upstream.ACL_CODEGEN]
+
+        @functools.wraps(real)
+        def acl_graph(*args: Any, **kwargs: Any) -> Any:
+            return make_acl_graph(real, *args, **kwargs)
+
+        @functools.wraps(original_codegen)
+        def codegen(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if not isinstance(self.graph, real):
+                return None
+            return original_codegen(self, *args, **kwargs)
+
+        patches = Patches()
+        try:
+            patches.replace(module, _upstream.ACL_GRAPH, acl_graph)
+            patches.replace(concrete, _upstream.ACL_CODEGEN, codegen)
+        except BaseException:
+            patches.undo()
+            raise
+        STATE.aclgraph_hooks[mode] = patches
+        return patches
+
+
+class _HostStream:
+    """What ``torch.npu.current_stream()`` answers during an aclgraph capture: the default stream's
+    identity (a stream id torchair compares, never uses), without initialising a device."""
+
+    stream_id = 0
+    device_index = 0
+    device_type = 0
+
+
+def install_host_stream(active: Callable[[], bool]) -> Patches:
+    """Wrap ``torch.npu.current_stream`` once per process: while ``active()`` it answers a
+    :class:`_HostStream` instead of initialising the device. Returns the process's patches."""
+    with STATE.lock:
+        if "current_stream" in STATE.aclgraph_hooks:
+            return STATE.aclgraph_hooks["current_stream"]
+        module = importlib.import_module(_upstream.CURRENT_STREAM[0])
+        original = module.__dict__[_upstream.CURRENT_STREAM[1]]
+
+        @functools.wraps(original)
+        def current_stream(*args: Any, **kwargs: Any) -> Any:
+            return _HostStream() if active() else original(*args, **kwargs)
+
+        patches = Patches()
+        patches.replace(module, _upstream.CURRENT_STREAM[1], current_stream)
+        STATE.aclgraph_hooks["current_stream"] = patches
         return patches

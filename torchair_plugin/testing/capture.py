@@ -130,17 +130,21 @@ def _record(graph_def: Any) -> None:
 
 
 class _Recording:
-    def __init__(self, result: CaptureResult) -> None:
-        self._result = result
+    """Makes ``result`` the one receiving graphs on this thread, on ``local``'s stack (each kind of
+    capture keeps its own: GE graphs here, ACL graphs in aclgraph_capture)."""
 
-    def __enter__(self) -> CaptureResult:
-        if not hasattr(_active, "stack"):
-            _active.stack = []
-        _active.stack.append(self._result)
+    def __init__(self, result: Any, local: threading.local = _active) -> None:
+        self._result = result
+        self._local = local
+
+    def __enter__(self) -> Any:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        self._local.stack.append(self._result)
         return self._result
 
     def __exit__(self, *exc: Any) -> None:
-        _active.stack.pop()
+        self._local.stack.pop()
 
 
 def _eager_config(config: Any) -> Any:
@@ -196,22 +200,16 @@ class GraphCapture:
 
     def __call__(self, *args: Any, mark_dynamic: Optional[MarkDynamic] = None, **kwargs: Any) -> Any:
         import torch
-        from torch._dynamo.utils import counters
 
-        for index, dims in (mark_dynamic or {}).items():
-            torch._dynamo.mark_dynamic(args[index], dims)
-        breaks_before = sum(counters["graph_break"].values())
-        failures_before = _guard_failure_counts()
-        with _Recording(self.result), (torch.enable_grad() if self.training else torch.no_grad()):
+        reasons_before = len(self.result.recompile_reasons)
+        with _counted_call(self.result, args, mark_dynamic, self.training):
             self.result.outputs = self._compiled(*args, **kwargs)
-        self.result.graph_breaks += sum(counters["graph_break"].values()) - breaks_before
         if self._first_sizes is None:
             names = _argument_names(self._fn, len(args))
             self._first_sizes = {n: tuple(a.shape) if isinstance(a, torch.Tensor) else () for n, a in zip(names, args)}
-        self.result.recompile_reasons += [
-            reason + (_duck_sizing_hint(reason, self._first_sizes) if self._dynamic else "")
-            for reason in _new_recompile_reasons(failures_before)
-        ]
+        if self._dynamic:
+            new = self.result.recompile_reasons[reasons_before:]
+            self.result.recompile_reasons[reasons_before:] = [r + _duck_sizing_hint(r, self._first_sizes) for r in new]
         return self.result.outputs
 
 
@@ -233,6 +231,25 @@ def _duck_sizing_hint(reason: str, first_sizes: dict) -> str:
     return (f" (duck sizing: on the first call {name}.size({index}) = {expected} equalled {', '.join(twins)}, so "
             f"Dynamo gave them one symbol; mark the dim dynamic (mark_dynamic={{{list(first_sizes).index(name)}: "
             f"{index}}}, the position of {name} among the arguments) or make the other inputs buffers or parameters)")
+
+
+@contextlib.contextmanager
+def _counted_call(result: Any, args: Sequence[Any], mark_dynamic: Optional[MarkDynamic], training: bool,
+                  local: threading.local = _active) -> Any:
+    """One call of a compiled function: ``mark_dynamic`` applied to ``args``, ``result`` receiving
+    graphs (on ``local``'s stack) under no_grad unless ``training``, then the graph breaks and
+    recompiles the call caused added to ``result``."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    for index, dims in (mark_dynamic or {}).items():
+        torch._dynamo.mark_dynamic(args[index], dims)
+    breaks_before = sum(counters["graph_break"].values())
+    failures_before = _guard_failure_counts()
+    with _Recording(result, local), (torch.enable_grad() if training else torch.no_grad()):
+        yield
+    result.graph_breaks += sum(counters["graph_break"].values()) - breaks_before
+    result.recompile_reasons += _new_recompile_reasons(failures_before)
 
 
 def _guard_failure_counts() -> dict:

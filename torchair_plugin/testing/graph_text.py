@@ -270,18 +270,22 @@ def dynamo_input_names(gm: Any) -> List[str]:
     ``ids`` for the argument ``ids``, ``self.w.weight`` for a parameter, ``ids.size(0)`` for a
     symbolic size; the placeholder's own name where Dynamo recorded no source.
     """
-    names = []
+    return [name if raw is None else _readable_source(raw) for name, raw in dynamo_input_sources(gm)]
+
+
+def dynamo_input_sources(gm: Any) -> List[Tuple[str, Optional[str]]]:
+    """(placeholder name, Dynamo's source name or None) of each placeholder of a Dynamo FX graph:
+    ``L['self']._buffers['table']`` says more than its readable form (a buffer, not a parameter)."""
+    sources = []
     for node in gm.graph.nodes:
         if node.op != "placeholder":
             continue
-        grapharg = node.meta.get("grapharg")
-        source = getattr(grapharg, "source", None)
+        source = getattr(node.meta.get("grapharg"), "source", None)
         if source is None:
-            names.append(node.name)
+            sources.append((node.name, None))
             continue
-        name = source.name() if callable(source.name) else source.name  # a property on newer torch
-        names.append(_readable_source(name))
-    return names
+        sources.append((node.name, source.name() if callable(source.name) else source.name))  # a property on newer torch
+    return sources
 
 
 def normalize(graph_def: Any, irs: Optional[Mapping[str, OpIR]] = None,

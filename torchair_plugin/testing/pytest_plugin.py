@@ -136,6 +136,20 @@ def require_ge_capture() -> Any:
         pytest.skip(f"GE graph capture unavailable: {exc}", allow_module_level=True)
 
 
+def require_aclgraph_capture(mode: str = "reduce-overhead") -> Any:
+    """:func:`require_ge_capture` (strict switch included), then skip where ``mode``
+    (``"reduce-overhead"`` or ``"npugraph_ex"``) cannot be captured with the installed torch-npu:
+    it needs the real torch_npu loaded, and older torch-npu has no npugraph_ex. That skip is a
+    fact of the version, not a broken image, so the strict switch leaves it a skip. Returns torchair."""
+    torchair = require_ge_capture()
+    from torchair_plugin.testing.aclgraph_capture import mode_problem
+
+    problem = mode_problem(mode)
+    if problem is not None:
+        pytest.skip(f"{mode} graph capture unavailable: {problem}", allow_module_level=True)
+    return torchair
+
+
 class GoldenMismatch(AssertionError):
     """The captured text differs from the golden file; the message is a unified diff."""
 
