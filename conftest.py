@@ -23,7 +23,9 @@ def pytest_configure(config):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--compat-report", default=None, help="write what this torch-npu provides and the test counts as JSON")
+    parser.addoption(
+        "--compat-report", default=None, help="write what this torch-npu provides and the test counts as JSON"
+    )
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -37,12 +37,24 @@ SUPPORTED = {
 # torchair (inside torch-npu) imports pkg_resources, gone from setuptools 81; torch 2.9's Dynamo
 # imports setuptools while building guards. uv environments start without setuptools.
 BASE = [
-    "protobuf", "numpy", "pyyaml", "setuptools<81", "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "matplotlib",
+    "protobuf",
+    "numpy",
+    "pyyaml",
+    "setuptools<81",
+    "pytest>=7",
+    "pytest-xdist>=3",
+    "hypothesis>=6",
+    "matplotlib",
 ]
 
 
-GOLDEN_TESTS = ["tests/test_lowering.py", "tests/test_testing_capture.py", "examples/test_my_model_graph.py",
-                "tests/test_aclgraph_capture.py", "examples/test_my_model_aclgraph.py"]
+GOLDEN_TESTS = [
+    "tests/test_lowering.py",
+    "tests/test_testing_capture.py",
+    "examples/test_my_model_graph.py",
+    "tests/test_aclgraph_capture.py",
+    "examples/test_my_model_aclgraph.py",
+]
 
 
 def _install(session, torch_npu):
@@ -56,8 +68,17 @@ def _install(session, torch_npu):
 def goldens(session, torch_npu):
     """Write this torch-npu's own goldens where its torchair lowers a graph differently."""
     _install(session, torch_npu)
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--update-goldens-for-version",
-                *GOLDEN_TESTS, env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"})
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--update-goldens-for-version",
+        *GOLDEN_TESTS,
+        env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
+    )
     shutil.rmtree(session.virtualenv.location, ignore_errors=True)
 
 
@@ -70,8 +91,19 @@ def matrix(session, torch_npu):
     args = [a for a in session.posargs if a != "--summary" and a != summary]
     report = os.path.join(session.create_tmp(), "report.json")
     try:
-        session.run("python", "-m", "pytest", "-q", "-n", "auto", "-p", "no:cacheprovider", f"--compat-report={report}", *args,
-                    env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"})
+        session.run(
+            "python",
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "auto",
+            "-p",
+            "no:cacheprovider",
+            f"--compat-report={report}",
+            *args,
+            env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"},
+        )
     finally:
         if summary:
             _append_summary(summary, torch_npu, report, time.monotonic() - started)
@@ -126,8 +158,12 @@ def compatibility(session):
             lines.append(f"| {version} | {SUPPORTED[version]} | | | | | | | {row['error']} | {row['wall_s']} s |")
             continue
         reg = row["registration"]
-        ours = [f"schema: {reg['schema']}", f"fake: {reg['fake'].split(' (')[0]}",
-                f"CPU: {reg['kernels']['CPU'].split(' (')[0]}", f"converter: {reg['converter']}"]
+        ours = [
+            f"schema: {reg['schema']}",
+            f"fake: {reg['fake'].split(' (')[0]}",
+            f"CPU: {reg['kernels']['CPU'].split(' (')[0]}",
+            f"converter: {reg['converter']}",
+        ]
         tests = row["tests"]
         result = f"{tests['passed']} passed, {tests['failed'] + tests['error']} failed, {tests['skipped']} skipped"
         # torchair's converter for the op ships with the op itself (the wheel's own files say so)

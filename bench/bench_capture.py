@@ -77,7 +77,9 @@ def time_lower_command(plain_exit: bool = False) -> float:
 
 def time_bare_import() -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torchair_plugin, torch"], capture_output=True, env=_child_env(), check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import torchair_plugin, torch"], capture_output=True, env=_child_env(), check=True
+    )
     return time.perf_counter() - started
 
 
@@ -102,14 +104,26 @@ def main() -> int:
     print(f"  {'total (wall time of the child)':<45} {total:7.3f} s")
     further = parts["3 further captures"] / 3
     print(f"torchair-plugin lower (whole command):          {lower_s:7.3f} s")
-    print(f"the same with a plain interpreter exit (before): {plain_exit_s:7.3f} s  "
-          f"(now {lower_s / plain_exit_s:.2f}x of it)")
+    print(
+        f"the same with a plain interpreter exit (before): {plain_exit_s:7.3f} s  "
+        f"(now {lower_s / plain_exit_s:.2f}x of it)"
+    )
     print(f"python -c 'import torchair_plugin, torch':      {bare_s:7.3f} s  ({bare_s / lower_s:.0%} of lower)")
     print(f"each further capture in a process:              {further:7.3f} s")
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"parts": parts, "lower_s": lower_s, "lower_plain_exit_s": plain_exit_s, "bare_import_s": bare_s, "further_capture_s": further}, f, indent=1)
+            json.dump(
+                {
+                    "parts": parts,
+                    "lower_s": lower_s,
+                    "lower_plain_exit_s": plain_exit_s,
+                    "bare_import_s": bare_s,
+                    "further_capture_s": further,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

@@ -53,16 +53,20 @@ def main():
             "compiled_s": _per_call(lambda: compiled(ids, mask), args.repeats),
             "eager_s": _per_call(lambda: recorder.record(ids, mask), args.repeats),
             "host_bincount_s": _per_call(
-                lambda: torch.bincount(ids.cpu()[mask.cpu()], minlength=args.physical), args.repeats),
+                lambda: torch.bincount(ids.cpu()[mask.cpu()], minlength=args.physical), args.repeats
+            ),
         }
         rows.append(row)
-        print(f"{bs:>5} {row['compiled_s'] * 1e6:>10.1f}us {row['eager_s'] * 1e6:>10.1f}us "
-              f"{row['host_bincount_s'] * 1e6:>12.1f}us")
+        print(
+            f"{bs:>5} {row['compiled_s'] * 1e6:>10.1f}us {row['eager_s'] * 1e6:>10.1f}us "
+            f"{row['host_bincount_s'] * 1e6:>12.1f}us"
+        )
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"backend": args.backend, "physical": args.physical, "top_k": args.top_k, "rows": rows}, f,
-                      indent=1)
+            json.dump(
+                {"backend": args.backend, "physical": args.physical, "top_k": args.top_k, "rows": rows}, f, indent=1
+            )
 
 
 if __name__ == "__main__":

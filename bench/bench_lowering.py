@@ -104,7 +104,9 @@ def main(argv=None) -> int:
     define_companion_ops()
     use = converters(torchair)
     results = {"torch": torch.__version__, "repeat": args.repeat, "graphs": {}}
-    print(f"{'graph':<14} {'lowering plugin':>16} {'native':>10} {'ratio':>6}   {'capture plugin':>15} {'native':>10} {'ratio':>6}")
+    print(
+        f"{'graph':<14} {'lowering plugin':>16} {'native':>10} {'ratio':>6}   {'capture plugin':>15} {'native':>10} {'ratio':>6}"
+    )
     for name, spec in GRAPHS.items():
         for _ in range(3):  # warm up both paths (first compile imports and caches)
             for which in ("plugin", "native"):

@@ -84,24 +84,33 @@ def load_baseline_reference(revision: str, directory: Path):
     package = directory / "_baseline_torchair_plugin"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    old_files = subprocess.run(["git", "-C", str(REPOSITORY), "ls-tree", "--name-only", revision, "torchair_plugin/"],
-                               check=True, capture_output=True, text=True).stdout.split()
+    old_files = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "ls-tree", "--name-only", revision, "torchair_plugin/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     pending, done = ["reference"], set()
     while pending:
         name = pending.pop()
         if name in done:
             continue
         done.add(name)
-        source = subprocess.run(["git", "-C", str(REPOSITORY), "show", f"{revision}:torchair_plugin/{name}.py"],
-                                check=True, capture_output=True, text=True).stdout
+        source = subprocess.run(
+            ["git", "-C", str(REPOSITORY), "show", f"{revision}:torchair_plugin/{name}.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         for module, names in _IMPORT.findall(source):
             candidates = [module] if module else [n.strip() for n in names.split(",")]
             pending.extend(c for c in candidates if f"torchair_plugin/{c}.py" in old_files)
         (package / f"{name}.py").write_text(_RENAMED_IMPORT.sub(r"\1 _baseline_torchair_plugin", source))
     for path in old_files:
         if not path.endswith(".py"):
-            blob = subprocess.run(["git", "-C", str(REPOSITORY), "show", f"{revision}:{path}"],
-                                  check=True, capture_output=True).stdout
+            blob = subprocess.run(
+                ["git", "-C", str(REPOSITORY), "show", f"{revision}:{path}"], check=True, capture_output=True
+            ).stdout
             (package / Path(path).name).write_bytes(blob)
     sys.path.insert(0, str(directory))
     return importlib.import_module("_baseline_torchair_plugin.reference").npu_moe_update_expert_reference
@@ -139,7 +148,8 @@ def run(device, baseline=None):
         WRAPPER_MODE0: lambda: wrapper(ids, table, local_rank_id=5, world_size=WORLD, balance_mode=0),
         "torchair_plugin.npu_moe_update_expert mode 1": lambda: wrapper(ids, table, balance_mode=1),
         "torchair_plugin.npu_moe_update_expert mode 0 + pruning": lambda: wrapper(
-            ids, table, **full, local_rank_id=5, world_size=WORLD),
+            ids, table, **full, local_rank_id=5, world_size=WORLD
+        ),
         WRAPPER_FULL_OP: lambda: wrapper(ids, table, **full, balance_mode=1),
         "torch.ops full op": lambda: op(ids, table, **full, balance_mode=1),
     }
@@ -174,9 +184,11 @@ def ratios_of(results):
         if f"baseline reference kernel: {case}" in results:
             baseline = results[f"baseline reference kernel: {case}"]
             ratios[f"{case}: this tree's wrapper / baseline reference kernel"] = (
-                results[f"torchair_plugin.npu_moe_update_expert {case}"] / baseline)
+                results[f"torchair_plugin.npu_moe_update_expert {case}"] / baseline
+            )
             ratios[f"{case}: this tree's reference kernel / baseline reference kernel"] = (
-                results[f"reference kernel, direct: {case}"] / baseline)
+                results[f"reference kernel, direct: {case}"] / baseline
+            )
     return ratios
 
 
@@ -184,13 +196,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers and ratios as JSON")
-    parser.add_argument("--baseline-rev", metavar="REV",
-                        help="also time the reference kernel of this git revision (before/after ratios)")
+    parser.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="also time the reference kernel of this git revision (before/after ratios)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    report = {"shape": dict(BS=BS, K=K, moe_expert_num=EXPERTS, F=F, world_size=WORLD),
-              "threads": args.threads, "torch": torch.__version__, "devices": {}}
+    report = {
+        "shape": dict(BS=BS, K=K, moe_expert_num=EXPERTS, F=F, world_size=WORLD),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "devices": {},
+    }
     with tempfile.TemporaryDirectory() as directory:
         baseline = load_baseline_reference(args.baseline_rev, Path(directory)) if args.baseline_rev else None
         for device in devices:

@@ -64,38 +64,58 @@ def whole_model(args):
     """Part 2: rows of (s, mode, baseline/per-layer/plan_model time and mean balancedness)."""
     rows = []
     ranks, slots = args.ranks, args.slots_per_rank
-    print(f"\nwhole model: {args.layers} layers x {args.experts} experts, {ranks} ranks x {slots} slots "
-          f"(mean balancedness over layers; seconds for all layers)")
-    print("times: CPU seconds of this process (the machine is shared; wall time in the JSON); deepseek: "
-          "torch loop, and [the same loop on lists]")
-    print(f"{'s':>4} {'mode':>4} {'deepseek s':>16} {'bal':>7} {'per-layer s':>11} {'bal':>7} "
-          f"{'plan_model s':>12} {'bal':>7} {'min vs greedy':>13}")
+    print(
+        f"\nwhole model: {args.layers} layers x {args.experts} experts, {ranks} ranks x {slots} slots "
+        f"(mean balancedness over layers; seconds for all layers)"
+    )
+    print(
+        "times: CPU seconds of this process (the machine is shared; wall time in the JSON); deepseek: "
+        "torch loop, and [the same loop on lists]"
+    )
+    print(
+        f"{'s':>4} {'mode':>4} {'deepseek s':>16} {'bal':>7} {'per-layer s':>11} {'bal':>7} "
+        f"{'plan_model s':>12} {'bal':>7} {'min vs greedy':>13}"
+    )
     for skew in args.model_skews:
         loads = _layer_loads(args.layers, args.experts, skew)
         phy2log, deepseek_s = _timed(lambda: rebalance_global(torch.from_numpy(loads), ranks * slots, ranks))
         deepseek_wall = _timed.wall
-        lists_phy2log, lists_s = _timed(lambda: rebalance_global(torch.from_numpy(loads), ranks * slots, ranks, lists=True))
+        lists_phy2log, lists_s = _timed(
+            lambda: rebalance_global(torch.from_numpy(loads), ranks * slots, ranks, lists=True)
+        )
         assert torch.equal(lists_phy2log, phy2log)
         deepseek_tables = table_from_phy2log(phy2log, ranks, num_logical=args.experts, balance_mode=1)
         greedy = [greedy_table(load, ranks, slots) for load in loads]
         for mode in (1, 0):
             deepseek = _judge_layers(deepseek_tables, loads, ranks, mode)
-            per_layer, per_layer_s = _timed(lambda: [plan_placement(load, ranks, slots, balance_mode=mode).eplb_table
-                                                     for load in loads])
+            per_layer, per_layer_s = _timed(
+                lambda: [plan_placement(load, ranks, slots, balance_mode=mode).eplb_table for load in loads]
+            )
             per_layer_wall = _timed.wall
             plan, model_s = _timed(lambda: plan_model(loads, num_ranks=ranks, slots_per_rank=slots, balance_mode=mode))
             ours = _judge_layers(plan.eplb_tables, loads, ranks, mode)
             versus_greedy = float((ours - _judge_layers(greedy, loads, ranks, mode)).min())
-            row = {"skew": skew, "balance_mode": mode, "deepseek_seconds": deepseek_s, "deepseek_wall": deepseek_wall,
-                   "deepseek_lists_seconds": lists_s, "deepseek": deepseek.mean(),
-                   "per_layer_seconds": per_layer_s, "per_layer_wall": per_layer_wall,
-                   "per_layer": _judge_layers(per_layer, loads, ranks, mode).mean(),
-                   "plan_model_seconds": model_s, "plan_model_wall": _timed.wall, "plan_model": ours.mean(),
-                   "min_vs_greedy": versus_greedy}
+            row = {
+                "skew": skew,
+                "balance_mode": mode,
+                "deepseek_seconds": deepseek_s,
+                "deepseek_wall": deepseek_wall,
+                "deepseek_lists_seconds": lists_s,
+                "deepseek": deepseek.mean(),
+                "per_layer_seconds": per_layer_s,
+                "per_layer_wall": per_layer_wall,
+                "per_layer": _judge_layers(per_layer, loads, ranks, mode).mean(),
+                "plan_model_seconds": model_s,
+                "plan_model_wall": _timed.wall,
+                "plan_model": ours.mean(),
+                "min_vs_greedy": versus_greedy,
+            }
             rows.append(row)
             both = f"{deepseek_s:.3f} [{lists_s:.3f}]"
-            print(f"{skew:>4} {mode:>4} {both:>16} {row['deepseek']:>7.4f} {per_layer_s:>11.3f} "
-                  f"{row['per_layer']:>7.4f} {model_s:>12.3f} {row['plan_model']:>7.4f} {versus_greedy:>13.4f}")
+            print(
+                f"{skew:>4} {mode:>4} {both:>16} {row['deepseek']:>7.4f} {per_layer_s:>11.3f} "
+                f"{row['per_layer']:>7.4f} {model_s:>12.3f} {row['plan_model']:>7.4f} {versus_greedy:>13.4f}"
+            )
     return rows
 
 
@@ -125,32 +145,50 @@ def drifting(args):
 
     start = plan_model(loads_of(order), num_ranks=ranks, slots_per_rank=slots, balance_mode=mode)
     aware, scratch = start, start
-    print(f"\ndrifting workload: s = {args.drift_skew}, balance_mode {mode}, {args.rebalances} rebalances "
-          f"({args.layers * ranks * slots} slots in the model); moves = slots whose expert changed")
-    print(f"{'t':>3} {'aware moves':>11} {'bal':>7} {'worst loss':>10} {'s':>6} {'scratch moves':>13} {'bal':>7} {'s':>6}")
+    print(
+        f"\ndrifting workload: s = {args.drift_skew}, balance_mode {mode}, {args.rebalances} rebalances "
+        f"({args.layers * ranks * slots} slots in the model); moves = slots whose expert changed"
+    )
+    print(
+        f"{'t':>3} {'aware moves':>11} {'bal':>7} {'worst loss':>10} {'s':>6} {'scratch moves':>13} {'bal':>7} {'s':>6}"
+    )
     rows = []
     for step in range(1, args.rebalances + 1):
         order = _drift(order, rng)
         loads = loads_of(order)
-        new_aware, aware_s = _timed(lambda: plan_model(loads, num_ranks=ranks, slots_per_rank=slots, balance_mode=mode,
-                                                       previous=aware.eplb_tables))
-        new_scratch, scratch_s = _timed(lambda: plan_model(loads, num_ranks=ranks, slots_per_rank=slots,
-                                                           balance_mode=mode))
+        new_aware, aware_s = _timed(
+            lambda: plan_model(
+                loads, num_ranks=ranks, slots_per_rank=slots, balance_mode=mode, previous=aware.eplb_tables
+            )
+        )
+        new_scratch, scratch_s = _timed(
+            lambda: plan_model(loads, num_ranks=ranks, slots_per_rank=slots, balance_mode=mode)
+        )
         aware_bal = _judge_layers(new_aware.eplb_tables, loads, ranks, mode)
         scratch_bal = _judge_layers(new_scratch.eplb_tables, loads, ranks, mode)
-        row = {"step": step, "aware_moves": int((new_aware.phy2log != aware.phy2log).sum()),
-               "aware": aware_bal.mean(), "worst_loss": float((scratch_bal - aware_bal).max()),
-               "aware_seconds": aware_s, "scratch_moves": int((new_scratch.phy2log != scratch.phy2log).sum()),
-               "scratch": scratch_bal.mean(), "scratch_seconds": scratch_s}
+        row = {
+            "step": step,
+            "aware_moves": int((new_aware.phy2log != aware.phy2log).sum()),
+            "aware": aware_bal.mean(),
+            "worst_loss": float((scratch_bal - aware_bal).max()),
+            "aware_seconds": aware_s,
+            "scratch_moves": int((new_scratch.phy2log != scratch.phy2log).sum()),
+            "scratch": scratch_bal.mean(),
+            "scratch_seconds": scratch_s,
+        }
         rows.append(row)
-        print(f"{step:>3} {row['aware_moves']:>11} {row['aware']:>7.4f} {row['worst_loss']:>10.4f} {aware_s:>6.2f} "
-              f"{row['scratch_moves']:>13} {row['scratch']:>7.4f} {scratch_s:>6.2f}")
+        print(
+            f"{step:>3} {row['aware_moves']:>11} {row['aware']:>7.4f} {row['worst_loss']:>10.4f} {aware_s:>6.2f} "
+            f"{row['scratch_moves']:>13} {row['scratch']:>7.4f} {scratch_s:>6.2f}"
+        )
         aware, scratch = new_aware, new_scratch
     aware_moves = np.mean([r["aware_moves"] for r in rows])
     scratch_moves = np.mean([r["scratch_moves"] for r in rows])
-    print(f"mean moves per rebalance: move-aware {aware_moves:.1f}, from scratch {scratch_moves:.1f} "
-          f"(ratio {aware_moves / scratch_moves:.3f}); worst layer loss vs scratch "
-          f"{max(r['worst_loss'] for r in rows):.4f} (bound {args.max_loss})")
+    print(
+        f"mean moves per rebalance: move-aware {aware_moves:.1f}, from scratch {scratch_moves:.1f} "
+        f"(ratio {aware_moves / scratch_moves:.3f}); worst layer loss vs scratch "
+        f"{max(r['worst_loss'] for r in rows):.4f} (bound {args.max_loss})"
+    )
     return rows
 
 
@@ -181,15 +219,28 @@ def main():
             plan = plan_placement(load, args.ranks, args.slots_per_rank, balance_mode=mode)
             elapsed = time.perf_counter() - start
             ours = _judge(plan.eplb_table, load, args.ranks, mode)
-            rows.append({"balance_mode": mode, "skew": skew, "greedy": greedy, "planner": ours, "plan_seconds": elapsed})
+            rows.append(
+                {"balance_mode": mode, "skew": skew, "greedy": greedy, "planner": ours, "plan_seconds": elapsed}
+            )
             print(f"{mode:>4} {skew:>5} {greedy:>8.4f} {ours:>8.4f} {elapsed * 1e3:>8.1f}")
     model_rows = whole_model(args)
     drift_rows = drifting(args)
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"experts": args.experts, "ranks": args.ranks, "slots_per_rank": args.slots_per_rank,
-                       "results": rows, "whole_model": model_rows, "drift": drift_rows}, f, indent=1, default=float)
+            json.dump(
+                {
+                    "experts": args.experts,
+                    "ranks": args.ranks,
+                    "slots_per_rank": args.slots_per_rank,
+                    "results": rows,
+                    "whole_model": model_rows,
+                    "drift": drift_rows,
+                },
+                f,
+                indent=1,
+                default=float,
+            )
         print(f"wrote {args.json}")
 
 

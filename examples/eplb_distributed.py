@@ -94,7 +94,9 @@ def main():
         result = {"world_size": world_size, "slots_per_rank": slots, "scenarios": {}}
         print(f"{'rank':>6} " + " ".join(f"{name:>15}" for name in SCENARIOS))
         per_rank = {
-            name: torch.bincount(torch.from_numpy(physical_ranks(tokens.shape[0], world_size)), tokens, world_size).long()
+            name: torch.bincount(
+                torch.from_numpy(physical_ranks(tokens.shape[0], world_size)), tokens, world_size
+            ).long()
             for name, tokens in received.items()
         }
         for r in range(world_size):

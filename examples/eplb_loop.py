@@ -41,7 +41,6 @@ from torchair_plugin.eplb import (
     StableEplbTable,
     logical_load,
     plan_placement,
-    rank_loads,
     rebalance_gain,
     table_from_phy2log,
 )
@@ -63,8 +62,13 @@ class TinyMoERouter(torch.nn.Module):
         received = []
         for layer in range(self.table.shape[0]):
             balanced, mask = torch.ops.npu.npu_moe_update_expert(
-                ids[layer], self.table[layer], expert_scales=scales[layer], pruning_threshold=self.threshold,
-                local_rank_id=self.rank, world_size=self.world_size, balance_mode=self.balance_mode,
+                ids[layer],
+                self.table[layer],
+                expert_scales=scales[layer],
+                pruning_threshold=self.threshold,
+                local_rank_id=self.rank,
+                world_size=self.world_size,
+                balance_mode=self.balance_mode,
             )
             if self.recorder is not None:
                 self.recorder.record(balanced, mask, layer=layer)
@@ -100,13 +104,27 @@ def rebalance(args, stable, recorder, world_size, step):
     dist.all_reduce(load)
     load = load.cpu().numpy()
     logical = logical_load(load, stable.tensor)
-    candidate = torch.stack([
-        plan_placement(logical[layer], world_size, stable.slots_per_rank, balance_mode=args.balance_mode,
-                       num_columns=stable.num_columns).eplb_table
-        for layer in range(args.layers)
-    ])
-    gain = rebalance_gain(load, stable.tensor, candidate, world_size, balance_mode=args.balance_mode,
-                          min_gain=args.min_gain, bytes_per_expert=args.bytes_per_expert)
+    candidate = torch.stack(
+        [
+            plan_placement(
+                logical[layer],
+                world_size,
+                stable.slots_per_rank,
+                balance_mode=args.balance_mode,
+                num_columns=stable.num_columns,
+            ).eplb_table
+            for layer in range(args.layers)
+        ]
+    )
+    gain = rebalance_gain(
+        load,
+        stable.tensor,
+        candidate,
+        world_size,
+        balance_mode=args.balance_mode,
+        min_gain=args.min_gain,
+        bytes_per_expert=args.bytes_per_expert,
+    )
     entry = {"step": step, **gain.to_dict(), "applied": gain.worth}
     if gain.worth:
         stable.update(candidate)  # validated, checked identical on every rank, written in place
@@ -120,10 +138,18 @@ def recorder_cost(args, copies, device):
     ids, scales = routing(args, 0, 0, device)
     stable, _, model, with_recorder, _ = copies["rebalanced"]
     without_recorder = copies["static"][3]
-    outputs = [torch.ops.npu.npu_moe_update_expert(
-        ids[layer], stable.tensor[layer], expert_scales=scales[layer], pruning_threshold=model.threshold,
-        local_rank_id=model.rank, world_size=model.world_size, balance_mode=model.balance_mode)
-        for layer in range(args.layers)]
+    outputs = [
+        torch.ops.npu.npu_moe_update_expert(
+            ids[layer],
+            stable.tensor[layer],
+            expert_scales=scales[layer],
+            pruning_threshold=model.threshold,
+            local_rank_id=model.rank,
+            world_size=model.world_size,
+            balance_mode=model.balance_mode,
+        )
+        for layer in range(args.layers)
+    ]
 
     def host_bincount():
         for balanced, mask in outputs:
@@ -193,8 +219,13 @@ def main():
     copies = {}
     for name, rebalanced in (("rebalanced", True), ("static", False)):
         stable = StableEplbTable(first, world_size, balance_mode=args.balance_mode, device=device)
-        recorder = ExpertLoadRecorder(stable.physical_experts, num_layers=args.layers, window=args.rebalance_every,
-                                      device=device) if rebalanced else None
+        recorder = (
+            ExpertLoadRecorder(
+                stable.physical_experts, num_layers=args.layers, window=args.rebalance_every, device=device
+            )
+            if rebalanced
+            else None
+        )
         model = TinyMoERouter(stable.tensor, recorder, rank, world_size, args.balance_mode, threshold)
         counter = CompileCounterWithBackend(compile_backend(args))
         copies[name] = (stable, recorder, model, torch.compile(model, backend=counter, fullgraph=True), counter)
@@ -236,15 +267,21 @@ def report(args, world_size, history, rebalances, every_rank, cost):
         "rebalances": rebalances,
         "recorder_cost": cost,
     }
-    print(f"mean balancedness over {args.steps} steps: rebalanced {mean['rebalanced']:.3f}, "
-          f"static {mean['static']:.3f}")
+    print(
+        f"mean balancedness over {args.steps} steps: rebalanced {mean['rebalanced']:.3f}, static {mean['static']:.3f}"
+    )
     print(f"compiles per rank: {result['compiles_per_rank']}")
     for entry in rebalances:
-        print(f"step {entry['step']}: balancedness {entry['model_balancedness_now']:.3f} -> predicted "
-              f"{entry['model_balancedness_predicted']:.3f}, replicas moved {sum(entry['replicas_moved'])} "
-              f"({'applied' if entry['applied'] else 'skipped'})")
-    print("per step: compiled with recorder {:.1f} us, without {:.1f} us, host bincount {:.1f} us".format(
-        cost["step_with_recorder_s"] * 1e6, cost["step_without_recorder_s"] * 1e6, cost["host_bincount_s"] * 1e6))
+        print(
+            f"step {entry['step']}: balancedness {entry['model_balancedness_now']:.3f} -> predicted "
+            f"{entry['model_balancedness_predicted']:.3f}, replicas moved {sum(entry['replicas_moved'])} "
+            f"({'applied' if entry['applied'] else 'skipped'})"
+        )
+    print(
+        "per step: compiled with recorder {:.1f} us, without {:.1f} us, host bincount {:.1f} us".format(
+            cost["step_with_recorder_s"] * 1e6, cost["step_without_recorder_s"] * 1e6, cost["host_bincount_s"] * 1e6
+        )
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f)
@@ -260,16 +297,28 @@ def plot(result, path):
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     for name, values in result["balancedness_per_step"].items():
-        axes.plot(range(1, len(values) + 1), values, linewidth=1.2,
-                  label=f"{name} (mean {result['mean_balancedness'][name]:.3f})")
+        axes.plot(
+            range(1, len(values) + 1),
+            values,
+            linewidth=1.2,
+            label=f"{name} (mean {result['mean_balancedness'][name]:.3f})",
+        )
     for entry in result["rebalances"]:
         moved = sum(entry["replicas_moved"])
         axes.axvline(entry["step"], color="gray", linestyle=":" if entry["applied"] else "-.", linewidth=1)
-        axes.annotate(f"{moved if entry['applied'] else 'skip'}", (entry["step"], 0.02), fontsize=8,
-                      xycoords=("data", "axes fraction"))
-    axes.set(xlabel="step", ylabel="balancedness (mean / max rank load)", ylim=(0, 1.05),
-             title=f"EPLB loop, {result['world_size']} ranks, balance_mode {result['balance_mode']}: "
-                   "rebalances dotted, replicas moved at the bottom")
+        axes.annotate(
+            f"{moved if entry['applied'] else 'skip'}",
+            (entry["step"], 0.02),
+            fontsize=8,
+            xycoords=("data", "axes fraction"),
+        )
+    axes.set(
+        xlabel="step",
+        ylabel="balancedness (mean / max rank load)",
+        ylim=(0, 1.05),
+        title=f"EPLB loop, {result['world_size']} ranks, balance_mode {result['balance_mode']}: "
+        "rebalances dotted, replicas moved at the bottom",
+    )
     axes.legend(loc="lower right")
     axes.grid(alpha=0.3)
     figure.savefig(path, metadata={"Software": None})

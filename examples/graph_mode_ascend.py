@@ -63,8 +63,16 @@ def moe_layer(x, expert_ids, expert_scales, eplb_table, pruning_threshold, *, gr
     )
     # Expert FFNs would run on expand_x here.
     return torch.ops.npu.npu_moe_distribute_combine_v2(
-        expand_x, physical_ids, assist_info, ep_recv_counts, expert_scales, group, world_size, rank,
-        moe_expert_num, x_active_mask=keep,
+        expand_x,
+        physical_ids,
+        assist_info,
+        ep_recv_counts,
+        expert_scales,
+        group,
+        world_size,
+        rank,
+        moe_expert_num,
+        x_active_mask=keep,
     )
 
 
@@ -100,13 +108,19 @@ def run_on_npu() -> None:
 
     # Identity experts: each token returns as x times the weight of the experts it kept.
     _, keep = torchair_plugin.npu_moe_update_expert(
-        expert_ids, table, expert_scales=scales, pruning_threshold=threshold,
-        local_rank_id=rank, world_size=world_size,
+        expert_ids,
+        table,
+        expert_scales=scales,
+        pruning_threshold=threshold,
+        local_rank_id=rank,
+        world_size=world_size,
     )
     expected = x.float() * (scales * keep).sum(dim=1, keepdim=True)
     error = (out.float() - expected).abs().max().item()
-    print(f"rank {rank}: out {tuple(out.shape)}, kept {int(keep.sum())}/{keep.numel()} experts, "
-          f"max |out - x * kept weight| = {error:.3g}")
+    print(
+        f"rank {rank}: out {tuple(out.shape)}, kept {int(keep.sum())}/{keep.numel()} experts, "
+        f"max |out - x * kept weight| = {error:.3g}"
+    )
     dist.destroy_process_group()
 
 

@@ -69,7 +69,9 @@ def test_the_host_sync_is_caught_with_its_line():
     # What test_no_host_sync_in_the_captured_region reports for the buggy layer (here inverted, so
     # that the template passes): the op or graph break, and the line of your code behind it.
     result = capture_aclgraph_graphs(MyMoeLayerWithASync(), *example_inputs())
-    assert [sync.source.code for sync in result.host_syncs] == ["kept = int(mask.sum().item())  # host sync: the NPU cannot capture this"]
+    assert [sync.source.code for sync in result.host_syncs] == [
+        "kept = int(mask.sum().item())  # host sync: the NPU cannot capture this"
+    ]
 
 
 def test_the_eplb_table_is_read_by_address():

@@ -33,8 +33,12 @@ class MyMoeLayer(torch.nn.Module):
 
     def forward(self, expert_ids, eplb_table, expert_scales, pruning_threshold):
         balanced_ids, mask = torch.ops.npu.npu_moe_update_expert(
-            expert_ids, eplb_table, expert_scales=expert_scales, pruning_threshold=pruning_threshold,
-            local_rank_id=self.rank, world_size=self.world_size,
+            expert_ids,
+            eplb_table,
+            expert_scales=expert_scales,
+            pruning_threshold=pruning_threshold,
+            local_rank_id=self.rank,
+            world_size=self.world_size,
         )
         return balanced_ids, expert_scales * mask
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from torchair_plugin.testing import CannLessUnavailable, Mode, current_mode, import_torchair
+from torchair_plugin.testing import CannLessUnavailable, current_mode, import_torchair
 
 
 def capture_possible() -> bool:

@@ -3,9 +3,9 @@ ExpertLoadRecorder counts what it returns, as a serving model would hold them.""
 
 import pytest
 import torch
+from test_compile import _inductor_unusable_here
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from test_compile import _inductor_unusable_here
 from torchair_plugin.eplb import ExpertLoadRecorder
 
 
@@ -15,8 +15,18 @@ class Routing(torch.nn.Module):
     The op is looked up at call time: an OpOverload object taken before torchair's first import
     (which loads torch_npu) can dispatch to another npu op afterwards."""
 
-    def __init__(self, table: torch.Tensor, *, k: int = 2, balance_mode: int = 1, local_rank_id: int = -1,
-                 world_size: int = -1, threshold: float = 0.3, recorder: ExpertLoadRecorder = None, layer=None):
+    def __init__(
+        self,
+        table: torch.Tensor,
+        *,
+        k: int = 2,
+        balance_mode: int = 1,
+        local_rank_id: int = -1,
+        world_size: int = -1,
+        threshold: float = 0.3,
+        recorder: ExpertLoadRecorder = None,
+        layer=None,
+    ):
         super().__init__()
         self.register_buffer("table", table)
         # A tensor, not a Python float: dynamic=True makes float attributes symbolic, and Dynamo
@@ -28,8 +38,13 @@ class Routing(torch.nn.Module):
 
     def forward(self, ids, scales):
         balanced, mask = torch.ops.npu.npu_moe_update_expert(
-            ids, self.table, expert_scales=scales, pruning_threshold=self.threshold, local_rank_id=self.local_rank_id,
-            world_size=self.world_size, balance_mode=self.balance_mode,
+            ids,
+            self.table,
+            expert_scales=scales,
+            pruning_threshold=self.threshold,
+            local_rank_id=self.local_rank_id,
+            world_size=self.world_size,
+            balance_mode=self.balance_mode,
         )
         if self.recorder is not None:
             self.recorder.record(balanced, mask, layer=self.layer)

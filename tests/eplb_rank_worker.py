@@ -40,8 +40,9 @@ def run(rank, world_size, out):
     seen = {}
     same = torch.tensor(TABLE, dtype=torch.int32)
     seen["same"] = _outcome(lambda: check_same_table(same))
-    seen["rank 2 differs"] = _outcome(lambda: check_same_table(torch.tensor(OTHER if rank == 2 else TABLE,
-                                                                             dtype=torch.int32)))
+    seen["rank 2 differs"] = _outcome(
+        lambda: check_same_table(torch.tensor(OTHER if rank == 2 else TABLE, dtype=torch.int32))
+    )
     stable = StableEplbTable(TABLE, world_size)
     seen["update together"] = _update(stable, NEW)
     seen["ranks 1 and 3 plan differently"] = _update(stable, OTHER if rank in (1, 3) else TABLE)
@@ -49,7 +50,8 @@ def run(rank, world_size, out):
     subgroup = dist.new_group([1, 2, 3])
     if rank in (1, 2, 3):
         seen["subgroup, rank 3 differs"] = _outcome(
-            lambda: check_same_table(torch.tensor(OTHER if rank == 3 else TABLE, dtype=torch.int32), group=subgroup))
+            lambda: check_same_table(torch.tensor(OTHER if rank == 3 else TABLE, dtype=torch.int32), group=subgroup)
+        )
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(seen, f)
     dist.destroy_process_group()

@@ -20,8 +20,16 @@ def _tree_sum_float32(values):
     return level[0]
 
 
-def golden_update_expert(expert_ids, eplb_table, expert_scales=None, pruning_threshold=None,
-                         active_mask=None, local_rank_id=-1, world_size=-1, balance_mode=0):
+def golden_update_expert(
+    expert_ids,
+    eplb_table,
+    expert_scales=None,
+    pruning_threshold=None,
+    active_mask=None,
+    local_rank_id=-1,
+    world_size=-1,
+    balance_mode=0,
+):
     """Lists in, lists out: (balanced_expert_ids, balanced_active_mask) as nested Python lists."""
     ids = expert_ids.tolist()
     table = eplb_table.tolist()

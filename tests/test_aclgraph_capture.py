@@ -50,15 +50,27 @@ class MoeRouting(torch.nn.Module):
             x, balanced_ids, "ep", WORLD_SIZE, RANK, EXPERTS, x_active_mask=mask
         )
         return torch.ops.npu.npu_moe_distribute_combine_v2(
-            expand_x, balanced_ids, assist_info, ep_recv_counts, scales, "ep", WORLD_SIZE, RANK, EXPERTS,
+            expand_x,
+            balanced_ids,
+            assist_info,
+            ep_recv_counts,
+            scales,
+            "ep",
+            WORLD_SIZE,
+            RANK,
+            EXPERTS,
             x_active_mask=mask,
         )
 
 
 def routing_inputs(bs=6):
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(0, EXPERTS, (bs, K), generator=g, dtype=torch.int32), torch.rand(bs, K, generator=g),
-            torch.full((K,), 0.05), torch.randn(bs, HIDDEN, generator=g).to(torch.bfloat16))
+    return (
+        torch.randint(0, EXPERTS, (bs, K), generator=g, dtype=torch.int32),
+        torch.rand(bs, K, generator=g),
+        torch.full((K,), 0.05),
+        torch.randn(bs, HIDDEN, generator=g).to(torch.bfloat16),
+    )
 
 
 def quiet_capture(*args, **kwargs):
@@ -100,7 +112,10 @@ def test_the_chain_is_one_acl_graph_matching_its_golden(mode, dynamic, ge_golden
     result = quiet_capture(MoeRouting(), *routing_inputs(), mode=mode, dynamic=dynamic)
     assert result.fx_graph_count == 1 and result.graph_breaks == 0 and not result.host_syncs, result.summary()
     assert [t for t in result.graph.op_targets() if t.startswith("npu.")] == [
-        "npu.npu_moe_update_expert", "npu.npu_moe_distribute_dispatch_v2", "npu.npu_moe_distribute_combine_v2"]
+        "npu.npu_moe_update_expert",
+        "npu.npu_moe_distribute_dispatch_v2",
+        "npu.npu_moe_distribute_combine_v2",
+    ]
     ge_golden.check(result.graph, f"aclgraph_{mode}_chain_{'dynamic' if dynamic else 'static'}")
 
 
@@ -153,7 +168,9 @@ def test_a_table_marked_static_address_is_a_static_input():
     torch._dynamo.mark_static_address(table)
     graph = quiet_capture(MoeRouting(None), *routing_inputs(), table).graph
     # (torch 2.7 hands AOTAutograd inputs that do not line up with Dynamo's: names fall back to arg<i>_1)
-    assert [(i.kind, i.why) for i in graph.inputs if i.kind == STATIC] == [(STATIC, "mark_static_address")], graph.inputs
+    assert [(i.kind, i.why) for i in graph.inputs if i.kind == STATIC] == [(STATIC, "mark_static_address")], (
+        graph.inputs
+    )
 
 
 def test_a_table_passed_as_a_plain_argument_is_copied_in_at_every_replay():
@@ -279,8 +296,13 @@ except Exception as error:
 def test_outside_a_capture_torchair_builds_its_real_acl_graph():
     require_aclgraph_capture("reduce-overhead")
     root = pathlib.Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", AFTER_A_CAPTURE], env=dict(os.environ, PYTHONPATH=str(root)),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", AFTER_A_CAPTURE],
+        env=dict(os.environ, PYTHONPATH=str(root)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "captured 1" in done.stdout, done.stdout + done.stderr[-2000:]
     # The real AclGraph asks torch_npu for the device: the CANN stubs refuse aclInit.
     assert "plain compile raised" in done.stdout and "aclInit" in done.stderr, done.stdout + done.stderr[-2000:]

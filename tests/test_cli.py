@@ -79,8 +79,20 @@ def test_doctor_json_shape(capsys):
     assert status == 0
     facts = json.loads(out)
     assert set(facts) >= {
-        "plugin", "python", "torch", "torch_npu", "torchair", "protobuf", "cann", "npu", "cuda",
-        "capture", "registration", "usable_for", "advice", "ok",
+        "plugin",
+        "python",
+        "torch",
+        "torch_npu",
+        "torchair",
+        "protobuf",
+        "cann",
+        "npu",
+        "cuda",
+        "capture",
+        "registration",
+        "usable_for",
+        "advice",
+        "ok",
     }
     assert facts["ok"] is True
     assert any(use.startswith("eager on CPU") for use in facts["usable_for"])
@@ -135,7 +147,8 @@ def test_demo_json_keys_and_seed(capsys):
     if capture["available"]:
         assert capture["op_types"].count("MoeUpdateExpert") == 1
         assert capture["dispatch_inputs_from_update"] == {
-            "expert_ids": "MoeUpdateExpert_0:0", "x_active_mask": "MoeUpdateExpert_0:1"
+            "expert_ids": "MoeUpdateExpert_0:0",
+            "x_active_mask": "MoeUpdateExpert_0:1",
         }
         from torchair_plugin.testing import current_mode
 
@@ -176,7 +189,10 @@ def test_module_entry_point():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
         [sys.executable, "-m", "torchair_plugin", "demo", "--top-k", "0"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "--top-k: must be in [1, 16], got 0" in done.stderr and "Traceback" not in done.stderr
@@ -261,7 +277,9 @@ def test_doctor_reports_the_stub_cache_owner_mode_and_trust(capsys, monkeypatch,
     monkeypatch.setenv("TORCHAIR_PLUGIN_CACHE_DIR", str(shared))
     status, out, _ = _run(capsys, "doctor", "--json")
     cache = json.loads(out)["capture"]["stub_cache"]
-    assert (cache["mode"], cache["trusted"]) == ("0777", False) and "writable by group or others" in cache["trust_problem"]
+    assert (cache["mode"], cache["trusted"]) == ("0777", False) and "writable by group or others" in cache[
+        "trust_problem"
+    ]
     shared.chmod(0o700)
     status, out, _ = _run(capsys, "doctor")
     assert f"stub cache {shared} (owner " in out and "mode 0700): trusted" in out
@@ -270,7 +288,8 @@ def test_doctor_reports_the_stub_cache_owner_mode_and_trust(capsys, monkeypatch,
 def test_demo_and_lower_start_without_torch_npus_environment_warning():
     """Issue 21: torch_npu's 'ASCEND_HOME_PATH environment variable is not set' was the first line."""
     for argv in (SMALL_DEMO, ("lower", "--json")):
-        done = subprocess.run([sys.executable, "-m", "torchair_plugin", *argv], capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "torchair_plugin", *argv], capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         assert "ASCEND_HOME_PATH" not in done.stdout + done.stderr, argv

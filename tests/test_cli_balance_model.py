@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from test_eplb_model_planner import golden_balancedness
+
 from torchair_plugin.cli.balance import add_balance_subcommand
 
 
@@ -58,7 +58,11 @@ def test_text_report_lists_moves_and_totals(tmp_path, capsys):
     "setup, argv, message",
     [
         ("one_d", ["--loads", "{d}/l.npy"], r"l.npy: loads must have 2 dimensions"),
-        ("ok", ["--loads", "{d}/l.npy", "--routing", "{d}/r.pt"], r"--loads plans a whole model: it takes no --routing"),
+        (
+            "ok",
+            ["--loads", "{d}/l.npy", "--routing", "{d}/r.pt"],
+            r"--loads plans a whole model: it takes no --routing",
+        ),
         ("ok", ["--loads", "{d}/l.npy", "--slots-per-rank", "1"], r"num_ranks \* slots_per_rank = 8 physical experts"),
         ("ok", ["--loads", "{d}/l.npy", "--previous", "{d}/missing.pt"], r"missing.pt: no such file"),
         ("ok", ["--loads", "{d}/l.npy", "--out", "{d}/t.txt"], r"--out .*t.txt: use a .pt or .npy file"),

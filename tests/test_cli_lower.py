@@ -88,7 +88,10 @@ def test_text_pbtxt_and_json(capsys):
 
     assert err.startswith(f"torchair-plugin lower: captured with {current_mode().value}")
     assert [op["type"] for op in ops][-4:] == [
-        "MoeUpdateExpert", "MoeDistributeDispatchV2", "MoeDistributeCombineV2", "NetOutput"
+        "MoeUpdateExpert",
+        "MoeDistributeDispatchV2",
+        "MoeDistributeCombineV2",
+        "NetOutput",
     ]
 
 

@@ -53,16 +53,28 @@ def test_the_example_table_models_the_redundancy():
     assert validate_eplb_table(table, world_size=4) == 32
     balanced, _ = spec.function()(ids, table)
     assert set(balanced.flatten().tolist()) <= set(range(32)) and int(balanced.max()) >= 16
-    assert torch.equal(LowerSpec(experts=16).inputs()[1][:, :2], torch.stack([torch.ones(16), torch.arange(16)], 1).int())
+    assert torch.equal(
+        LowerSpec(experts=16).inputs()[1][:, :2], torch.stack([torch.ones(16), torch.arange(16)], 1).int()
+    )
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--physical-experts", "18"],
-     "--physical-experts must be >= --experts=16 and divisible by --world-size=4, got 18"),
-    (["--physical-experts", "8"], "--physical-experts must be >= --experts=16 and divisible by --world-size=4, got 8"),
-    (["--physical-experts", "64", "--f", "3"],
-     "--physical-experts=64 puts up to 4 replicas on one of 16 logical experts: eplb_table needs --f >= 5, got 3"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["--physical-experts", "18"],
+            "--physical-experts must be >= --experts=16 and divisible by --world-size=4, got 18",
+        ),
+        (
+            ["--physical-experts", "8"],
+            "--physical-experts must be >= --experts=16 and divisible by --world-size=4, got 8",
+        ),
+        (
+            ["--physical-experts", "64", "--f", "3"],
+            "--physical-experts=64 puts up to 4 replicas on one of 16 logical experts: eplb_table needs --f >= 5, got 3",
+        ),
+    ],
+)
 def test_bad_physical_experts_is_one_line_exit_2(argv, message, capsys):
     code, out, err = run(["--chain", *argv], capsys)
     assert code == 2 and out == ""

@@ -18,8 +18,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _report(*argv):
     """`python -m torchair_plugin report ...` in a fresh process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "torchair_plugin", "report", *argv],
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "torchair_plugin", "report", *argv],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_fresh_process_says_pending_and_what_to_do():
@@ -37,8 +42,11 @@ def test_import_torchair_shows_the_converter_a_compiling_process_gets():
     done = _report("--import-torchair", "--json")
     if not capture_possible():
         assert done.returncode == 2 and done.stdout == ""
-        assert done.stderr.strip().splitlines()[-1].startswith(
-            "torchair-plugin report: error: --import-torchair: torchair cannot be imported here: ")
+        assert (
+            done.stderr.strip()
+            .splitlines()[-1]
+            .startswith("torchair-plugin report: error: --import-torchair: torchair cannot be imported here: ")
+        )
         return
     assert done.returncode == 0, done.stderr[-2000:]
     facts = json.loads(done.stdout)  # stdout is JSON only: torch_npu's warning went to stderr
@@ -68,5 +76,7 @@ def test_import_impossible_is_one_line_exit_2(monkeypatch, capsys):
     assert main(["report", "--import-torchair"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == ("torchair-plugin report: error: --import-torchair: torchair cannot be imported here: "
-                   "torch-npu is not installed (torchair ships inside it): install torch-npu\n")
+    assert err == (
+        "torchair-plugin report: error: --import-torchair: torchair cannot be imported here: "
+        "torch-npu is not installed (torchair ships inside it): install torch-npu\n"
+    )

@@ -30,15 +30,21 @@ def _child_env(**extra):
 
 
 def _launch(*command, **extra):
-    return subprocess.run([sys.executable, "-m", "torchair_plugin", "run", "--", *command],
-                          env=_child_env(**extra), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "torchair_plugin", "run", "--", *command],
+        env=_child_env(**extra),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @no_cann_here
 def test_a_bare_import_torch_fails_and_the_launcher_makes_it_work():
     """The limit the docs state, then the fix: torch auto-loads torch_npu, which fails without CANN."""
-    bare = subprocess.run([sys.executable, "-c", "import torch"], env=_child_env(), capture_output=True,
-                          text=True, timeout=120)
+    bare = subprocess.run(
+        [sys.executable, "-c", "import torch"], env=_child_env(), capture_output=True, text=True, timeout=120
+    )
     assert bare.returncode != 0 and "Failed to load the backend extension: torch_npu" in bare.stderr
     launched = _launch(sys.executable, "-c", PRINT_AUTOLOAD)
     assert launched.returncode == 0, launched.stderr[-2000:]
@@ -65,8 +71,12 @@ def test_the_commands_exit_status_is_the_launchers():
 
 def test_a_value_you_set_is_passed_on_unchanged():
     assert env.for_a_new_process({env.AUTOLOAD_VAR: "1"})[env.AUTOLOAD_VAR] == "1"
-    launched = _launch(sys.executable, "-c", "import os; print(os.environ['TORCH_DEVICE_BACKEND_AUTOLOAD'])",
-                       TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    launched = _launch(
+        sys.executable,
+        "-c",
+        "import os; print(os.environ['TORCH_DEVICE_BACKEND_AUTOLOAD'])",
+        TORCH_DEVICE_BACKEND_AUTOLOAD="0",
+    )
     assert launched.stdout.splitlines() == ["0"]
 
 
@@ -77,10 +87,16 @@ def test_without_torch_npu_or_with_cann_nothing_is_set(tmp_path, monkeypatch):
     assert env.AUTOLOAD_VAR not in env.for_a_new_process({"ASCEND_HOME_PATH": str(tmp_path)})
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["run"], "torchair-plugin run: error: COMMAND is required, got none (torchair-plugin run -- COMMAND ...)\n"),
-    (["run", "--"], "torchair-plugin run: error: COMMAND is required, got none (torchair-plugin run -- COMMAND ...)\n"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["run"], "torchair-plugin run: error: COMMAND is required, got none (torchair-plugin run -- COMMAND ...)\n"),
+        (
+            ["run", "--"],
+            "torchair-plugin run: error: COMMAND is required, got none (torchair-plugin run -- COMMAND ...)\n",
+        ),
+    ],
+)
 def test_no_command_is_one_line_exit_2(argv, message, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err == message

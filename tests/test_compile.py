@@ -22,8 +22,9 @@ def make_inputs(bs, k=4, experts=32, f=5, seed=0):
 
 
 def full_op(ids, table, scales, threshold, active):
-    balanced, mask = op(ids, table, expert_scales=scales, pruning_threshold=threshold,
-                        active_mask=active, balance_mode=1)
+    balanced, mask = op(
+        ids, table, expert_scales=scales, pruning_threshold=threshold, active_mask=active, balance_mode=1
+    )
     # Something around the op, so that the backend really compiles a graph.
     return balanced + 0, mask.logical_and(active.unsqueeze(1))
 
@@ -134,11 +135,30 @@ def test_static_shapes_recompile_per_batch_size():
 SAMPLES = [
     ("mode 0", lambda: (make_inputs(6)[:2], dict(local_rank_id=1, world_size=4))),
     ("mode 1 int64", lambda: ((make_inputs(6)[0].long(), make_inputs(6)[1]), dict(balance_mode=1))),
-    ("full op", lambda: (make_inputs(6)[:2], dict(expert_scales=make_inputs(6)[2], pruning_threshold=make_inputs(6)[3],
-                                                  active_mask=make_inputs(6)[4], balance_mode=1))),
-    ("pruning fp16, (K,) threshold", lambda: (make_inputs(3)[:2], dict(
-        expert_scales=make_inputs(3)[2].half(), pruning_threshold=torch.full((4,), 0.25), world_size=4,
-        local_rank_id=0))),
+    (
+        "full op",
+        lambda: (
+            make_inputs(6)[:2],
+            dict(
+                expert_scales=make_inputs(6)[2],
+                pruning_threshold=make_inputs(6)[3],
+                active_mask=make_inputs(6)[4],
+                balance_mode=1,
+            ),
+        ),
+    ),
+    (
+        "pruning fp16, (K,) threshold",
+        lambda: (
+            make_inputs(3)[:2],
+            dict(
+                expert_scales=make_inputs(3)[2].half(),
+                pruning_threshold=torch.full((4,), 0.25),
+                world_size=4,
+                local_rank_id=0,
+            ),
+        ),
+    ),
 ]
 
 

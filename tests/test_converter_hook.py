@@ -9,7 +9,8 @@ import types
 
 import pytest
 
-from torchair_plugin import _converter_hook as hook, _upstream
+from torchair_plugin import _converter_hook as hook
+from torchair_plugin import _upstream
 from torchair_plugin.testing import current_mode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,9 +62,7 @@ def _run(*parts: str, env_extra=None) -> dict:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop(hook.NATIVE_CONVERTER_ENV, None)
     env.update(env_extra or {})
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
-    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"stdout": proc.stdout, "stderr": proc.stderr, **json.loads(proc.stdout.strip().splitlines()[-1])}
 

@@ -97,7 +97,11 @@ def test_example(script):
             pytest.skip("an NPU example on an Ascend machine is launched with torchrun, not here")
     # A template test (examples/test_*.py) is run the way a user runs it: by pytest, which finds
     # the golden-graph fixtures through the repository's conftest.py.
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] if script.name.startswith("test_") else [sys.executable]
+    command = (
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        if script.name.startswith("test_")
+        else [sys.executable]
+    )
     done = subprocess.run(
         command + [str(script)], cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=300
     )

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from torchair_plugin import environment as env, _upstream
+from torchair_plugin import _upstream
+from torchair_plugin import environment as env
 
 
 @pytest.mark.parametrize(
@@ -90,8 +91,8 @@ def test_torch_npu_dir_agrees_with_find_spec():
 
 def test_a_torch_npu_without_the_op_is_recognised_and_capture_says_why(tmp_path, monkeypatch):
     """torch-npu 2.5.1 and older have no npu_moe_update_expert: doctor and capture say so plainly."""
-    from torchair_plugin.cli import _probe
     from torchair_plugin._process_state import STATE
+    from torchair_plugin.cli import _probe
     from torchair_plugin.testing import CannLessUnavailable, _torchair_import
 
     converter = tmp_path / _upstream.NATIVE_CONVERTER_FILE

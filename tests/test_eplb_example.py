@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from torchrun_here import run_torchrun
 
 from torchair_plugin.eplb import expert_load, load_report, plan_placement, skewed_routing
-from torchrun_here import run_torchrun
 
 
 def test_distributed_example_matches_report(tmp_path):
@@ -17,8 +17,16 @@ def test_distributed_example_matches_report(tmp_path):
     torch.save(routing, tmp_path / "routing.pt")
     torch.save(table, tmp_path / "table.pt")
     out = tmp_path / "loads.json"
-    done = run_torchrun("eplb_distributed.py", "--routing", str(tmp_path / "routing.pt"), "--table",
-                        str(tmp_path / "table.pt"), "--json", str(out), timeout=120)
+    done = run_torchrun(
+        "eplb_distributed.py",
+        "--routing",
+        str(tmp_path / "routing.pt"),
+        "--table",
+        str(tmp_path / "table.pt"),
+        "--json",
+        str(out),
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "balance_mode 1: max/mean" in done.stdout
     distributed = json.loads(out.read_text())

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from golden import golden_update_expert
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golden import golden_update_expert
 from torchair_plugin.eplb import (
     table_from_expert_map,
     table_from_rank_maps,
@@ -23,10 +23,16 @@ from torchair_plugin.eplb import (
 EXPERT_MAP = {
     "moe_layer_count": 2,
     "layer_list": [
-        {"layer_id": 0, "device_count": 2, "device_list": [
-            {"device_id": 0, "device_expert": [0, 1, 2]}, {"device_id": 1, "device_expert": [3, 0, 1]}]},
-        {"layer_id": 1, "device_count": 2, "device_list": [
-            {"device_id": 0, "device_expert": [3, 2, 1]}, {"device_id": 1, "device_expert": [0, 2, 3]}]},
+        {
+            "layer_id": 0,
+            "device_count": 2,
+            "device_list": [{"device_id": 0, "device_expert": [0, 1, 2]}, {"device_id": 1, "device_expert": [3, 0, 1]}],
+        },
+        {
+            "layer_id": 1,
+            "device_count": 2,
+            "device_list": [{"device_id": 0, "device_expert": [3, 2, 1]}, {"device_id": 1, "device_expert": [0, 2, 3]}],
+        },
     ],
 }
 
@@ -66,17 +72,32 @@ def test_vllm_ascend_expert_map_reads_and_writes_back(tmp_path):
     assert table_to_expert_map(table[0], world_size)["moe_layer_count"] == 1
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.pop("moe_layer_count"), r"the expert map has no 'moe_layer_count'"),
-    (lambda d: d.update(moe_layer_count=3), r"moe_layer_count must equal the number of entries of layer_list \(2\), got 3"),
-    (lambda d: d["layer_list"][1]["device_list"][0].pop("device_expert"), r"layer_list\[1\].device_list\[0\] has no 'device_expert'"),
-    (lambda d: d["layer_list"][0]["device_list"][1]["device_expert"].pop(),
-     r"layer_list\[0\]: every device must hold the same number \(>= 1\) of experts, got \[3, 2\]"),
-    (lambda d: d["layer_list"][0]["device_list"][1]["device_expert"].__setitem__(0, "x"),
-     r"layer_list\[0\].device_list\[1\].device_expert\[0\] must be an integer, got 'x'"),
-    (lambda d: d["layer_list"][0]["device_list"][0]["device_expert"].__setitem__(0, 9),
-     r"logical expert 4 has no physical slot in phy2log\[0\]"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("moe_layer_count"), r"the expert map has no 'moe_layer_count'"),
+        (
+            lambda d: d.update(moe_layer_count=3),
+            r"moe_layer_count must equal the number of entries of layer_list \(2\), got 3",
+        ),
+        (
+            lambda d: d["layer_list"][1]["device_list"][0].pop("device_expert"),
+            r"layer_list\[1\].device_list\[0\] has no 'device_expert'",
+        ),
+        (
+            lambda d: d["layer_list"][0]["device_list"][1]["device_expert"].pop(),
+            r"layer_list\[0\]: every device must hold the same number \(>= 1\) of experts, got \[3, 2\]",
+        ),
+        (
+            lambda d: d["layer_list"][0]["device_list"][1]["device_expert"].__setitem__(0, "x"),
+            r"layer_list\[0\].device_list\[1\].device_expert\[0\] must be an integer, got 'x'",
+        ),
+        (
+            lambda d: d["layer_list"][0]["device_list"][0]["device_expert"].__setitem__(0, 9),
+            r"logical expert 4 has no physical slot in phy2log\[0\]",
+        ),
+    ],
+)
 def test_a_broken_expert_map_is_named(change, message):
     data = json.loads(json.dumps(EXPERT_MAP))
     change(data)
@@ -127,8 +148,11 @@ def test_per_rank_maps_with_layers_and_conflicts():
     tables = table_from_rank_maps(maps)
     assert tables.shape == (2, 4, 3) and tables[0, 0].tolist() == [2, 0, 4]
     assert table_to_rank_maps(tables, 2).shape == (2, 2, 4)
-    with pytest.raises(ValueError, match=r"rank_maps\[0, 1\] and rank_maps\[1, 3\] send logical experts 1 and 3 "
-                                         r"to the same physical expert 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"rank_maps\[0, 1\] and rank_maps\[1, 3\] send logical experts 1 and 3 "
+        r"to the same physical expert 1",
+    ):
         table_from_rank_maps([[0, 1, 2, 3], [0, 5, 2, 1]])
     # A replica no rank routes to (physical 1) is invisible in per-rank maps.
     with pytest.raises(ValueError, match=r"physical expert 1 \(of 0..3\) is used by no rank in rank_maps"):
@@ -147,6 +171,9 @@ def test_sglang_replica_map_both_ways():
     op_never_leaves_the_replicas(table[0], replicas, 2)
     back, valid = table_to_sglang(table, 2)
     assert valid.tolist() == num_valid.tolist() and back.tolist() == [[[0, 3], [1, -1], [2, 5], [4, -1]]]
-    with pytest.raises(ValueError, match=r"logical_to_all_physical_map_num_valid\[0, 1\] \(replicas of a logical "
-                                         r"expert\) must be in \[1, logical_to_all_physical_map.shape\[-1\]=2\], got 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"logical_to_all_physical_map_num_valid\[0, 1\] \(replicas of a logical "
+        r"expert\) must be in \[1, logical_to_all_physical_map.shape\[-1\]=2\], got 0",
+    ):
         table_from_sglang(replica_map, torch.tensor([[2, 0, 2, 1]]), 2)

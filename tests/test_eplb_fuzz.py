@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torchair_plugin import validate_eplb_table
+from torchair_plugin.cli.balance import add_balance_subcommand
 from torchair_plugin.eplb import (
     expert_load,
     load_eplb_table,
@@ -26,7 +27,6 @@ from torchair_plugin.eplb import (
     table_from_vllm,
     table_to_log2phy,
 )
-from torchair_plugin.cli.balance import add_balance_subcommand
 
 TABLE = [[1, 0], [1, 1]]  # world_size 2: any change to any entry makes it invalid
 ROUTING = [[[0], [1], [0]], [[1], [0], [1]]]  # (2 ranks, 3 tokens, K=1), ids of TABLE's experts
@@ -61,27 +61,35 @@ def hostile_files(draw, base):
         cell[index[-1]] = draw(st.sampled_from([0.5, True, "1", None, [1], {"a": 1}, 1e400]))
         text = json.dumps(value).replace("Infinity", "1e400")
         return ".json", (lambda path: path.write_text(text)), None
-    name, suffix, writer = draw(st.sampled_from([
-        ("garbage", ".pt", lambda p: p.write_bytes(b"\x80\x02garbage")),
-        ("empty", ".pt", lambda p: p.write_bytes(b"")),
-        ("empty npy", ".npy", lambda p: p.write_bytes(b"")),
-        ("text npy", ".npy", lambda p: p.write_text("[[1, 0]]")),
-        ("truncated npy", ".npy", lambda p: p.write_bytes(_npy_bytes(base)[:70])),
-        ("truncated json", ".json", lambda p: p.write_text(json.dumps(base)[:-3])),
-        ("ragged", ".json", lambda p: p.write_text(json.dumps([[1, 0], [1]]))),
-        ("scalar", ".json", lambda p: p.write_text("7")),
-        ("empty list", ".json", lambda p: p.write_text("[]")),
-        ("wrong key", ".json", lambda p: p.write_text(json.dumps({"x": base}))),
-        ("nested dict", ".json", lambda p: p.write_text(json.dumps({"eplb_table": {"routing": base}, "routing": {}}))),
-        ("numpy in pt", ".pt", lambda p: torch.save(np.asarray(base), p)),
-        ("sparse", ".pt", lambda p: torch.save(torch.tensor(base).to_sparse(), p)),
-        ("meta", ".pt", lambda p: torch.save(torch.empty(np.shape(base), device="meta"), p)),
-        ("bfloat16", ".pt", lambda p: torch.save(torch.tensor(base, dtype=torch.bfloat16), p)),
-        ("complex", ".pt", lambda p: torch.save(torch.tensor(base, dtype=torch.complex64), p)),
-        ("float", ".npy", lambda p: np.save(p, np.asarray(base, dtype=np.float64))),
-        ("4-d", ".npy", lambda p: np.save(p, np.zeros((1, 1, 1, 1), dtype=np.int64))),
-        ("object npy", ".npy", lambda p: np.save(p, np.asarray([{"a": 1}]), allow_pickle=True)),
-    ]))
+    name, suffix, writer = draw(
+        st.sampled_from(
+            [
+                ("garbage", ".pt", lambda p: p.write_bytes(b"\x80\x02garbage")),
+                ("empty", ".pt", lambda p: p.write_bytes(b"")),
+                ("empty npy", ".npy", lambda p: p.write_bytes(b"")),
+                ("text npy", ".npy", lambda p: p.write_text("[[1, 0]]")),
+                ("truncated npy", ".npy", lambda p: p.write_bytes(_npy_bytes(base)[:70])),
+                ("truncated json", ".json", lambda p: p.write_text(json.dumps(base)[:-3])),
+                ("ragged", ".json", lambda p: p.write_text(json.dumps([[1, 0], [1]]))),
+                ("scalar", ".json", lambda p: p.write_text("7")),
+                ("empty list", ".json", lambda p: p.write_text("[]")),
+                ("wrong key", ".json", lambda p: p.write_text(json.dumps({"x": base}))),
+                (
+                    "nested dict",
+                    ".json",
+                    lambda p: p.write_text(json.dumps({"eplb_table": {"routing": base}, "routing": {}})),
+                ),
+                ("numpy in pt", ".pt", lambda p: torch.save(np.asarray(base), p)),
+                ("sparse", ".pt", lambda p: torch.save(torch.tensor(base).to_sparse(), p)),
+                ("meta", ".pt", lambda p: torch.save(torch.empty(np.shape(base), device="meta"), p)),
+                ("bfloat16", ".pt", lambda p: torch.save(torch.tensor(base, dtype=torch.bfloat16), p)),
+                ("complex", ".pt", lambda p: torch.save(torch.tensor(base, dtype=torch.complex64), p)),
+                ("float", ".npy", lambda p: np.save(p, np.asarray(base, dtype=np.float64))),
+                ("4-d", ".npy", lambda p: np.save(p, np.zeros((1, 1, 1, 1), dtype=np.int64))),
+                ("object npy", ".npy", lambda p: np.save(p, np.asarray([{"a": 1}]), allow_pickle=True)),
+            ]
+        )
+    )
     return suffix, writer, None
 
 
@@ -130,8 +138,14 @@ def _balance_refuses(capsys, directory, hostile, flag, companion, write_companio
 @FUZZ
 @given(hostile=hostile_files(TABLE))
 def test_hostile_table_files(tmp_path_factory, capsys, hostile):
-    path, index, _ = _balance_refuses(capsys, tmp_path_factory.mktemp("table"), hostile, "--table", "r.pt",
-                                      lambda p: torch.save(torch.tensor(ROUTING), p))
+    path, index, _ = _balance_refuses(
+        capsys,
+        tmp_path_factory.mktemp("table"),
+        hostile,
+        "--table",
+        "r.pt",
+        lambda p: torch.save(torch.tensor(ROUTING), p),
+    )
     with pytest.raises(ValueError) as error:
         load_eplb_table(str(path), 2)
     _one_line_naming(str(error.value), str(path))
@@ -143,8 +157,14 @@ def test_hostile_table_files(tmp_path_factory, capsys, hostile):
 @given(hostile=hostile_files(ROUTING))
 def test_hostile_routing_files(tmp_path_factory, capsys, hostile):
     # Ids 2 .. 1023 are valid routing on their own; only with the 2-expert table they are not.
-    path, index, err = _balance_refuses(capsys, tmp_path_factory.mktemp("routing"), hostile, "--routing", "t.npy",
-                                        lambda p: np.save(p, np.array(TABLE, dtype=np.int32)))
+    path, index, err = _balance_refuses(
+        capsys,
+        tmp_path_factory.mktemp("routing"),
+        hostile,
+        "--routing",
+        "t.npy",
+        lambda p: np.save(p, np.array(TABLE, dtype=np.int32)),
+    )
     if index is not None:
         assert f"routing{list(index)}" in err
     try:
@@ -172,7 +192,10 @@ API = {
         lambda v: plan_placement(LOAD, 2, 3, balance_mode=v),
     ],
     "num_logical": [lambda v: table_from_phy2log([0, 1], 2, num_logical=v)],
-    "num_columns": [lambda v: table_from_phy2log([0, 1], 2, num_columns=v), lambda v: plan_placement(LOAD, 2, 3, num_columns=v)],
+    "num_columns": [
+        lambda v: table_from_phy2log([0, 1], 2, num_columns=v),
+        lambda v: plan_placement(LOAD, 2, 3, num_columns=v),
+    ],
     "width": [lambda v: table_to_log2phy(torch.tensor(TABLE, dtype=torch.int32), 2, width=v)],
     "num_ranks": [lambda v: plan_placement(LOAD, v, 3)],
     "slots_per_rank": [lambda v: plan_placement(LOAD, 2, v)],
@@ -192,12 +215,20 @@ API = {
 # (argument, index of the call in API[argument]) -> values. Measured once, then kept as the spec.
 _ANY_SEED = {2**63 - 1, 2**31, 2**63, 2**64 - 1, 2, 10**9, 0}
 ACCEPTED = {
-    ("balance_mode", 0): {0}, ("balance_mode", 1): {0}, ("balance_mode", 2): {0},
+    ("balance_mode", 0): {0},
+    ("balance_mode", 1): {0},
+    ("balance_mode", 2): {0},
     ("load", 0): {2**63 - 1, 2**31, 2**63, 2**64 - 1, 2, 10**9, 0, 1.5, True},  # True: a load of 1.0
-    ("num_columns", 0): {2, None}, ("num_columns", 1): {None},
-    ("num_logical", 0): {2, None}, ("width", 0): {2, None},
-    ("phy2log", 0): {2, 0}, ("phy2log", 1): set(), ("log2phy", 0): set(), ("routing", 0): {2, 0},
-    ("seed", 0): _ANY_SEED, ("skew", 0): {2, 0, 1.5},
+    ("num_columns", 0): {2, None},
+    ("num_columns", 1): {None},
+    ("num_logical", 0): {2, None},
+    ("width", 0): {2, None},
+    ("phy2log", 0): {2, 0},
+    ("phy2log", 1): set(),
+    ("log2phy", 0): set(),
+    ("routing", 0): {2, 0},
+    ("seed", 0): _ANY_SEED,
+    ("skew", 0): {2, 0, 1.5},
 }
 
 

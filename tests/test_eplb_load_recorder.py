@@ -3,11 +3,11 @@ stays in one graph with the op and counts the same."""
 
 import pytest
 import torch
+from eplb_loop_model import Routing, fresh_counter, inputs
+from golden import golden_update_expert
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_loop_model import Routing, fresh_counter, inputs
-from golden import golden_update_expert
 from torchair_plugin.eplb import ExpertLoadRecorder, StableEplbTable
 
 TABLE = [[2, 0, 4], [1, 1, -1], [1, 2, -1], [2, 3, 6], [1, 5, -1], [1, 7, -1]]
@@ -33,11 +33,13 @@ class LoopRecorder:
                     self.steps[-1][layer or 0][physical] += 1
 
     def step(self):
-        self.steps = (self.steps + [self._empty()])[-self.window:]
+        self.steps = (self.steps + [self._empty()])[-self.window :]
 
     def window_load(self):
-        return [[sum(step[layer][p] for step in self.steps) for p in range(self.num_physical)]
-                for layer in range(self.num_layers)]
+        return [
+            [sum(step[layer][p] for step in self.steps) for p in range(self.num_physical)]
+            for layer in range(self.num_layers)
+        ]
 
 
 @st.composite
@@ -45,9 +47,18 @@ def sessions(draw):
     num_physical = draw(st.integers(1, 40))
     num_layers = draw(st.sampled_from([None, 1, 3]))
     window = draw(st.integers(1, 4))
-    actions = draw(st.lists(st.one_of(
-        st.tuples(st.just("record"), st.integers(1, 20), st.integers(1, 8), st.booleans(), st.integers(0, 2**31)),
-        st.just(("step",)), st.tuples(st.just("enable"), st.booleans())), max_size=12))
+    actions = draw(
+        st.lists(
+            st.one_of(
+                st.tuples(
+                    st.just("record"), st.integers(1, 20), st.integers(1, 8), st.booleans(), st.integers(0, 2**31)
+                ),
+                st.just(("step",)),
+                st.tuples(st.just("enable"), st.booleans()),
+            ),
+            max_size=12,
+        )
+    )
     return num_physical, num_layers, window, actions
 
 
@@ -89,17 +100,26 @@ def test_step_wraps_around_the_window_and_reset_clears():
     assert recorder.window_load().tolist() == [0, 0, 0] and int(recorder.slot) == 0
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: ExpertLoadRecorder(0), r"num_physical must be an int in \[1, 1024\], got 0"),
-    (lambda: ExpertLoadRecorder(8, window=0), r"window must be an int in \[1, 65536\], got 0"),
-    (lambda: ExpertLoadRecorder(8, dtype=torch.float16), r"dtype must be one of .*, got torch.float16"),
-    (lambda: ExpertLoadRecorder(8).record(torch.zeros(2, 2, dtype=torch.int32), layer=0),
-     r"layer must be None for a recorder without layers"),
-    (lambda: ExpertLoadRecorder(8, num_layers=2).record(torch.zeros(2, 2, dtype=torch.int32), layer=2),
-     r"layer must be an int in \[0, 1\], got 2"),
-    (lambda: ExpertLoadRecorder(8).record(torch.zeros(2, 2, dtype=torch.int32), torch.ones(2, dtype=torch.bool)),
-     r"balanced_active_mask.shape must equal balanced_expert_ids.shape \(2, 2\), got \(2,\)"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ExpertLoadRecorder(0), r"num_physical must be an int in \[1, 1024\], got 0"),
+        (lambda: ExpertLoadRecorder(8, window=0), r"window must be an int in \[1, 65536\], got 0"),
+        (lambda: ExpertLoadRecorder(8, dtype=torch.float16), r"dtype must be one of .*, got torch.float16"),
+        (
+            lambda: ExpertLoadRecorder(8).record(torch.zeros(2, 2, dtype=torch.int32), layer=0),
+            r"layer must be None for a recorder without layers",
+        ),
+        (
+            lambda: ExpertLoadRecorder(8, num_layers=2).record(torch.zeros(2, 2, dtype=torch.int32), layer=2),
+            r"layer must be an int in \[0, 1\], got 2",
+        ),
+        (
+            lambda: ExpertLoadRecorder(8).record(torch.zeros(2, 2, dtype=torch.int32), torch.ones(2, dtype=torch.bool)),
+            r"balanced_active_mask.shape must equal balanced_expert_ids.shape \(2, 2\), got \(2,\)",
+        ),
+    ],
+)
 def test_bad_arguments_are_named(make, message):
     with pytest.raises(ValueError, match=message):
         make()

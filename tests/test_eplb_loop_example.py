@@ -4,15 +4,27 @@ rebalanced copy beats the static one, replicas moved per applied rebalance, a PN
 import json
 
 import pytest
-
 from torchrun_here import run_torchrun
 
 
 def test_the_loop_rebalances_in_place_with_one_compile_per_rank(tmp_path):
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "loop.json", tmp_path / "loop.png"
-    done = run_torchrun("eplb_loop.py", "--steps", "60", "--rebalance-every", "20", "--drift-every", "30",
-                        "--timing-repeats", "3", "--json", str(out), "--png", str(png))
+    done = run_torchrun(
+        "eplb_loop.py",
+        "--steps",
+        "60",
+        "--rebalance-every",
+        "20",
+        "--drift-every",
+        "30",
+        "--timing-repeats",
+        "3",
+        "--json",
+        str(out),
+        "--png",
+        str(png),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["compiles_per_rank"] == {"rebalanced": [1] * 4, "static": [1] * 4}
@@ -35,8 +47,22 @@ def test_the_loop_through_torchair_ge_lowering_with_frozen_parameter(tmp_path):
 
     require_ge_capture()
     out = tmp_path / "loop.json"
-    done = run_torchrun("eplb_loop.py", "--steps", "40", "--rebalance-every", "20", "--drift-every", "30",
-                        "--timing-repeats", "2", "--backend", "torchair", "--run-eagerly", "--json", str(out))
+    done = run_torchrun(
+        "eplb_loop.py",
+        "--steps",
+        "40",
+        "--rebalance-every",
+        "20",
+        "--drift-every",
+        "30",
+        "--timing-repeats",
+        "2",
+        "--backend",
+        "torchair",
+        "--run-eagerly",
+        "--json",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["compiles_per_rank"] == {"rebalanced": [1] * 4, "static": [1] * 4}

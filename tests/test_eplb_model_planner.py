@@ -7,10 +7,10 @@ contract (not the planner's vectorised scoring), on the tables the planner retur
 import numpy as np
 import pytest
 import torch
+from eplb_greedy import greedy_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_greedy import greedy_table
 from torchair_plugin import validate_eplb_table
 from torchair_plugin.eplb import plan_model, table_from_phy2log, table_to_phy2log
 
@@ -70,8 +70,15 @@ def setups(draw):
     slots = draw(st.integers(1, 5))
     num_experts = draw(st.integers(slots, num_ranks * slots))
     num_layers = draw(st.integers(1, 3))
-    loads = np.array(draw(st.lists(st.lists(st.floats(0, 1e4, allow_nan=False), min_size=num_experts,
-                                            max_size=num_experts), min_size=num_layers, max_size=num_layers)))
+    loads = np.array(
+        draw(
+            st.lists(
+                st.lists(st.floats(0, 1e4, allow_nan=False), min_size=num_experts, max_size=num_experts),
+                min_size=num_layers,
+                max_size=num_layers,
+            )
+        )
+    )
     return num_ranks, slots, loads
 
 
@@ -89,14 +96,21 @@ def test_every_plan_validates_round_trips_and_keeps_the_rules(setup, mode, data)
         how_many = data.draw(st.integers(0, min(num_experts, num_ranks * (slots - 1))))
         pinned = np.full(num_experts, -1)
         pinned[:how_many] = np.arange(how_many) % num_ranks
-    plan = plan_model(loads, num_ranks=num_ranks, slots_per_rank=slots, balance_mode=mode,
-                      ranks_per_node=ranks_per_node, pinned=pinned)
+    plan = plan_model(
+        loads,
+        num_ranks=num_ranks,
+        slots_per_rank=slots,
+        balance_mode=mode,
+        ranks_per_node=ranks_per_node,
+        pinned=pinned,
+    )
     tables = plan.eplb_tables
     assert tables.shape[:2] == (num_layers, num_experts)
     assert validate_eplb_table(tables, num_ranks, balance_mode=0) == num_ranks * slots  # valid for both modes
     assert torch.equal(table_to_phy2log(tables, num_ranks), torch.from_numpy(plan.phy2log))
-    assert torch.equal(table_from_phy2log(plan.phy2log, num_ranks, num_logical=num_experts,
-                                          num_columns=tables.shape[2]), tables)
+    assert torch.equal(
+        table_from_phy2log(plan.phy2log, num_ranks, num_logical=num_experts, num_columns=tables.shape[2]), tables
+    )
     _check_rules(plan, num_ranks, slots, ranks_per_node, pinned)
     for layer in range(num_layers):
         golden = golden_balancedness(tables[layer], loads[layer], num_ranks, mode)
@@ -135,8 +149,14 @@ def test_move_aware_loses_at_most_its_bound(setup, mode, max_loss, data):
     num_ranks, slots, loads = setup
     shuffled = np.array([data.draw(st.permutations(row.tolist())) for row in loads])
     previous = plan_model(loads, num_ranks=num_ranks, slots_per_rank=slots, balance_mode=mode)
-    plan = plan_model(shuffled, num_ranks=num_ranks, slots_per_rank=slots, balance_mode=mode,
-                      previous=previous.eplb_tables, max_loss=max_loss)
+    plan = plan_model(
+        shuffled,
+        num_ranks=num_ranks,
+        slots_per_rank=slots,
+        balance_mode=mode,
+        previous=previous.eplb_tables,
+        max_loss=max_loss,
+    )
     scratch = plan_model(shuffled, num_ranks=num_ranks, slots_per_rank=slots, balance_mode=mode)
     assert validate_eplb_table(plan.eplb_tables, num_ranks) == num_ranks * slots
     _check_rules(plan, num_ranks, slots)
@@ -244,16 +264,32 @@ def test_deterministic_and_scale_free():
         ([1.0, 2.0], {}, r"loads must have 2 dimensions, got shape \(2,\)"),
         ([[1.0, -1.0]], {}, r"loads\[0, 1\] must be >= 0, got -1.0"),
         ([[1.0] * 4], {"num_ranks": 0}, r"num_ranks must be an int in \[1, 1024\], got 0"),
-        ([[1.0] * 4], {"slots_per_rank": 1}, r"num_ranks \* slots_per_rank = 2 physical experts must be in \[experts = 4"),
+        (
+            [[1.0] * 4],
+            {"slots_per_rank": 1},
+            r"num_ranks \* slots_per_rank = 2 physical experts must be in \[experts = 4",
+        ),
         ([[1.0] * 4], {"balance_mode": 2}, r"balance_mode must be an int in \[0, 1\], got 2"),
         ([[1.0] * 4], {"max_loss": -0.1}, r"max_loss must be a number in \[0, 1\] \(balancedness\), got -0.1"),
         ([[1.0] * 4], {"ranks_per_node": 3, "num_ranks": 4}, r"ranks_per_node must divide num_ranks = 4, got 3"),
         ([[1.0] * 4], {"ranks_per_node": 0}, r"ranks_per_node must be an int in \[1, 2\], got 0"),
         ([[1.0] * 4], {"pinned": [0, 1]}, r"pinned must have shape \(E,\) = \(4,\) or \(L, E\) = \(1, 4\), got \(2,\)"),
-        ([[1.0] * 4], {"pinned": [0, 5, -1, -1]}, r"pinned\[1\] must be a rank in \[0, 2\) or -1 \(not pinned\), got 5"),
-        ([[1.0] * 4], {"pinned": [0, 0, 0, -1]}, r"pinned puts 3 experts on rank 0 \(layer 0\): more than slots_per_rank = 2"),
+        (
+            [[1.0] * 4],
+            {"pinned": [0, 5, -1, -1]},
+            r"pinned\[1\] must be a rank in \[0, 2\) or -1 \(not pinned\), got 5",
+        ),
+        (
+            [[1.0] * 4],
+            {"pinned": [0, 0, 0, -1]},
+            r"pinned puts 3 experts on rank 0 \(layer 0\): more than slots_per_rank = 2",
+        ),
         ([[1.0] * 4], {"num_columns": 1}, r"num_columns must be an int in \[2, 769\], got 1"),
-        ([[1.0] * 4], {"previous": torch.zeros(2, 2, dtype=torch.int32)}, r"previous must be the \(L, E, F\) eplb_tables"),
+        (
+            [[1.0] * 4],
+            {"previous": torch.zeros(2, 2, dtype=torch.int32)},
+            r"previous must be the \(L, E, F\) eplb_tables",
+        ),
         ([[1.0] * 4], {"previous": torch.zeros(1, 3, 2, dtype=torch.int32)}, r"previous must have \(L, E\) = \(1, 4\)"),
     ],
 )
@@ -265,5 +301,7 @@ def test_bad_input_names_the_parameter(loads, kwargs, message):
 
 def test_previous_with_other_slot_counts_is_refused():
     previous = plan_model(np.ones((1, 4)), num_ranks=2, slots_per_rank=3).eplb_tables
-    with pytest.raises(ValueError, match=r"previous holds 6 physical experts per layer, but num_ranks \* slots_per_rank = 4"):
+    with pytest.raises(
+        ValueError, match=r"previous holds 6 physical experts per layer, but num_ranks \* slots_per_rank = 4"
+    ):
         plan_model(np.ones((1, 4)), num_ranks=2, slots_per_rank=2, previous=previous)

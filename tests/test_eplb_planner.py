@@ -1,11 +1,10 @@
-
 import numpy as np
 import pytest
 import torch
+from eplb_greedy import greedy_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_greedy import greedy_table
 from torchair_plugin import validate_eplb_table
 from torchair_plugin.eplb import (
     balancedness,
@@ -28,11 +27,15 @@ def _zipf(skew, num_experts=256):
 @pytest.mark.parametrize(
     "skew, mode, target",
     [
-        (1.0, 0, 0.99), (1.0, 1, 0.99), (1.5, 0, 0.95), (1.5, 1, 0.95),
+        (1.0, 0, 0.99),
+        (1.0, 1, 0.99),
+        (1.5, 0, 0.95),
+        (1.5, 1, 0.95),
         # One expert carries 61% of the load. Mode 1 can spread it over ~20 replicas; mode 0 cannot
         # do better than 16 loaded replicas of 2 source ranks each (counts 17..31 leave groups of 2,
         # count 32 needs every spare slot): its heaviest rank is >= 1/16 of that expert, 0.8205.
-        (2.0, 0, 0.81), (2.0, 1, 0.99),
+        (2.0, 0, 0.81),
+        (2.0, 1, 0.99),
     ],
 )
 def test_targets_on_256_experts_32_ranks_9_slots(skew, mode, target):
@@ -158,8 +161,11 @@ def test_plan_table_is_the_table_of_its_phy2log(num_ranks, slots_per_rank, mode,
     """The planner's own table is what table_from_phy2log gives for plan.phy2log (replicas in
     ascending physical id), so saving phy2log and rebuilding routes the same in mode 0."""
     num_experts = data.draw(st.integers(slots_per_rank, num_ranks * slots_per_rank))
-    load = data.draw(st.lists(st.floats(0, 1e4), min_size=num_ranks, max_size=num_ranks).map(
-        lambda rank_scale: np.outer(rank_scale, np.arange(1, num_experts + 1) ** -1.2)))
+    load = data.draw(
+        st.lists(st.floats(0, 1e4), min_size=num_ranks, max_size=num_ranks).map(
+            lambda rank_scale: np.outer(rank_scale, np.arange(1, num_experts + 1) ** -1.2)
+        )
+    )
     plan = plan_placement(load, num_ranks, slots_per_rank, balance_mode=mode)
     assert torch.equal(table_from_phy2log(plan.phy2log, num_ranks, num_logical=num_experts), plan.eplb_table)
     assert _true_balancedness(plan.eplb_table, load, num_ranks, mode) == pytest.approx(plan.balancedness)

@@ -3,12 +3,12 @@ all-gather naming the ranks that differ, and StableEplbTable.update writing only
 
 import json
 
+import eplb_rank_worker
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-import eplb_rank_worker
 from eplb_rank_worker import NEW, TABLE
+
 from torchair_plugin.eplb import check_same_table, table_digest
 
 WORLD_SIZE = 4

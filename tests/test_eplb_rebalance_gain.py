@@ -4,12 +4,17 @@ the op's real split, replicas moved, and the skip rule, against plain loops and 
 import numpy as np
 import pytest
 import torch
+from golden import golden_update_expert
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golden import golden_update_expert
 from torchair_plugin.eplb import (
-    logical_load, plan_placement, rank_loads, rebalance_gain, skewed_routing, table_from_phy2log,
+    logical_load,
+    plan_placement,
+    rank_loads,
+    rebalance_gain,
+    skewed_routing,
+    table_from_phy2log,
 )
 
 WORLD_SIZE = 4
@@ -17,7 +22,7 @@ WORLD_SIZE = 4
 
 def loop_rank_loads(physical, world_size):
     per_rank = len(physical) // world_size
-    return [sum(physical[r * per_rank:(r + 1) * per_rank]) for r in range(world_size)]
+    return [sum(physical[r * per_rank : (r + 1) * per_rank]) for r in range(world_size)]
 
 
 def loop_balancedness(loads):
@@ -30,8 +35,9 @@ def loop_physical_counts(routing, table, world_size, balance_mode):
     counts = [0] * total
     for rank, ids in enumerate(routing):
         for start in range(0, ids.shape[0], 512):
-            balanced, _ = golden_update_expert(ids[start:start + 512], table, local_rank_id=rank,
-                                               world_size=world_size, balance_mode=balance_mode)
+            balanced, _ = golden_update_expert(
+                ids[start : start + 512], table, local_rank_id=rank, world_size=world_size, balance_mode=balance_mode
+            )
             for row in balanced:
                 for physical in row:
                     counts[physical] += 1
@@ -42,8 +48,8 @@ def loop_moved(old, new, world_size):
     per_rank = len(old) // world_size
     moved = 0
     for r in range(world_size):
-        held = list(old[r * per_rank:(r + 1) * per_rank])
-        for expert in new[r * per_rank:(r + 1) * per_rank]:
+        held = list(old[r * per_rank : (r + 1) * per_rank])
+        for expert in new[r * per_rank : (r + 1) * per_rank]:
             if expert in held:
                 held.remove(expert)
             else:
@@ -81,15 +87,22 @@ def test_balancedness_now_is_per_layer_over_ranks(balance_mode):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mode_0_prediction_from_per_source_load_is_what_the_op_then_does(seed):
     routings, current = _setup(seed)
-    per_source = np.array([[_one_source(r, rank, current[i]) for rank in range(WORLD_SIZE)]
-                           for i, r in enumerate(routings)])
-    candidate = torch.stack([
-        plan_placement(_logical(r, 8, per_source=True), WORLD_SIZE, 3, balance_mode=0, num_columns=5).eplb_table
-        for r in routings])
-    gain = rebalance_gain(per_source, current, candidate, WORLD_SIZE, balance_mode=0, min_gain=0.05,
-                          bytes_per_expert=1000)
-    measured = [loop_balancedness(loop_rank_loads(loop_physical_counts(r, candidate[i], WORLD_SIZE, 0), WORLD_SIZE))
-                for i, r in enumerate(routings)]
+    per_source = np.array(
+        [[_one_source(r, rank, current[i]) for rank in range(WORLD_SIZE)] for i, r in enumerate(routings)]
+    )
+    candidate = torch.stack(
+        [
+            plan_placement(_logical(r, 8, per_source=True), WORLD_SIZE, 3, balance_mode=0, num_columns=5).eplb_table
+            for r in routings
+        ]
+    )
+    gain = rebalance_gain(
+        per_source, current, candidate, WORLD_SIZE, balance_mode=0, min_gain=0.05, bytes_per_expert=1000
+    )
+    measured = [
+        loop_balancedness(loop_rank_loads(loop_physical_counts(r, candidate[i], WORLD_SIZE, 0), WORLD_SIZE))
+        for i, r in enumerate(routings)
+    ]
     assert gain.balancedness_predicted.tolist() == pytest.approx(measured)
     assert gain.gain > 0.05 and gain.worth
 
@@ -120,7 +133,7 @@ def test_mode_1_prediction_is_load_over_count_per_replica():
     logical = _logical(routings[0], 8)
     physical = [0.0] * 12
     for e, row in enumerate(candidate.tolist()):
-        for p in row[1:1 + row[0]]:
+        for p in row[1 : 1 + row[0]]:
             physical[p] += logical[e] / row[0]
     assert gain.balancedness_predicted.tolist() == pytest.approx([loop_balancedness(loop_rank_loads(physical, 4))])
     assert gain.balancedness_now.shape == (1,)
@@ -141,8 +154,9 @@ def two_placements(draw):
 def test_replicas_moved_are_the_experts_a_rank_did_not_hold(placements, bytes_per_expert):
     old, new, experts = placements
     current, candidate = table_from_phy2log(old, WORLD_SIZE), table_from_phy2log(new, WORLD_SIZE)
-    gain = rebalance_gain(np.ones(len(old)), current, candidate, WORLD_SIZE, balance_mode=1,
-                          bytes_per_expert=bytes_per_expert)
+    gain = rebalance_gain(
+        np.ones(len(old)), current, candidate, WORLD_SIZE, balance_mode=1, bytes_per_expert=bytes_per_expert
+    )
     assert gain.replicas_moved.tolist() == [loop_moved(old, new, WORLD_SIZE)]
     assert gain.slots_changed.tolist() == [sum(a != b for a, b in zip(old, new))]
     assert gain.bytes_moved == loop_moved(old, new, WORLD_SIZE) * bytes_per_expert
@@ -171,9 +185,13 @@ def test_bad_input_is_named():
 def test_logical_load_sums_each_experts_replicas_keeping_leading_axes():
     table = table_from_phy2log([0, 1, 2, 3, 0, 1, 0, 3], WORLD_SIZE)  # expert 0 on 0, 4, 6
     physical = np.arange(16).reshape(2, 8)  # two source ranks
-    expected = [[sum(row[p] for p in range(8) if [0, 1, 2, 3, 0, 1, 0, 3][p] == e) for e in range(4)] for row in physical]
+    expected = [
+        [sum(row[p] for p in range(8) if [0, 1, 2, 3, 0, 1, 0, 3][p] == e) for e in range(4)] for row in physical
+    ]
     assert logical_load(physical, table).tolist() == expected
     stacked = torch.stack([table, table])
     assert logical_load(np.stack([physical, physical]), stacked).shape == (2, 2, 4)
-    with pytest.raises(ValueError, match=r"physical_load must have shape \(2, \.\.\., 8\) to match eplb_table, got \(3, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"physical_load must have shape \(2, \.\.\., 8\) to match eplb_table, got \(3, 8\)"
+    ):
         logical_load(np.ones((3, 8)), stacked)

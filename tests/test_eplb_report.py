@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from torchair_plugin.cli.balance import add_balance_subcommand
 from torchair_plugin.eplb import (
     expected_loads,
+    expert_load,
     format_report,
     load_eplb_table,
     load_report,
@@ -15,15 +17,14 @@ from torchair_plugin.eplb import (
     plan_placement,
     plot_rank_loads,
     skewed_routing,
-    expert_load,
 )
-from torchair_plugin.cli.balance import add_balance_subcommand
 
 
 def _uneven_case():
     """world_size 8; expert 0 has 5 replicas (physical 0..4), experts 1..3 one each: 1 slot per rank."""
-    table = torch.tensor([[5, 0, 1, 2, 3, 4], [1, 5, -1, -1, -1, -1], [1, 6, -1, -1, -1, -1], [1, 7, -1, -1, -1, -1]],
-                         dtype=torch.int32)
+    table = torch.tensor(
+        [[5, 0, 1, 2, 3, 4], [1, 5, -1, -1, -1, -1], [1, 6, -1, -1, -1, -1], [1, 7, -1, -1, -1, -1]], dtype=torch.int32
+    )
     routing = torch.zeros((8, 10, 1), dtype=torch.int64)  # every token of every rank to expert 0
     return routing, table
 
@@ -63,7 +64,11 @@ def test_tokens_conserved_and_json_ready():
     "routing, world_size, message",
     [
         (torch.zeros((2, 3, 1), dtype=torch.int64), 8, r"one \(tokens, K\) tensor per rank: 8, got 2"),
-        (torch.full((8, 3, 1), 4, dtype=torch.int64), 8, r"routing\[0\]: expert_ids\[0, 0\] must be in \[0, moe_expert_num=4\), got 4"),
+        (
+            torch.full((8, 3, 1), 4, dtype=torch.int64),
+            8,
+            r"routing\[0\]: expert_ids\[0, 0\] must be in \[0, moe_expert_num=4\), got 4",
+        ),
         (torch.zeros((8, 3, 1), dtype=torch.float32), 8, r"routing\[0\] must be an int32/int64 tensor"),
         (torch.zeros((8, 3, 5), dtype=torch.int64), 8, r"K in \[1, min\(16, moe_expert_num\)=4\]"),
         (torch.zeros((8, 3, 1), dtype=torch.int64), 1, r"world_size must be an int in \[2, 768\], got 1"),
@@ -103,7 +108,9 @@ def test_cli_generated_workload_text_json_png(tmp_path, capsys):
     assert _balance("--world-size", "4", "--experts", "16", "--tokens-per-rank", "64", "--png", str(png)) == 0
     out = capsys.readouterr().out
     assert "no redundancy" in out and "max/mean" in out and png.read_bytes()[:4] == b"\x89PNG"
-    assert _balance("--world-size", "4", "--experts", "16", "--tokens-per-rank", "64", "--json", "--plan-mode", "0") == 0
+    assert (
+        _balance("--world-size", "4", "--experts", "16", "--tokens-per-rank", "64", "--json", "--plan-mode", "0") == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert set(result["scenarios"]) == {"no redundancy", "balance_mode 0", "balance_mode 1"}
     assert result["plan"]["balance_mode"] == 0
@@ -135,7 +142,10 @@ HOSTILE_FILES = {
     "zero_count": _json("t.json", {"eplb_table": [[0, 0], [1, 1]]}),
     "float_table": _npy("t.npy", np.ones((2, 2), dtype=np.float32)),
     "wrong_key": _json("t.json", {"table": [[1, 0], [1, 1]]}),
-    "bad_routing": lambda d: (_json("t.json", {"eplb_table": [[1, 0], [1, 1]]})(d), _pt("r.pt", torch.full((2, 3, 1), 9))(d)),
+    "bad_routing": lambda d: (
+        _json("t.json", {"eplb_table": [[1, 0], [1, 1]]})(d),
+        _pt("r.pt", torch.full((2, 3, 1), 9))(d),
+    ),
     "int64_min_json": _json("t.json", {"eplb_table": [[1, -(2**63)], [1, 1]]}),
     "int64_min_npy": _npy("t.npy", np.array([[1, 0], [1, -(2**63)]], dtype=np.int64)),
     "uint64_npy": _npy("t.npy", np.array([[1, 2**63], [1, 1]], dtype=np.uint64)),
@@ -161,35 +171,96 @@ HOSTILE_FILES = {
         (None, ["--routing", "{d}/r.txt"], "unsupported file type .txt"),
         ("bad_json", ["--table", "{d}/t.json"], "cannot read"),
         ("zero_count", ["--table", "{d}/t.json", "--world-size", "2"], r"eplb_table\[0, 0\] .* got 0"),
-        ("float_table", ["--table", "{d}/t.npy", "--world-size", "2"], "eplb_table must hold integers, got dtype float32"),
+        (
+            "float_table",
+            ["--table", "{d}/t.npy", "--world-size", "2"],
+            "eplb_table must hold integers, got dtype float32",
+        ),
         ("wrong_key", ["--table", "{d}/t.json", "--world-size", "2"], "no entry 'eplb_table'"),
-        ("bad_routing", ["--routing", "{d}/r.pt", "--table", "{d}/t.json"],
-         r"r.pt: routing\[0, 0, 0\] must be a logical expert id in \[0, 2\) \(\S*t.json has 2 rows\), got 9"),
+        (
+            "bad_routing",
+            ["--routing", "{d}/r.pt", "--table", "{d}/t.json"],
+            r"r.pt: routing\[0, 0, 0\] must be a logical expert id in \[0, 2\) \(\S*t.json has 2 rows\), got 9",
+        ),
         (None, ["--experts", "4", "--top-k", "8"], r"top_k must be an int in \[1, 4\], got 8"),
         (None, ["--skew", "nan"], r"skew must be a number in \[0, 100\], got nan"),
         # Issue 10 item 3: out-of-range values were read as 0; now refused by file, row and column.
-        ("int64_min_json", ["--table", "{d}/t.json", "--world-size", "2"],
-         r"t.json: eplb_table\[0, 1\] must be in \[-2147483648, 2147483647\] \(int32\), got -9223372036854775808"),
-        ("int64_min_npy", ["--table", "{d}/t.npy", "--world-size", "2"], r"t.npy: eplb_table\[1, 1\] .* got -9223372036854775808"),
-        ("uint64_npy", ["--table", "{d}/t.npy", "--world-size", "2"], r"t.npy: eplb_table\[0, 1\] .* got 9223372036854775808"),
-        ("huge_json", ["--table", "{d}/t.json", "--world-size", "2"], r"t.json: eplb_table\[1, 0\] must be in .*\(int64\), got 2{70}".replace("2{70}", str(2**70))),
-        ("bool_json", ["--table", "{d}/t.json", "--world-size", "2"], r"t.json: eplb_table\[0, 0\] must be an integer, got True"),
-        ("uint64_routing", ["--routing", "{d}/r.npy"], r"r.npy: routing\[0, 0, 0\] must be in .*\(int64\), got 18446744073709551615"),
+        (
+            "int64_min_json",
+            ["--table", "{d}/t.json", "--world-size", "2"],
+            r"t.json: eplb_table\[0, 1\] must be in \[-2147483648, 2147483647\] \(int32\), got -9223372036854775808",
+        ),
+        (
+            "int64_min_npy",
+            ["--table", "{d}/t.npy", "--world-size", "2"],
+            r"t.npy: eplb_table\[1, 1\] .* got -9223372036854775808",
+        ),
+        (
+            "uint64_npy",
+            ["--table", "{d}/t.npy", "--world-size", "2"],
+            r"t.npy: eplb_table\[0, 1\] .* got 9223372036854775808",
+        ),
+        (
+            "huge_json",
+            ["--table", "{d}/t.json", "--world-size", "2"],
+            r"t.json: eplb_table\[1, 0\] must be in .*\(int64\), got 2{70}".replace("2{70}", str(2**70)),
+        ),
+        (
+            "bool_json",
+            ["--table", "{d}/t.json", "--world-size", "2"],
+            r"t.json: eplb_table\[0, 0\] must be an integer, got True",
+        ),
+        (
+            "uint64_routing",
+            ["--routing", "{d}/r.npy"],
+            r"r.npy: routing\[0, 0, 0\] must be in .*\(int64\), got 18446744073709551615",
+        ),
         # Issue 10 items 4 and 9, and the meta tensor: one line naming the file.
-        ("sparse_table", ["--table", "{d}/t.pt", "--world-size", "2"], r"t.pt: eplb_table must be a dense tensor, got layout torch.sparse_coo"),
-        ("sparse_routing", ["--routing", "{d}/r.pt"], r"r.pt: routing must be a dense tensor, got layout torch.sparse_coo"),
-        ("numpy_in_pt", ["--table", "{d}/t.pt", "--world-size", "2"], r"t.pt: cannot read: it holds a numpy\S* object; only tensors"),
-        ("meta_table", ["--table", "{d}/t.pt", "--world-size", "2"], r"t.pt: eplb_table must hold values, got a meta tensor"),
+        (
+            "sparse_table",
+            ["--table", "{d}/t.pt", "--world-size", "2"],
+            r"t.pt: eplb_table must be a dense tensor, got layout torch.sparse_coo",
+        ),
+        (
+            "sparse_routing",
+            ["--routing", "{d}/r.pt"],
+            r"r.pt: routing must be a dense tensor, got layout torch.sparse_coo",
+        ),
+        (
+            "numpy_in_pt",
+            ["--table", "{d}/t.pt", "--world-size", "2"],
+            r"t.pt: cannot read: it holds a numpy\S* object; only tensors",
+        ),
+        (
+            "meta_table",
+            ["--table", "{d}/t.pt", "--world-size", "2"],
+            r"t.pt: eplb_table must hold values, got a meta tensor",
+        ),
         ("garbage_pt", ["--table", "{d}/t.pt", "--world-size", "2"], r"t.pt: cannot read: not a file torch.save wrote"),
-        ("bfloat16_table", ["--table", "{d}/t.pt", "--world-size", "2"], r"t.pt: eplb_table must hold integers or floats, got dtype torch.bfloat16"),
+        (
+            "bfloat16_table",
+            ["--table", "{d}/t.pt", "--world-size", "2"],
+            r"t.pt: eplb_table must hold integers or floats, got dtype torch.bfloat16",
+        ),
         # Issue 10, "also seen": huge values reached torch/numpy and failed there.
-        (None, ["--seed", str(10**23)], r"seed must be an int in \[0, 18446744073709551615\], got 10{23}".replace("10{23}", str(10**23))),
+        (
+            None,
+            ["--seed", str(10**23)],
+            r"seed must be an int in \[0, 18446744073709551615\], got 10{23}".replace("10{23}", str(10**23)),
+        ),
         (None, ["--experts", "100000000"], r"num_experts must be an int in \[1, 1024\], got 100000000"),
         (None, ["--tokens-per-rank", str(10**11)], r"tokens_per_rank must be an int in \[1, 4194304\]"),
-        ("routing_beyond_the_op", ["--routing", "{d}/r.json"],
-         r"r.json: routing\[1, 0, 0\] must be a logical expert id in \[0, 1024\) \(the op takes at most 1024 experts\), got 1024"),
+        (
+            "routing_beyond_the_op",
+            ["--routing", "{d}/r.json"],
+            r"r.json: routing\[1, 0, 0\] must be a logical expert id in \[0, 1024\) \(the op takes at most 1024 experts\), got 1024",
+        ),
         ("table_3d", ["--table", "{d}/t.npy", "--world-size", "2"], r"t.npy: balance needs one layer's eplb_table"),
-        ("routing_32", ["--routing", "{d}/r.pt", "--experts", "16"], r"r.pt: routing\[0, 0, 0\] must be a logical expert id in \[0, 16\) \(--experts\), got 31"),
+        (
+            "routing_32",
+            ["--routing", "{d}/r.pt", "--experts", "16"],
+            r"r.pt: routing\[0, 0, 0\] must be a logical expert id in \[0, 16\) \(--experts\), got 31",
+        ),
         (None, ["--slots-per-rank", "1"], r"physical experts must be in \[experts = 64"),
     ],
 )
@@ -277,7 +348,9 @@ def test_chart_size_and_setup_stay_readable(tmp_path, world_size):
     width, height = Image.open(path).size
     assert 800 <= width <= 1600 and 400 <= height <= 900 and width / height <= 2.5
     line = setup_line(report, ["skew 1.2"])
-    assert line.startswith(f"{world_size} ranks, {num_experts} experts -> ") and "16 tokens/rank, top-2, skew 1.2" in line
+    assert (
+        line.startswith(f"{world_size} ranks, {num_experts} experts -> ") and "16 tokens/rank, top-2, skew 1.2" in line
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["chart.png"]  # no temporary left behind
 
 

@@ -4,12 +4,12 @@ compiled model follows every update without recompiling."""
 import numpy as np
 import pytest
 import torch
+from eplb_loop_model import Routing, fresh_counter, inputs
+from golden import golden_update_expert
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from eplb_loop_model import Routing, fresh_counter, inputs
-from golden import golden_update_expert
 from torchair_plugin.eplb import PADDING, StableEplbTable, table_from_phy2log
 
 # world_size 4, 8 physical experts: expert 0 on slots 0 and 4, expert 3 on 3 and 6.
@@ -45,15 +45,26 @@ def test_a_wider_table_is_accepted_when_the_extra_columns_are_padding():
     assert torch.equal(stable.tensor, padded(NEW, 3))
 
 
-@pytest.mark.parametrize("change, message", [
-    # vllm-ascend #9151: the same expert twice on one card (physical 1 listed twice)
-    (lambda t: t[1].__setitem__(slice(0, 3), [2, 1, 1]) or t[0].__setitem__(slice(0, 3), [1, 0, -1]),
-     r"physical expert 1 appears more than once in eplb_table, at \[1, 1\] and \[1, 2\]"),
-    (lambda t: t[2].__setitem__(0, 0), r"eplb_table\[2, 0\] \(replica count of logical expert 2\) must be in"),
-    (lambda t: t[4].__setitem__(1, 9), r"eplb_table\[4, 1\] .* must be a physical expert id in \[0, sum of counts=8\)"),
-    (lambda t: t[2].__setitem__(slice(0, 3), [2, 2, 8]), r"sum of replica counts .* divisible by world_size=4 .*got 9"),
-    (lambda t: t[4].__setitem__(0, 5), r"eplb_table\[4, 0\] .* must be in \[1, min\(world_size=4, F-1=4\)\]"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # vllm-ascend #9151: the same expert twice on one card (physical 1 listed twice)
+        (
+            lambda t: t[1].__setitem__(slice(0, 3), [2, 1, 1]) or t[0].__setitem__(slice(0, 3), [1, 0, -1]),
+            r"physical expert 1 appears more than once in eplb_table, at \[1, 1\] and \[1, 2\]",
+        ),
+        (lambda t: t[2].__setitem__(0, 0), r"eplb_table\[2, 0\] \(replica count of logical expert 2\) must be in"),
+        (
+            lambda t: t[4].__setitem__(1, 9),
+            r"eplb_table\[4, 1\] .* must be a physical expert id in \[0, sum of counts=8\)",
+        ),
+        (
+            lambda t: t[2].__setitem__(slice(0, 3), [2, 2, 8]),
+            r"sum of replica counts .* divisible by world_size=4 .*got 9",
+        ),
+        (lambda t: t[4].__setitem__(0, 5), r"eplb_table\[4, 0\] .* must be in \[1, min\(world_size=4, F-1=4\)\]"),
+    ],
+)
 def test_an_invalid_plan_names_the_row_and_leaves_the_table_whole(change, message):
     stable = StableEplbTable(TABLE, world_size=4)
     before = stable.tensor.clone()
@@ -73,15 +84,18 @@ def test_an_invalid_layer_of_a_stack_is_named_and_no_layer_is_written():
     assert torch.equal(stable.tensor, before)
 
 
-@pytest.mark.parametrize("new, message", [
-    (torch.tensor(NEW, dtype=torch.float32), r"new must hold integers, got dtype float32"),
-    (torch.tensor(NEW, dtype=torch.bool), r"new must hold integers, got dtype bool"),
-    (torch.empty(6, 3, dtype=torch.int32, device="meta"), r"new must hold values, got a meta tensor"),
-    (np.array([row[:1] + [2**31] + row[2:] for row in NEW]), r"new\[0, 1\] must be in \[-2147483648, 2147483647\]"),
-    (NEW[:5], r"new table must have shape \(6, 'F'\) .*, got \(5, 3\)"),
-    ([NEW], r"new table must have shape \(6, 'F'\)"),
-    ([[2, e, e + 6] for e in range(6)], r"must hold 8 physical experts .*, got 12"),
-])
+@pytest.mark.parametrize(
+    "new, message",
+    [
+        (torch.tensor(NEW, dtype=torch.float32), r"new must hold integers, got dtype float32"),
+        (torch.tensor(NEW, dtype=torch.bool), r"new must hold integers, got dtype bool"),
+        (torch.empty(6, 3, dtype=torch.int32, device="meta"), r"new must hold values, got a meta tensor"),
+        (np.array([row[:1] + [2**31] + row[2:] for row in NEW]), r"new\[0, 1\] must be in \[-2147483648, 2147483647\]"),
+        (NEW[:5], r"new table must have shape \(6, 'F'\) .*, got \(5, 3\)"),
+        ([NEW], r"new table must have shape \(6, 'F'\)"),
+        ([[2, e, e + 6] for e in range(6)], r"must hold 8 physical experts .*, got 12"),
+    ],
+)
 def test_wrong_dtype_device_or_shape_is_refused_clearly(new, message):
     stable = StableEplbTable(TABLE, world_size=4)
     before = stable.tensor.clone()
@@ -131,7 +145,7 @@ def test_any_valid_replan_is_written_and_any_duplicated_slot_is_refused(case, se
     pointer = stable.tensor.data_ptr()
     stable.update(new)
     f = stable.num_columns
-    assert torch.equal(stable.tensor[:, : new.shape[1]], new) and (stable.tensor[:, new.shape[1]:] == PADDING).all()
+    assert torch.equal(stable.tensor[:, : new.shape[1]], new) and (stable.tensor[:, new.shape[1] :] == PADDING).all()
     assert stable.tensor.data_ptr() == pointer
     # Corrupt one replica id into another slot's id: two (expert, replica) pairs share a slot.
     rows = [e for e in range(new.shape[0]) if int(new[e, 0]) >= 1]
@@ -164,8 +178,9 @@ def _follow_updates(compiled, model, stable, k=2):
         for bs in (5, 9):
             ids, scales = inputs(bs, k, 6, seed=10 * step + bs)
             balanced, mask = compiled(ids, scales)
-            want_ids, want_mask = golden(ids, stable.tensor, model.balance_mode, model.local_rank_id,
-                                         model.world_size, scales)
+            want_ids, want_mask = golden(
+                ids, stable.tensor, model.balance_mode, model.local_rank_id, model.world_size, scales
+            )
             assert balanced.tolist() == want_ids and mask.tolist() == want_mask, (step, bs)
 
 
@@ -174,8 +189,9 @@ def _follow_updates(compiled, model, stable, k=2):
 def test_compiled_model_follows_the_update_with_one_compile(backend, mode):
     counter = fresh_counter(backend)
     stable = StableEplbTable(TABLE, world_size=4)
-    model = Routing(stable.tensor, balance_mode=mode, local_rank_id=3 if mode == 0 else -1,
-                    world_size=4 if mode == 0 else -1)
+    model = Routing(
+        stable.tensor, balance_mode=mode, local_rank_id=3 if mode == 0 else -1, world_size=4 if mode == 0 else -1
+    )
     compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=True)
     _follow_updates(compiled, model, stable)
     assert counter.frame_count == 1
@@ -190,8 +206,9 @@ def test_a_table_whose_f_changes_recompiles_which_the_fixed_f_avoids():
     def compiled_route():
         torch._dynamo.reset()
         counter = CompileCounterWithBackend("eager")
-        route = torch.compile(lambda ids, t: torch.ops.npu.npu_moe_update_expert(ids, t, balance_mode=1),
-                              backend=counter)
+        route = torch.compile(
+            lambda ids, t: torch.ops.npu.npu_moe_update_expert(ids, t, balance_mode=1), backend=counter
+        )
         return route, counter
 
     route, counter = compiled_route()

@@ -94,39 +94,81 @@ def test_fixed_f_keeps_shapes_stable():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: table_from_phy2log([0, 1, 4, 0], 2, num_logical=3), r"phy2log\[2\] must be a logical expert id in \[0, 3\), got 4"),
+        (
+            lambda: table_from_phy2log([0, 1, 4, 0], 2, num_logical=3),
+            r"phy2log\[2\] must be a logical expert id in \[0, 3\), got 4",
+        ),
         (lambda: table_from_phy2log([0, -1, 1, 0], 2), r"phy2log\[1\]"),
         (lambda: table_from_phy2log([0, 2, 2, 0], 2), "logical expert 1 has no physical slot"),
-        (lambda: table_from_phy2log([[0, 1, 2, 1], [0, 1, 3, 2]], 2, num_logical=3), r"phy2log\[1\]\[2\] must be a logical expert id in \[0, 3\), got 3"),
+        (
+            lambda: table_from_phy2log([[0, 1, 2, 1], [0, 1, 3, 2]], 2, num_logical=3),
+            r"phy2log\[1\]\[2\] must be a logical expert id in \[0, 3\), got 3",
+        ),
         (lambda: table_from_phy2log([0, 1, 2], 2), "divisible by world_size=2"),
         (lambda: table_from_phy2log([0.0, 1.0], 2), r"phy2log\[0\] must be an integer, got 0.0"),
         (lambda: table_from_phy2log([True, False], 2), r"phy2log\[0\] must be an integer, got True"),
         (lambda: table_from_phy2log([0, True], 2), r"phy2log\[1\] must be an integer, got True"),
         (lambda: table_from_phy2log(np.array([True, False]), 2), "phy2log must hold integers, got dtype bool"),
         # Issue 10: MemoryError (10**9 logical experts sized a count array) and wrapped values.
-        (lambda: table_from_phy2log([0, 10**9], 2), r"phy2log\[1\] must be in \[0, 1023\] \(a logical expert id: the op takes at most 1024 experts\), got 1000000000"),
+        (
+            lambda: table_from_phy2log([0, 10**9], 2),
+            r"phy2log\[1\] must be in \[0, 1023\] \(a logical expert id: the op takes at most 1024 experts\), got 1000000000",
+        ),
         (lambda: table_from_phy2log([0, 1], 2, num_logical=10**9), r"num_logical must be an int in \[1, 1024\]"),
-        (lambda: table_from_phy2log(np.array([0, 2**63], dtype=np.uint64), 2), r"phy2log\[1\] must be in \[-9223372036854775808, 9223372036854775807\] \(int64\), got 9223372036854775808"),
+        (
+            lambda: table_from_phy2log(np.array([0, 2**63], dtype=np.uint64), 2),
+            r"phy2log\[1\] must be in \[-9223372036854775808, 9223372036854775807\] \(int64\), got 9223372036854775808",
+        ),
         (lambda: table_from_phy2log([0] * 1025, 1), r"phy2log must hold 1 to 1024 physical experts"),
-        (lambda: table_from_log2phy([[0, -(2**63)], [1, -1]], [2, 1], 3), r"log2phy\[0, 1\] .* got -9223372036854775808"),
-        (lambda: table_from_log2phy([[0, 2], [2, -1]], [2, 1], 3), r"log2phy\[0, 1\] and log2phy\[1, 0\] hold the same physical expert 2"),
-        (lambda: table_from_log2phy([[[0, 1], [2, -1]], [[0, 1], [1, -1]]], [[2, 1], [2, 1]], 3), r"log2phy\[1, 0, 1\] and log2phy\[1, 1, 0\] hold the same physical expert 1"),
-        (lambda: table_from_phy2log([0] * 9 + list(range(1, 8)), 8), r"got 9; balance_mode 0 uses at most world_size replicas per expert: cap the replicas"),
+        (
+            lambda: table_from_log2phy([[0, -(2**63)], [1, -1]], [2, 1], 3),
+            r"log2phy\[0, 1\] .* got -9223372036854775808",
+        ),
+        (
+            lambda: table_from_log2phy([[0, 2], [2, -1]], [2, 1], 3),
+            r"log2phy\[0, 1\] and log2phy\[1, 0\] hold the same physical expert 2",
+        ),
+        (
+            lambda: table_from_log2phy([[[0, 1], [2, -1]], [[0, 1], [1, -1]]], [[2, 1], [2, 1]], 3),
+            r"log2phy\[1, 0, 1\] and log2phy\[1, 1, 0\] hold the same physical expert 1",
+        ),
+        (
+            lambda: table_from_phy2log([0] * 9 + list(range(1, 8)), 8),
+            r"got 9; balance_mode 0 uses at most world_size replicas per expert: cap the replicas",
+        ),
         (lambda: table_from_phy2log([[[0, 1]]], 2), "phy2log must have 1 or 2 dimensions"),
         (lambda: table_from_phy2log([0, 1], 0), r"world_size must be an int >= 1, got 0"),
-        (lambda: table_from_phy2log([0, 0, 1, 1], 2, num_columns=2), r"num_columns must be an int in \[max replica count \+ 1 = 3, world_size \+ 1 = 3\]"),
-        (lambda: table_from_phy2log([0, 0, 1, 1], 2, num_columns=4), r"num_columns must be an int in \[max replica count \+ 1 = 3, world_size \+ 1 = 3\]"),
+        (
+            lambda: table_from_phy2log([0, 0, 1, 1], 2, num_columns=2),
+            r"num_columns must be an int in \[max replica count \+ 1 = 3, world_size \+ 1 = 3\]",
+        ),
+        (
+            lambda: table_from_phy2log([0, 0, 1, 1], 2, num_columns=4),
+            r"num_columns must be an int in \[max replica count \+ 1 = 3, world_size \+ 1 = 3\]",
+        ),
         (lambda: table_from_phy2log([0, 0, 0, 1], 2), "must be in \\[1, min\\(world_size=2"),
-        (lambda: table_from_log2phy([[0, 1], [2, -1]], [2, 0], 2), r"logcnt\[1\] .* must be in \[1, log2phy.shape\[-1\]=2\], got 0"),
+        (
+            lambda: table_from_log2phy([[0, 1], [2, -1]], [2, 0], 2),
+            r"logcnt\[1\] .* must be in \[1, log2phy.shape\[-1\]=2\], got 0",
+        ),
         (lambda: table_from_log2phy([[0, 1], [2, -1]], [2, 3], 2), r"logcnt\[1\]"),
         (lambda: table_from_log2phy([[0, 1], [2, -1]], [2], 2), r"logcnt.shape must be \(2,\)"),
-        (lambda: table_from_log2phy([[0, 5], [2, -1]], [2, 1], 3), r"log2phy\[0, 1\] \(replica 2 of logical expert 0\) must be a physical expert id in \[0, sum of logcnt=3\), got 5"),
+        (
+            lambda: table_from_log2phy([[0, 5], [2, -1]], [2, 1], 3),
+            r"log2phy\[0, 1\] \(replica 2 of logical expert 0\) must be a physical expert id in \[0, sum of logcnt=3\), got 5",
+        ),
         (lambda: table_from_log2phy([[0.5]], [1], 1), r"log2phy\[0, 0\] must be an integer, got 0.5"),
-        (lambda: table_from_vllm([[0, -1]], [2], 2), r"logical_to_physical_map\[0, 1\] \(replica 2 of logical expert 0\) must be a physical expert id in \[0, sum of logical_replica_count=2\), got -1"),
+        (
+            lambda: table_from_vllm([[0, -1]], [2], 2),
+            r"logical_to_physical_map\[0, 1\] \(replica 2 of logical expert 0\) must be a physical expert id in \[0, sum of logical_replica_count=2\), got -1",
+        ),
         (lambda: table_from_vllm([[0, 1]], [[2]], 2), "logical_replica_count must have 1 dimensions"),
         (lambda: table_to_phy2log(torch.tensor([[1, 0]], dtype=torch.int64), 1), "eplb_table.dtype must be int32"),
         (lambda: table_to_phy2log([[1, 0]], 1), "eplb_table must be a torch.Tensor"),
-        (lambda: table_to_log2phy(torch.tensor([[2, 0, 1]], dtype=torch.int32), 2, width=1), r"width must be an int in \[2, 1024\], got 1"),
+        (
+            lambda: table_to_log2phy(torch.tensor([[2, 0, 1]], dtype=torch.int32), 2, width=1),
+            r"width must be an int in \[2, 1024\], got 1",
+        ),
     ],
 )
 def test_bad_input_names_what_and_where(call, message):
@@ -141,10 +183,15 @@ def test_balance_mode_1_tables_from_every_builder():
     assert table.shape == (8, 10) and table[0, 0] == 9
     log2phy, counts = table_to_log2phy(table, 8, balance_mode=1)
     assert torch.equal(table_from_log2phy(log2phy, counts, 8, balance_mode=1), table)
-    assert torch.equal(table_from_vllm(log2phy, counts, 8, balance_mode=1, num_columns=12), torch.cat(
-        [table, torch.full((8, 2), PADDING, dtype=torch.int32)], 1))
+    assert torch.equal(
+        table_from_vllm(log2phy, counts, 8, balance_mode=1, num_columns=12),
+        torch.cat([table, torch.full((8, 2), PADDING, dtype=torch.int32)], 1),
+    )
     assert table_to_phy2log(table, 8, balance_mode=1).tolist() == phy2log
-    with pytest.raises(ValueError, match=r"num_columns must be an int in \[max replica count \+ 1 = 10, the op's limit = 769\], got 770"):
+    with pytest.raises(
+        ValueError,
+        match=r"num_columns must be an int in \[max replica count \+ 1 = 10, the op's limit = 769\], got 770",
+    ):
         table_from_phy2log(phy2log, 8, balance_mode=1, num_columns=770)
     layers = table_from_phy2log(np.array([phy2log, phy2log[::-1]]), 8, balance_mode=1)
     assert validate_eplb_table(layers, 8, balance_mode=1) == 16

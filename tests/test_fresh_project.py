@@ -59,7 +59,7 @@ def example_inputs(bs=8, k=4, experts=16, world_size=4, hidden=32):
     )
 '''
 CONFTEST = 'pytest_plugins = ["torchair_plugin.testing.pytest_plugin"]\n'
-TESTS = '''\
+TESTS = """\
 from my_model import MoeLayer, example_inputs
 from torchair_plugin.testing import capture_ge_graphs
 from torchair_plugin.testing.pytest_plugin import require_ge_capture
@@ -76,9 +76,9 @@ def test_graph_static(ge_golden):
 def test_graph_dynamic(ge_golden):
     result = capture_ge_graphs(MoeLayer(), *example_inputs(), dynamic=True)
     ge_golden.check(result.graph, "moe_layer_dynamic")
-'''
+"""
 # One capture outside pytest, printing what the checks below read.
-CAPTURE = '''\
+CAPTURE = """\
 import sys
 
 import torchair_plugin
@@ -89,7 +89,7 @@ result = capture_ge_graphs(MoeLayer(), *example_inputs(), dynamic=True, training
 print("installed at", torchair_plugin.__file__)
 print("ops", " ".join(result.graph.op_types()))
 print("netoutput inputs", len(result.graph.ops_of_type("NetOutput")[0].inputs))
-'''
+"""
 
 
 def _python():
@@ -98,9 +98,17 @@ def _python():
 
 def _run(project, *args):
     # The user's environment: none of this suite's own settings.
-    env = {k: v for k, v in os.environ.items() if k not in (
-        "TORCH_DEVICE_BACKEND_AUTOLOAD", "TORCHAIR_PLUGIN_UPDATE_GOLDENS", "TORCHAIR_PLUGIN_CAPTURE_STRICT",
-        "PYTHONPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "TORCH_DEVICE_BACKEND_AUTOLOAD",
+            "TORCHAIR_PLUGIN_UPDATE_GOLDENS",
+            "TORCHAIR_PLUGIN_CAPTURE_STRICT",
+            "PYTHONPATH",
+        )
+    }
     done = subprocess.run([_python(), *args], cwd=project, env=env, capture_output=True, text=True, timeout=600)
     return done.returncode, done.stdout, done.stderr
 
@@ -144,8 +152,11 @@ def test_goldens_created_compared_changed_and_updated(project):
 
     # The change under review: the layer now returns bfloat16 (one more Cast in the graph).
     model = project / "my_model.py"
-    model.write_text(MODEL.replace("[:, None]\n", "[:, None]).to(torch.bfloat16)\n").replace(
-        "return out.float()", "return (out.float()"))
+    model.write_text(
+        MODEL.replace("[:, None]\n", "[:, None]).to(torch.bfloat16)\n").replace(
+            "return out.float()", "return (out.float()"
+        )
+    )
     code, out, err = _run(project, "-m", "pytest", "tests", "--ge-capture-strict", "-p", "no:cacheprovider")
     assert code == 1 and "2 failed" in out, (out + err)[-3000:]
     assert "GE graph differs from" in out and "+  out 0 y: DT_BF16" in out, out[-3000:]

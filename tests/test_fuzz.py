@@ -10,17 +10,26 @@ import random
 
 import pytest
 import torch
+from golden import golden_update_expert
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import torchair_plugin  # noqa: F401
 
-from golden import golden_update_expert
-
 op = torch.ops.npu.npu_moe_update_expert.default
 OP_PREFIX = "npu_moe_update_expert: "
 ALLOWED = (RuntimeError, ValueError)
-DTYPES = [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool,
-          torch.float16, torch.bfloat16, torch.float32, torch.float64]
+DTYPES = [
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.bool,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+]
 
 
 def random_tensor(rng, shape, dtype, low=0, high=8):
@@ -64,7 +73,9 @@ def random_case(rng):
     if table.dim() == 2 and table.size(1) >= 2 and not table.dtype.is_floating_point and table.dtype != torch.bool:
         table[:, 0] = torch.randint(1, table.size(1), (table.size(0),)).to(table.dtype)
         if rng.random() < 0.15:
-            bad_counts = [0, -1, table.size(1)] + ([2**23 + 1, 2**31 - 1, -(2**31)] if table.dtype == torch.int32 else [])
+            bad_counts = [0, -1, table.size(1)] + (
+                [2**23 + 1, 2**31 - 1, -(2**31)] if table.dtype == torch.int32 else []
+            )
             table[rng.randrange(table.size(0)), 0] = rng.choice(bad_counts)
 
     kwargs = dict(local_rank_id=rank, world_size=world_size, balance_mode=mode)

@@ -82,8 +82,7 @@ def test_aclgraph_backends_reject_a_bad_shape_at_trace_time_and_reach_the_device
     if current_mode() is not Mode.REAL_TORCH_NPU:
         pytest.skip("needs the real torch_npu over CANN stubs (its backends), not an NPU")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", CHILD, backend], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", CHILD, backend], env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in done.stdout.splitlines() if line.startswith("K ")]  # not torch_npu's warnings
     assert lines[0].startswith("K 17 raised TorchRuntimeError"), done.stdout + done.stderr[-2000:]
     assert "npu_moe_update_expert: K = expert_ids.size(1) must be in (0, 16], got 17" in lines[0]

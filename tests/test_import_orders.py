@@ -53,8 +53,12 @@ def _environment(stubs, overrides):
 def _run(name, stubs):
     scenario = name.replace("_opt_out", "")
     proc = subprocess.run(
-        [sys.executable, SCRIPT, scenario], cwd=REPO, env=_environment(stubs, SCENARIOS[name]),
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, SCRIPT, scenario],
+        cwd=REPO,
+        env=_environment(stubs, SCENARIOS[name]),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return proc
 

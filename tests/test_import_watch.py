@@ -22,8 +22,12 @@ def package(tmp_path, monkeypatch):
 
 def test_before_and_after_run_around_the_import(package):
     seen = []
-    _import_watch.watch("tpl-test", (package,), before=lambda: seen.append("before"),
-                        after=lambda module, ok: seen.append(("after", module.VALUE, ok)))
+    _import_watch.watch(
+        "tpl-test",
+        (package,),
+        before=lambda: seen.append("before"),
+        after=lambda module, ok: seen.append(("after", module.VALUE, ok)),
+    )
     try:
         assert _import_watch.is_watching("tpl-test")
         importlib.import_module(package)

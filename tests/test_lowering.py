@@ -90,16 +90,33 @@ CASES = [
     Case("static_mode0_fp32_k_mask_int64", ids_dtype=torch.int64, scales_dtype=torch.float32, active_mask=True),
     Case("static_mode1_fp32_1k_mask", balance_mode=1, scales_dtype=torch.float32, threshold_2d=True, active_mask=True),
     Case("mark_dynamic_mode0_int32", mode="mark_dynamic"),
-    Case("mark_dynamic_mode1_fp16_1k_mask_int64", mode="mark_dynamic", balance_mode=1, ids_dtype=torch.int64,
-         scales_dtype=torch.float16, threshold_2d=True, active_mask=True),
+    Case(
+        "mark_dynamic_mode1_fp16_1k_mask_int64",
+        mode="mark_dynamic",
+        balance_mode=1,
+        ids_dtype=torch.int64,
+        scales_dtype=torch.float16,
+        threshold_2d=True,
+        active_mask=True,
+    ),
     Case("dynamic_mode1_int32", mode="dynamic", balance_mode=1),
-    Case("dynamic_mode0_bf16_k_mask_int64", mode="dynamic", ids_dtype=torch.int64, scales_dtype=torch.bfloat16,
-         active_mask=True),
+    Case(
+        "dynamic_mode0_bf16_k_mask_int64",
+        mode="dynamic",
+        ids_dtype=torch.int64,
+        scales_dtype=torch.bfloat16,
+        active_mask=True,
+    ),
     Case("dynamic_mode0_fp32_1k", mode="dynamic", scales_dtype=torch.float32, threshold_2d=True),
 ]
 
-GE_DTYPES = {torch.int32: "DT_INT32", torch.int64: "DT_INT64", torch.float16: "DT_FLOAT16",
-             torch.bfloat16: "DT_BF16", torch.float32: "DT_FLOAT"}
+GE_DTYPES = {
+    torch.int32: "DT_INT32",
+    torch.int64: "DT_INT64",
+    torch.float16: "DT_FLOAT16",
+    torch.bfloat16: "DT_BF16",
+    torch.float32: "DT_FLOAT",
+}
 
 
 @contextmanager
@@ -216,7 +233,10 @@ def test_chain_is_one_graph_fed_by_update_expert(dynamic, ge_golden, ours_regist
     graph = result.graph
     ge_golden.check(graph, f"lowering_chain_{'dynamic' if dynamic else 'static'}")
     assert graph.op_types() == ["Data"] * 5 + [
-        "MoeUpdateExpert", "MoeDistributeDispatchV2", "MoeDistributeCombineV2", "NetOutput"
+        "MoeUpdateExpert",
+        "MoeDistributeDispatchV2",
+        "MoeDistributeCombineV2",
+        "NetOutput",
     ]
     dispatch = {i.name: i.source for i in graph.ops_of_type("MoeDistributeDispatchV2")[0].inputs}
     assert dispatch["expert_ids"] == "MoeUpdateExpert_0:0"
@@ -243,7 +263,12 @@ def test_the_v1_chain_is_one_graph_fed_by_update_expert(dynamic, ge_golden, ours
     assert result.fx_graph_count == 1 and result.graph_breaks == 0
     graph = result.graph
     ge_golden.check(graph, f"lowering_chain_v1_{'dynamic' if dynamic else 'static'}")
-    assert graph.op_types() == ["Data"] * 5 + ["MoeUpdateExpert", "MoeDistributeDispatch", "MoeDistributeCombine", "NetOutput"]
+    assert graph.op_types() == ["Data"] * 5 + [
+        "MoeUpdateExpert",
+        "MoeDistributeDispatch",
+        "MoeDistributeCombine",
+        "NetOutput",
+    ]
     for op_type in ("MoeDistributeDispatch", "MoeDistributeCombine"):
         inputs = {i.name: i.source for i in graph.ops_of_type(op_type)[0].inputs}
         assert inputs["expert_ids"] == "MoeUpdateExpert_0:0" and inputs["x_active_mask"] == "MoeUpdateExpert_0:1"
@@ -268,8 +293,11 @@ def test_converter_rejects_what_the_fake_kernel_rejects_with_the_same_message(at
 
     convert = _converter_hook.converter_module().convert_npu_moe_update_expert
     ids, table = torch.zeros(2, 2, dtype=torch.int32), torch.ones(4, 5, dtype=torch.int32)
-    tensors = {"expert_scales": torch.ones(2, 2), "pruning_threshold": torch.ones(2),
-               "active_mask": torch.ones(2, dtype=torch.bool)}
+    tensors = {
+        "expert_scales": torch.ones(2, 2),
+        "pruning_threshold": torch.ones(2),
+        "active_mask": torch.ones(2, dtype=torch.bool),
+    }
     given = {name: tensors[name] for name in optional}
     with pytest.raises(RuntimeError) as fake_error:
         npu_moe_update_expert_fake(ids, table, **given, **attrs)

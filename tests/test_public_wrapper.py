@@ -6,16 +6,15 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from golden import golden_update_expert
 from hypothesis import HealthCheck, given, settings
+from strategies import update_expert_inputs
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchair_plugin
 from torchair_plugin import ops
-
-from golden import golden_update_expert
-from strategies import update_expert_inputs
 
 OP = torch.ops.npu.npu_moe_update_expert.default
 
@@ -70,7 +69,10 @@ EDGE_CASES = {
     "misaligned expert_ids": _misaligned_ids,
     "sparse eplb_table": lambda ids, table, kwargs: (ids, table.to_sparse(), kwargs),
     "mkldnn expert_scales": lambda ids, table, kwargs: (
-        ids, table, dict(kwargs, expert_scales=kwargs["expert_scales"].to_mkldnn())),
+        ids,
+        table,
+        dict(kwargs, expert_scales=kwargs["expert_scales"].to_mkldnn()),
+    ),
     "world_size 2**63": lambda ids, table, kwargs: (ids, table, dict(kwargs, world_size=2**63)),
     "float local_rank_id": lambda ids, table, kwargs: (ids, table, dict(kwargs, local_rank_id=1.0)),
     "numpy int attr": lambda ids, table, kwargs: (ids, table, dict(kwargs, local_rank_id=np.int64(1))),
@@ -103,15 +105,18 @@ def test_edge_cases_give_values_or_named_errors():
     assert outcome(lambda: OP(ids, table, **kwargs))[0] is RuntimeError
 
 
-@pytest.mark.skipif("allow_override" not in inspect.signature(torch.library.Library.impl).parameters,
-                    reason="this torch's Library.impl refuses to override a Python kernel (torch < 2.8)")
+@pytest.mark.skipif(
+    "allow_override" not in inspect.signature(torch.library.Library.impl).parameters,
+    reason="this torch's Library.impl refuses to override a Python kernel (torch < 2.8)",
+)
 def test_a_cpu_kernel_registered_after_import_is_what_the_wrapper_runs():
     ids, table, kwargs = small_inputs()
     want = torchair_plugin.npu_moe_update_expert(ids, table, **kwargs)
     library = torch.library.Library("npu", "IMPL")
     try:
-        library.impl(OP._schema.name.split("::")[1], lambda *args, **kw: (ids.neg(), ids.eq(0)), "CPU",
-                     allow_override=True)
+        library.impl(
+            OP._schema.name.split("::")[1], lambda *args, **kw: (ids.neg(), ids.eq(0)), "CPU", allow_override=True
+        )
         replaced = torchair_plugin.npu_moe_update_expert(ids, table, **kwargs)
         assert torch.equal(replaced[0], ids.neg())
     finally:
@@ -186,7 +191,10 @@ def test_torch_compile_records_the_op():
     torch._dynamo.reset()
     try:
         compiled = torch.compile(
-            lambda i, t: torchair_plugin.npu_moe_update_expert(i, t, **kwargs), backend=recording_backend, fullgraph=True)
+            lambda i, t: torchair_plugin.npu_moe_update_expert(i, t, **kwargs),
+            backend=recording_backend,
+            fullgraph=True,
+        )
         balanced, _ = compiled(ids, table)
     finally:
         torch._dynamo.reset()

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import torchair_plugin
-from torchair_plugin.testing import Mode, current_mode, stub_libraries
+from torchair_plugin.testing import Mode, _stubs, current_mode, stub_libraries
 from torchair_plugin.testing._torchair_import import native_modules
-from torchair_plugin.testing import _stubs
 
 pytestmark = pytest.mark.skipif(
     current_mode() is not Mode.REAL_TORCH_NPU, reason="needs the real torch_npu loadable over CANN stubs"
@@ -42,7 +41,8 @@ def test_opcheck_with_the_real_torch_npu_loaded():
     scales = torch.tensor([[0.7, 0.3], [0.5, 0.5]])
     threshold = torch.tensor([0.1, 0.4])
     torch.library.opcheck(
-        torch.ops.npu.npu_moe_update_expert.default, (ids, table),
+        torch.ops.npu.npu_moe_update_expert.default,
+        (ids, table),
         dict(expert_scales=scales, pruning_threshold=threshold, local_rank_id=1, world_size=2),
     )
 

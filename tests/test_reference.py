@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from golden import golden_update_expert
 from hypothesis import HealthCheck, given, settings
+from strategies import update_expert_inputs
 
 import torchair_plugin
 from torchair_plugin.reference import npu_moe_update_expert_reference
-
-from golden import golden_update_expert
-from strategies import update_expert_inputs
 
 op = torch.ops.npu.npu_moe_update_expert.default
 # The reference kernel as users reach it (through the dispatcher) and called directly.
@@ -67,8 +66,14 @@ def test_pruning_keeps_equality_and_applies_active_mask():
     ids = torch.arange(4, dtype=torch.int32).repeat(2, 1)
     scales = torch.tensor([[0.5, 0.25, 0.125, 0.125]] * 2, dtype=torch.bfloat16)
     threshold = torch.tensor([[0.5, 0.25, 0.125, 0.1250001]])
-    _, mask = op(ids, table, expert_scales=scales, pruning_threshold=threshold,
-                 active_mask=torch.tensor([True, False]), balance_mode=1)
+    _, mask = op(
+        ids,
+        table,
+        expert_scales=scales,
+        pruning_threshold=threshold,
+        active_mask=torch.tensor([True, False]),
+        balance_mode=1,
+    )
     assert mask.tolist() == [[True, True, True, False], [False] * 4]
 
 
@@ -130,8 +135,12 @@ def _pruning_case(bs=6, k=5, seed=0):
     table = torch.randint(0, 50, (8, 4), generator=gen, dtype=torch.int32)
     table[:, 0] = torch.randint(1, 4, (8,), generator=gen)
     ids = torch.randint(0, 8, (bs, k), generator=gen, dtype=torch.int32)
-    kwargs = dict(expert_scales=torch.rand(bs, k, generator=gen), pruning_threshold=torch.full((k,), 0.15),
-                  active_mask=torch.arange(bs) < bs - 1, balance_mode=1)
+    kwargs = dict(
+        expert_scales=torch.rand(bs, k, generator=gen),
+        pruning_threshold=torch.full((k,), 0.15),
+        active_mask=torch.arange(bs) < bs - 1,
+        balance_mode=1,
+    )
     return ids, table, kwargs
 
 
@@ -179,8 +188,16 @@ def _boundary_case(bs=64, k=16, seed=3):
     threshold[1::2] = torch.nextafter(threshold[1::2], torch.tensor(1.0, dtype=torch.float32))
     ids = torch.arange(k, dtype=torch.int32).repeat(bs, 1)
     table = table_of([[1, e] for e in range(k)], 2)
-    return ids, table, dict(expert_scales=scales, pruning_threshold=threshold,
-                            active_mask=torch.ones(bs, dtype=torch.bool), balance_mode=1)
+    return (
+        ids,
+        table,
+        dict(
+            expert_scales=scales,
+            pruning_threshold=threshold,
+            active_mask=torch.ones(bs, dtype=torch.bool),
+            balance_mode=1,
+        ),
+    )
 
 
 @KERNELS

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from torchair_plugin import environment, limits, ops, schema
-from torchair_plugin.testing import lowering as lower
 from torchair_plugin.fake import npu_moe_update_expert_fake
 from torchair_plugin.reference import npu_moe_update_expert_reference
 from torchair_plugin.testing import graph_text
+from torchair_plugin.testing import lowering as lower
 from torchair_plugin.testing.pytest_plugin import require_ge_capture
 
 # Every construct the parser must read like torch does: list, float, bool and string defaults,
@@ -28,13 +28,25 @@ def _torch_view(argument) -> tuple:
     optional = argument.type.kind() == "OptionalType"
     base = argument.type.getElementType() if optional else argument.type
     default = argument.default_value if argument.has_default_value() else None
-    return (argument.name, base.kind() == "TensorType", optional, argument.kwarg_only,
-            argument.has_default_value(), default)
+    return (
+        argument.name,
+        base.kind() == "TensorType",
+        optional,
+        argument.kwarg_only,
+        argument.has_default_value(),
+        default,
+    )
 
 
 def _our_view(argument: schema.Argument) -> tuple:
-    return (argument.name, argument.is_tensor, argument.optional, argument.kwarg_only, argument.has_default,
-            argument.default)
+    return (
+        argument.name,
+        argument.is_tensor,
+        argument.optional,
+        argument.kwarg_only,
+        argument.has_default,
+        argument.default,
+    )
 
 
 @pytest.mark.parametrize("text", [schema.SCHEMA, RICH_SCHEMA], ids=["op", "rich"])
@@ -83,23 +95,26 @@ CONVERTER_FILE = os.path.join(REPO, "converters", "npu_moe_update_expert.py")
 
 def _signature(function) -> list:
     """(name, has default, default) per parameter."""
-    return [(p.name, p.default is not inspect.Parameter.empty,
-             None if p.default is inspect.Parameter.empty else p.default)
-            for p in inspect.signature(function).parameters.values()]
+    return [
+        (p.name, p.default is not inspect.Parameter.empty, None if p.default is inspect.Parameter.empty else p.default)
+        for p in inspect.signature(function).parameters.values()
+    ]
 
 
 def _converter_signature() -> list:
     """The converter's parameters read from its source: importing it needs torchair."""
     with open(CONVERTER_FILE, encoding="utf-8") as handle:
         tree = ast.parse(handle.read())
-    function = next(node for node in tree.body
-                    if isinstance(node, ast.FunctionDef) and node.name == "convert_npu_moe_update_expert")
+    function = next(
+        node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "convert_npu_moe_update_expert"
+    )
     args = function.args
     positional = args.posonlyargs + args.args
     defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
     pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
-    return [(a.arg, d is not None, None if d is None else ast.literal_eval(d))
-            for a, d in pairs if a.arg != "meta_outputs"]  # torchair's own extra argument
+    return [
+        (a.arg, d is not None, None if d is None else ast.literal_eval(d)) for a, d in pairs if a.arg != "meta_outputs"
+    ]  # torchair's own extra argument
 
 
 ENTRY_POINTS = {
@@ -123,8 +138,15 @@ def test_every_entry_point_restates_the_schema_exactly():
 
 
 def test_a_disagreeing_entry_point_is_named(monkeypatch):
-    def stale(expert_ids, eplb_table, expert_scales=None, pruning_threshold=None, active_mask=None,
-              local_rank_id=-1, world_size=-1):
+    def stale(
+        expert_ids,
+        eplb_table,
+        expert_scales=None,
+        pruning_threshold=None,
+        active_mask=None,
+        local_rank_id=-1,
+        world_size=-1,
+    ):
         pass
 
     monkeypatch.setitem(ENTRY_POINTS, "a stale fake", lambda: _signature(stale))
@@ -134,8 +156,19 @@ def test_a_disagreeing_entry_point_is_named(monkeypatch):
 
 
 def test_the_argument_object_is_picked_from_an_entry_points_locals():
-    args = schema.arguments(dict(expert_ids=1, eplb_table=2, expert_scales=None, pruning_threshold=None,
-                                 active_mask=None, local_rank_id=0, world_size=4, balance_mode=1, meta_outputs=3))
+    args = schema.arguments(
+        dict(
+            expert_ids=1,
+            eplb_table=2,
+            expert_scales=None,
+            pruning_threshold=None,
+            active_mask=None,
+            local_rank_id=0,
+            world_size=4,
+            balance_mode=1,
+            meta_outputs=3,
+        )
+    )
     assert (args.expert_ids, args.world_size, args.balance_mode) == (1, 4, 1)
     with pytest.raises(TypeError, match="lacks the schema's argument 'expert_scales'"):
         schema.arguments(dict(expert_ids=1, eplb_table=2))
@@ -147,12 +180,20 @@ def test_converter_node_follows_the_schema_tables(monkeypatch):
 
     module = _converter_hook.converter_module()
     emitted = {}
-    monkeypatch.setattr(module, "custom_op", lambda op_type, inputs, outputs, attrs: emitted.update(
-        op_type=op_type, inputs=list(inputs), attrs=sorted(attrs)))
+    monkeypatch.setattr(
+        module,
+        "custom_op",
+        lambda op_type, inputs, outputs, attrs: emitted.update(
+            op_type=op_type, inputs=list(inputs), attrs=sorted(attrs)
+        ),
+    )
     ids, table = object(), object()  # the converter does not look inside its tensors
     module.convert_npu_moe_update_expert(ids, table, local_rank_id=1, world_size=4)
-    assert emitted == {"op_type": "MoeUpdateExpert", "inputs": ["expert_ids", "eplb_table"],
-                       "attrs": ["local_rank_id", "world_size"]}
+    assert emitted == {
+        "op_type": "MoeUpdateExpert",
+        "inputs": ["expert_ids", "eplb_table"],
+        "attrs": ["local_rank_id", "world_size"],
+    }
     # A changed default in the schema changes which attrs the node spells out.
     monkeypatch.setattr(schema, "ATTR_DEFAULTS", {**schema.ATTR_DEFAULTS, "world_size": 4})
     module.convert_npu_moe_update_expert(ids, table, local_rank_id=1, world_size=4, balance_mode=0)
@@ -185,8 +226,10 @@ def test_schema_is_the_installed_torch_npus():
         pytest.skip("torch-npu is not installed")
     declarations = _torch_npu_declarations(package_dir)
     if not declarations:
-        pytest.skip(f"the installed torch-npu ({package_dir}) declares no {schema.OP_NAME} in its yaml files "
-                    "(older wheels have only npu_moe_eplb_update_expert)")
+        pytest.skip(
+            f"the installed torch-npu ({package_dir}) declares no {schema.OP_NAME} in its yaml files "
+            "(older wheels have only npu_moe_eplb_update_expert)"
+        )
     ours = torch._C.parse_schema(schema.QUALNAME + schema.SCHEMA)
     for path, texts in declarations.items():
         for text in texts:

@@ -22,8 +22,11 @@ def test_a_count_above_f_minus_1_is_refused_on_every_rank(rank):
     """[[5, 7, 8]]: the NPU reads slot rank // ceil(8 / 5) + 1, inside the row on ranks 0-3 (rank 0
     gets 7) and past it on ranks 4-7. The reference kernel refuses the table on every rank."""
     table = torch.tensor([[5, 7, 8]], dtype=torch.int32)
-    with pytest.raises(ValueError, match=r"eplb_table\[0, 0\] \(replica count of logical expert 0\) "
-                                         r"must be in \[1, F-1=2\], got 5"):
+    with pytest.raises(
+        ValueError,
+        match=r"eplb_table\[0, 0\] \(replica count of logical expert 0\) "
+        r"must be in \[1, F-1=2\], got 5",
+    ):
         op(torch.zeros(1, 1, dtype=torch.int32), table, local_rank_id=rank, world_size=8)
 
 
@@ -37,8 +40,14 @@ def test_an_unused_experts_bad_count_is_not_read():
 def _bf16_threshold_call():
     ids = torch.zeros(2, 2, dtype=torch.int32)
     table = torch.tensor([[1, 0, -1], [1, 1, -1]], dtype=torch.int32)
-    return op(ids, table, expert_scales=torch.ones(2, 2), pruning_threshold=torch.zeros(2, dtype=torch.bfloat16),
-              local_rank_id=0, world_size=2)
+    return op(
+        ids,
+        table,
+        expert_scales=torch.ones(2, 2),
+        pruning_threshold=torch.zeros(2, dtype=torch.bfloat16),
+        local_rank_id=0,
+        world_size=2,
+    )
 
 
 def test_a_bfloat16_threshold_fails_at_trace_time():
@@ -62,8 +71,9 @@ def test_torch_npus_meta_accepts_it_with_the_opt_out():
         "    ids, mask = t._bf16_threshold_call()\n"
         "print('fake:', torchair_plugin.registration_report()['fake'], tuple(ids.shape), mask.dtype)\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-               TORCHAIR_PLUGIN_NATIVE_FAKE="1")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), TORCHAIR_PLUGIN_NATIVE_FAKE="1"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "fake: native (kept: TORCHAIR_PLUGIN_NATIVE_FAKE=1) (2, 2) torch.bool" in done.stdout

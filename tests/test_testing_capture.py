@@ -117,7 +117,7 @@ def test_golden_graph(ge_golden):
 
 
 def test_running_a_ge_graph_without_cann_is_an_error_not_a_crash():
-    from torchair_plugin.testing import Mode, current_mode
+    from torchair_plugin.testing import current_mode
 
     if not current_mode().cann_less:
         pytest.skip("CANN is installed: the graph would really run")

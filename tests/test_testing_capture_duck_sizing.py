@@ -16,7 +16,8 @@ THRESHOLD = torch.full((K,), 0.01)
 def model(x, table, threshold):
     top = torch.topk(x.softmax(-1), K, dim=-1)
     return torch.ops.npu.npu_moe_update_expert(
-        top.indices.to(torch.int32), table, expert_scales=top.values, pruning_threshold=threshold, balance_mode=1)
+        top.indices.to(torch.int32), table, expert_scales=top.values, pruning_threshold=threshold, balance_mode=1
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -28,8 +28,11 @@ def test_one_added_cast_is_a_local_diff(tmp_path):
     with pytest.raises(GoldenMismatch) as info:
         GoldenFiles(tmp_path, update=False).check(after, "g")
     changed = [line for line in str(info.value).splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
-    plain = [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="")
-             if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    plain = [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="")
+        if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    ]
     # The new Cast's block (its header reads Cast_0 or Cast_1, whichever the order gives it).
     assert any("attr dst_type = 1" in line for line in changed)
     assert any("DT_FLOAT16" in line for line in changed)
@@ -41,8 +44,12 @@ def test_lines_that_differ_only_in_op_numbers_are_counted_not_shown():
     before = "Cast_0: Cast\n  in x = Data(a):0\nMul_0: Mul\n  in x1 = Cast_0:0\n"
     after = "Cast_0: Cast\n  in x = Data(b):0\nCast_1: Cast\n  in x = Data(a):0\nMul_0: Mul\n  in x1 = Cast_1:0\n"
     diff = local_diff(before, after, "golden", "captured")
-    assert diff.splitlines()[:3] == ["--- golden", "+++ captured", "(2 more line(s) differ only in op numbers "
-                                     "<Type>_<k>: an op added or removed renumbers the later ops of its type)"]
+    assert diff.splitlines()[:3] == [
+        "--- golden",
+        "+++ captured",
+        "(2 more line(s) differ only in op numbers "
+        "<Type>_<k>: an op added or removed renumbers the later ops of its type)",
+    ]
     # Only the new Cast is a change; the old one's header (now Cast_1) and Mul's input are not.
     assert [line for line in diff.splitlines()[3:] if line[:1] in "+-"] == ["+Cast_0: Cast", "+  in x = Data(b):0"]
 

@@ -36,7 +36,13 @@ def ge():
 
     b = Builders()
     b.raw_ops, b.ge_op, b.attr, b.Data, b.DataType, b.GeGraph, b.default_ge_graph = (
-        raw_ops, ge_op, attr, Data, DataType, GeGraph, default_ge_graph,
+        raw_ops,
+        ge_op,
+        attr,
+        Data,
+        DataType,
+        GeGraph,
+        default_ge_graph,
     )
     if not hasattr(raw_ops, "MoeUpdateExpert"):
         pytest.skip("this torch-npu has no MoeUpdateExpert raw op")
@@ -57,10 +63,18 @@ def _update_expert_graph(ge, spelling, balance_mode=0, with_scales=False):
         else:  # ge_op(ir=None): '' placeholders with DT_UNDEFINED, every attr kept
             ge.ge_op(
                 op_type="MoeUpdateExpert",
-                inputs={"expert_ids": ids, "eplb_table": table, "expert_scales": scales,
-                        "pruning_threshold": threshold, "active_mask": None},
-                attrs={"local_rank_id": ge.attr.Int(-1), "world_size": ge.attr.Int(-1),
-                       "balance_mode": ge.attr.Int(balance_mode)},
+                inputs={
+                    "expert_ids": ids,
+                    "eplb_table": table,
+                    "expert_scales": scales,
+                    "pruning_threshold": threshold,
+                    "active_mask": None,
+                },
+                attrs={
+                    "local_rank_id": ge.attr.Int(-1),
+                    "world_size": ge.attr.Int(-1),
+                    "balance_mode": ge.attr.Int(balance_mode),
+                },
                 outputs=["balanced_expert_ids", "balanced_active_mask"],
                 ir=None,
             )

@@ -10,8 +10,7 @@ import threading
 import pytest
 
 from torchair_plugin import environment
-from torchair_plugin.testing import Mode, decide_mode, import_torchair
-from torchair_plugin.testing import _interception
+from torchair_plugin.testing import Mode, _interception, decide_mode, import_torchair
 from torchair_plugin.testing.pytest_plugin import require_ge_capture
 
 
@@ -79,8 +78,9 @@ print(json.dumps({"mode": current_mode().name, "blocked": blocked,
 def test_stand_in_mode_blocks_torch_npu_cleanly_and_defines_the_companions():
     _cann_less_torchair()
     env = dict(os.environ, TORCHAIR_PLUGIN_TORCH_NPU="stand-in", TORCH_DEVICE_BACKEND_AUTOLOAD="0")
-    proc = subprocess.run([sys.executable, "-c", _STAND_IN_PROCESS], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _STAND_IN_PROCESS], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["mode"] == "STAND_IN"
@@ -93,7 +93,9 @@ def test_a_bad_choice_is_one_clear_line(monkeypatch):
     from torchair_plugin.testing import CannLessUnavailable, _torchair_import
 
     monkeypatch.setenv("TORCHAIR_PLUGIN_TORCH_NPU", "yes")
-    with pytest.raises(CannLessUnavailable, match=r"TORCHAIR_PLUGIN_TORCH_NPU='yes' is not accepted: use one of real, stand-in"):
+    with pytest.raises(
+        CannLessUnavailable, match=r"TORCHAIR_PLUGIN_TORCH_NPU='yes' is not accepted: use one of real, stand-in"
+    ):
         _torchair_import._torch_npu_choice()
 
 

@@ -101,11 +101,14 @@ def test_the_update_switch_set_to_an_off_word_keeps_the_golden_guard(pytester, m
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
-@pytest.mark.parametrize("name,value", [
-    ("TORCHAIR_PLUGIN_UPDATE_GOLDENS", "maybe"),
-    ("TORCHAIR_PLUGIN_CAPTURE_STRICT", "2"),
-    ("TORCHAIR_PLUGIN_TORCH_NPU", "stand_in"),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("TORCHAIR_PLUGIN_UPDATE_GOLDENS", "maybe"),
+        ("TORCHAIR_PLUGIN_CAPTURE_STRICT", "2"),
+        ("TORCHAIR_PLUGIN_TORCH_NPU", "stand_in"),
+    ],
+)
 def test_a_mistyped_variable_is_a_usage_error_before_any_test(pytester, monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     pytester.makeconftest('pytest_plugins = ["torchair_plugin.testing.pytest_plugin"]')

@@ -44,7 +44,7 @@ def test_c_identifiers_are_accepted(name):
         "memcpy@GLIBC_2.14",
         "1abc",
         "a b",
-        "x;system(\"rm -rf /\")",
+        'x;system("rm -rf /")',
         "foo\n",
         "a-b",
         "caf\u00e9",
@@ -67,8 +67,9 @@ def test_non_strings_are_rejected():
 
 
 def test_generated_source_defines_each_symbol_once():
-    source = _stubs.generate_c_source(["aclrtMalloc", "aclrtMalloc", "snprintf_s", "zeta", "aclInit",
-                                       "aclrtGetDeviceCount"])
+    source = _stubs.generate_c_source(
+        ["aclrtMalloc", "aclrtMalloc", "snprintf_s", "zeta", "aclInit", "aclrtGetDeviceCount"]
+    )
     assert source.count("void aclrtMalloc(void)") == 1  # fatal: it would use a device
     assert source.count("void zeta(void)") == 1
     assert source.count("int aclInit(void)") == 1 and "return 100001;" in source  # refused, not fatal
@@ -125,7 +126,9 @@ def test_plan_reads_the_wheels_own_symbols():
     modules = _torchair_modules()
     plan = _stubs.plan_stubs(modules)
     assert {"libascendcl.so", "libge_runner.so", "libhccl.so"} <= set(plan.missing_sonames)
-    assert not any(s.startswith(("libc.", "libstdc++", "libtorch.", "libtorch_python", "libpython")) for s in plan.missing_sonames)
+    assert not any(
+        s.startswith(("libc.", "libstdc++", "libtorch.", "libtorch_python", "libpython")) for s in plan.missing_sonames
+    )
     # securec: whichever of its functions this torch-npu's modules use (not every release does)
     wanted = set().union(*(_stubs.undefined_symbols(m) for m in modules))
     assert {"snprintf_s", "vsnprintf_s", "strcpy_s"} & wanted <= set(plan.symbols)
@@ -305,6 +308,7 @@ def test_damaged_entry_in_a_read_only_cache_says_how_to_clear_it(good_entry, tmp
 
 def test_a_changed_module_is_a_new_cache_entry(tmp_path):
     import shutil
+
     import torch
 
     module = tmp_path / "mod.so"

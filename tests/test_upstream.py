@@ -57,8 +57,11 @@ def test_the_lowered_graph_is_read_from_the_graph_proto_with_shapes_in_meta():
     require_ge_capture()
     from torchair_plugin.testing import lower_fx
 
-    graph = lower_fx(lambda ids, table: torch.ops.npu.npu_moe_update_expert(ids, table, balance_mode=1),
-                     torch.zeros(2, 2, dtype=torch.int32), torch.ones(4, 3, dtype=torch.int32))
+    graph = lower_fx(
+        lambda ids, table: torch.ops.npu.npu_moe_update_expert(ids, table, balance_mode=1),
+        torch.zeros(2, 2, dtype=torch.int32),
+        torch.ones(4, 3, dtype=torch.int32),
+    )
     assert type(graph.graph_def).__name__ == "GraphDef"
     update = next(op for op in graph.graph_def.op if op.type == "MoeUpdateExpert")
     assert all(_upstream.META_DESC_ATTR in desc.attr for desc in update.output_desc)
@@ -82,11 +85,22 @@ def test_every_entry_has_versions_from_the_matrix():
 # --- nothing else names a private torch_npu/torchair symbol -----------------------------------------
 
 _PRIVATE_ATTRIBUTES = {
-    _upstream.CONVERTER_ATTRIBUTE, _upstream.GRAPH_PROTO, _upstream.OPTIMIZE_GRAPH, _upstream.PROXY_SLOT,
-    _upstream.GE_CONCRETE_GRAPH, _upstream.GRAPH_ENGINE_INIT[1], _upstream.CANN_COMPAT[1], _upstream.PBTXT[1],
+    _upstream.CONVERTER_ATTRIBUTE,
+    _upstream.GRAPH_PROTO,
+    _upstream.OPTIMIZE_GRAPH,
+    _upstream.PROXY_SLOT,
+    _upstream.GE_CONCRETE_GRAPH,
+    _upstream.GRAPH_ENGINE_INIT[1],
+    _upstream.CANN_COMPAT[1],
+    _upstream.PBTXT[1],
     _upstream.META_DESC_ATTR,
-    _upstream.ACL_GRAPH, _upstream.ACL_CONCRETE_GRAPH, _upstream.ACL_STATIC_INPUTS, _upstream.ACL_COPIED_INPUTS,
-    _upstream.ACL_MUTATED_INPUTS, _upstream.ACL_OUTPUT_ALIASES, _upstream.ACL_FROZEN_OPTION,
+    _upstream.ACL_GRAPH,
+    _upstream.ACL_CONCRETE_GRAPH,
+    _upstream.ACL_STATIC_INPUTS,
+    _upstream.ACL_COPIED_INPUTS,
+    _upstream.ACL_MUTATED_INPUTS,
+    _upstream.ACL_OUTPUT_ALIASES,
+    _upstream.ACL_FROZEN_OPTION,
 }
 
 
@@ -94,10 +108,14 @@ def _private_uses(path: pathlib.Path):
     """(line, text) of each attribute access, import or string constant (skipped aside) that
     names a private torch_npu/torchair symbol."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skipped = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr)
-                  and isinstance(node.body[0].value, ast.Constant)}
+    skipped = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     # pieces of f-strings (f"{name}_meta" names a function, not the desc attribute)
     skipped |= {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
     for node in ast.walk(tree):
@@ -109,22 +127,34 @@ def _private_uses(path: pathlib.Path):
                 if name.startswith(("torchair._", "torchair.core", "torch_npu.", "npugraph_ex.")):
                     yield node.lineno, "import " + name
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skipped:
-            if node.value.startswith(("torchair._", "torchair.core", "torch_npu.", "npugraph_ex.")) or \
-                    node.value in _PRIVATE_ATTRIBUTES:
+            if (
+                node.value.startswith(("torchair._", "torchair.core", "torch_npu.", "npugraph_ex."))
+                or node.value in _PRIVATE_ATTRIBUTES
+            ):
                 yield node.lineno, repr(node.value)
 
 
 def test_no_module_but_the_seam_names_a_private_symbol():
-    found = [f"{path.relative_to(PACKAGE.parent)}:{line}: {text}" for path in SOURCES
-             if path.name != "_upstream.py" for line, text in _private_uses(path)]
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {text}"
+        for path in SOURCES
+        if path.name != "_upstream.py"
+        for line, text in _private_uses(path)
+    ]
     assert not found, "name these in torchair_plugin/_upstream.py instead:\n" + "\n".join(found)
 
 
 def test_the_seam_check_sees_a_private_use(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text('"""torchair._ge_concrete_graph in a docstring is fine."""\n'
-                      "import torchair._ge_concrete_graph.utils\n"
-                      "x = op._ge_converter\n"
-                      "y = 'torch_npu.dynamo.torchair'\n", encoding="utf-8")
+    sample.write_text(
+        '"""torchair._ge_concrete_graph in a docstring is fine."""\n'
+        "import torchair._ge_concrete_graph.utils\n"
+        "x = op._ge_converter\n"
+        "y = 'torch_npu.dynamo.torchair'\n",
+        encoding="utf-8",
+    )
     assert [text for _, text in _private_uses(sample)] == [
-        "import torchair._ge_concrete_graph.utils", "._ge_converter", "'torch_npu.dynamo.torchair'"]
+        "import torchair._ge_concrete_graph.utils",
+        "._ge_converter",
+        "'torch_npu.dynamo.torchair'",
+    ]

@@ -24,12 +24,24 @@ def test_a_good_table_returns_its_physical_expert_count():
     [
         (GOOD.long(), 2, r"eplb_table.dtype must be int32, got torch.int64"),
         (GOOD[0], 2, r"eplb_table.shape must be \(moe_expert_num >= 1, F >= 2\) or \(layers, .*got \(3,\)"),
-        (table([[0, 0], [1, 1]]), 2, r"eplb_table\[0, 0\] \(replica count of logical expert 0\) must be in \[1, min\(world_size=2, F-1=1\)\], got 0"),
+        (
+            table([[0, 0], [1, 1]]),
+            2,
+            r"eplb_table\[0, 0\] \(replica count of logical expert 0\) must be in \[1, min\(world_size=2, F-1=1\)\], got 0",
+        ),
         (table([[3, 0, 1, 2], [1, 3]]), 2, r"eplb_table\[0, 0\].*must be in \[1, min\(world_size=2, F-1=3\)\], got 3"),
         (table([[1, 0], [1, 1], [1, 2]]), 2, r"sum of replica counts .* divisible by world_size=2.*got 3"),
-        (table([[2, 0, 4], [1, 1], [1, 2]]), 2, r"eplb_table\[0, 2\] \(replica 2 of logical expert 0\) must be a physical expert id in \[0, sum of counts=4\), got 4"),
+        (
+            table([[2, 0, 4], [1, 1], [1, 2]]),
+            2,
+            r"eplb_table\[0, 2\] \(replica 2 of logical expert 0\) must be a physical expert id in \[0, sum of counts=4\), got 4",
+        ),
         (table([[2, 0, -1], [1, 1], [1, 2]]), 2, r"eplb_table\[0, 2\].*got -1"),
-        (table([[2, 0, 1], [1, 1], [1, 2]]), 2, r"physical expert 1 appears more than once in eplb_table, at \[0, 2\] and \[1, 1\]"),
+        (
+            table([[2, 0, 1], [1, 1], [1, 2]]),
+            2,
+            r"physical expert 1 appears more than once in eplb_table, at \[0, 2\] and \[1, 1\]",
+        ),
         (torch.ones(1025, 2, dtype=torch.int32), 1, r"sum of replica counts must be <= 1024, got 1025"),
         (GOOD, 0, r"world_size must be an int >= 1, got 0"),
         ([[1, 0]], 1, r"eplb_table must be a torch.Tensor, got list"),
@@ -83,9 +95,12 @@ def test_balance_mode_1_allows_more_replicas_than_ranks_and_wider_rows():
     """Issue 11 item 11: mode 1 splits by token row, so counts above world_size are used, and F
     may be up to 769; mode 0 refuses both and says what to do."""
     assert validate_eplb_table(NINE_ON_EIGHT, world_size=8, balance_mode=1) == 16
-    with pytest.raises(ValueError, match=r"got 9; balance_mode 0 uses at most world_size replicas per expert: "
-                                         r"cap the replicas at world_size \(plan_placement does\), or use the "
-                                         r"table with balance_mode=1"):
+    with pytest.raises(
+        ValueError,
+        match=r"got 9; balance_mode 0 uses at most world_size replicas per expert: "
+        r"cap the replicas at world_size \(plan_placement does\), or use the "
+        r"table with balance_mode=1",
+    ):
         validate_eplb_table(NINE_ON_EIGHT, world_size=8)
     wide = table([[1, 0], [1, 1]], f=769)
     assert validate_eplb_table(wide, world_size=2, balance_mode=1) == 2

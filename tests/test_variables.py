@@ -2,7 +2,15 @@
 
 import pytest
 
-from torchair_plugin.variables import FALSE_WORDS, TRUE_WORDS, VARIABLES, VariableError, check_all, read_choice, read_switch
+from torchair_plugin.variables import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    VARIABLES,
+    VariableError,
+    check_all,
+    read_choice,
+    read_switch,
+)
 
 SWITCHES = [v.name for v in VARIABLES.values() if v.kind == "switch"]
 CHOICES = [v.name for v in VARIABLES.values() if v.kind == "choice"]
@@ -54,7 +62,9 @@ def test_the_docs_list_every_variable_with_its_kind_and_meaning():
     import pathlib
 
     docs = (pathlib.Path(__file__).parent.parent / "docs" / "graph-mode.md").read_text(encoding="utf-8")
-    rows = {line.split("|")[1].strip(" `"): line for line in docs.splitlines() if line.startswith("| `TORCHAIR_PLUGIN_")}
+    rows = {
+        line.split("|")[1].strip(" `"): line for line in docs.splitlines() if line.startswith("| `TORCHAIR_PLUGIN_")
+    }
     assert set(rows) == set(VARIABLES)
     for name, variable in VARIABLES.items():
         assert variable.kind in rows[name] and variable.meaning in rows[name], name

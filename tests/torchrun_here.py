@@ -26,7 +26,16 @@ def run_torchrun(script: str, *args: str, nproc: int = 4, timeout: int = 240) ->
     # needs autoload off, as the examples' docstrings tell users.
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TORCH_DEVICE_BACKEND_AUTOLOAD="0")
     command = [
-        str(torchrun), "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_port()), str(ROOT / "examples" / script), *args,
+        str(torchrun),
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(ROOT / "examples" / script),
+        *args,
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)

@@ -12,12 +12,12 @@ import sys
 from typing import List, Optional
 
 from torchair_plugin.cli import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE
+from torchair_plugin.cli.balance import add_balance_subcommand
 from torchair_plugin.cli.demo import add_demo_subcommand
-from torchair_plugin.cli.lower import add_lower_subcommand
 from torchair_plugin.cli.doctor import add_doctor_subcommand
+from torchair_plugin.cli.lower import add_lower_subcommand
 from torchair_plugin.cli.report import add_report_subcommand
 from torchair_plugin.cli.run import add_run_subcommand
-from torchair_plugin.cli.balance import add_balance_subcommand
 
 # Order is the order of `--help`.
 SUBCOMMANDS = [

@@ -144,11 +144,12 @@ def converter_module() -> types.ModuleType:
     except BaseException:
         del sys.modules[CONVERTER_PACKAGE]
         raise
-    setattr(sys.modules["torchair_plugin"], "converters", package)
+    sys.modules["torchair_plugin"].converters = package  # type: ignore[attr-defined]  # a subpackage set by hand
     return importlib.import_module(CONVERTER_MODULE)
 
 
 # --- registering ----------------------------------------------------------------------------------
+
 
 def state() -> ConverterState:
     """Where the op's GE converter comes from now (``registration_report()["converter"]`` in words)."""

@@ -26,8 +26,9 @@ _MARKER = "_torchair_plugin_watch_tag"
 class _WrappedLoader:
     """Runs the real loader between ``before`` and ``after``; gone from the module once used."""
 
-    def __init__(self, loader: Any, before: Optional[Before], after: Optional[After],
-                 refusal: Optional[str] = None) -> None:
+    def __init__(
+        self, loader: Any, before: Optional[Before], after: Optional[After], refusal: Optional[str] = None
+    ) -> None:
         self._loader = loader
         self._before = before
         self._after = after
@@ -62,8 +63,14 @@ class _WrappedLoader:
 class Watcher:
     """``sys.meta_path`` finder wrapping the loader of the modules in ``names``."""
 
-    def __init__(self, tag: str, names: Iterable[str], before: Optional[Before] = None,
-                 after: Optional[After] = None, refusal: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        tag: str,
+        names: Iterable[str],
+        before: Optional[Before] = None,
+        after: Optional[After] = None,
+        refusal: Optional[str] = None,
+    ) -> None:
         setattr(self, _MARKER, tag)
         self.names = frozenset(names)
         self._before = before
@@ -80,7 +87,8 @@ class Watcher:
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
                     spec.loader = _WrappedLoader(  # type: ignore[assignment]  # a loader by duck typing
-                        spec.loader, self._before, self._after, self._refusal)
+                        spec.loader, self._before, self._after, self._refusal
+                    )
                 return spec
         return None
 

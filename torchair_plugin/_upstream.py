@@ -27,8 +27,17 @@ import types
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
-MATRIX = ("2.6.0.post5", "2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.10.0.post7", "2.11.0.post3",
-          "2.12.0.post3", "2.13.0", "2.14.0")
+MATRIX = (
+    "2.6.0.post5",
+    "2.7.1.post11",
+    "2.8.0.post5",
+    "2.9.0.post9",
+    "2.10.0.post7",
+    "2.11.0.post3",
+    "2.12.0.post3",
+    "2.13.0",
+    "2.14.0",
+)
 # The matrix rows that loaded the real torch_npu over CANN stubs, and the README's own setup.
 REAL_TORCH_NPU = ("2.6.0.post5", "2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.13.0")
 
@@ -78,7 +87,10 @@ DLOPENED_SONAMES = ("libopapi.so",)
 # converter lookup; each of its modules registers one, last registration wins.
 CUSTOM_CONVERTERS = "torchair._ge_concrete_graph.ge_converter.custom"
 NATIVE_CONVERTER_MODULE = CUSTOM_CONVERTERS + ".npu_moe_update_expert"
-V2_CONVERTER_MODULES = (CUSTOM_CONVERTERS + ".moe_distribute_dispatch_v2", CUSTOM_CONVERTERS + ".moe_distribute_combine_v2")
+V2_CONVERTER_MODULES = (
+    CUSTOM_CONVERTERS + ".moe_distribute_dispatch_v2",
+    CUSTOM_CONVERTERS + ".moe_distribute_combine_v2",
+)
 V1_CONVERTER_MODULES = (CUSTOM_CONVERTERS + ".moe_distribute_dispatch", CUSTOM_CONVERTERS + ".moe_distribute_combine")
 COMPANION_CONVERTER_MODULES = V2_CONVERTER_MODULES + V1_CONVERTER_MODULES
 # The converter registry: an attribute of the OpOverload, set by register_fx_node_ge_converter.
@@ -128,8 +140,10 @@ ACL_OUTPUT_ALIASES = "userinput_ref_with_output"
 ACL_FROZEN_OPTION = "frozen_parameter"
 ACL_CAPTURE_LIMIT_OPTION = "static_capture_size_limit"
 # Where tests/test_aclgraph_capture.py ran (the real torch_npu; torch-npu 2.6 has no npugraph_ex).
-ACLGRAPH_CHECKED_ON = {"reduce-overhead": ("2.6.0.post5", "2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.13.0"),
-                       NPUGRAPH_EX: ("2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.13.0")}
+ACLGRAPH_CHECKED_ON = {
+    "reduce-overhead": ("2.6.0.post5", "2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.13.0"),
+    NPUGRAPH_EX: ("2.7.1.post11", "2.8.0.post5", "2.9.0.post9", "2.13.0"),
+}
 # npugraph_ex's first pass (replace_stream_event_pass) asks for the current stream's id, which
 # initialises the device; torchair's copy skips the pass where torch.npu.fake_record_stream is absent.
 CURRENT_STREAM = ("torch_npu.npu", "current_stream")
@@ -141,28 +155,64 @@ def acl_converter_module(mode: str) -> str:
 
 
 PRIVATES = (
-    Private(f"sys.modules['torchair'].{PROXY_SLOT}", "torch_npu's lazy torchair proxy: read its slot to know "
-            "whether torchair is loaded without loading it (torchair_package)", REAL_TORCH_NPU, kind="runtime"),
-    Private(TORCHAIR_REAL_NAME, "the name the proxy imports the real torchair under (watched like 'torchair')",
-            REAL_TORCH_NPU, kind="runtime"),
-    Private(DYNAMO_DIR + "/torchair/__init__.py", "torchair inside torch_npu: importable as top-level "
-            "'torchair' once torch_npu/dynamo is on sys.path (stand-in capture)", kind="file"),
-    Private(NATIVE_CONVERTER_FILE, "torchair's converter for the op: its presence says the torch-npu "
-            "has the op (read without importing)", kind="file"),
+    Private(
+        f"sys.modules['torchair'].{PROXY_SLOT}",
+        "torch_npu's lazy torchair proxy: read its slot to know "
+        "whether torchair is loaded without loading it (torchair_package)",
+        REAL_TORCH_NPU,
+        kind="runtime",
+    ),
+    Private(
+        TORCHAIR_REAL_NAME,
+        "the name the proxy imports the real torchair under (watched like 'torchair')",
+        REAL_TORCH_NPU,
+        kind="runtime",
+    ),
+    Private(
+        DYNAMO_DIR + "/torchair/__init__.py",
+        "torchair inside torch_npu: importable as top-level "
+        "'torchair' once torch_npu/dynamo is on sys.path (stand-in capture)",
+        kind="file",
+    ),
+    Private(
+        NATIVE_CONVERTER_FILE,
+        "torchair's converter for the op: its presence says the torch-npu has the op (read without importing)",
+        kind="file",
+    ),
     Private(COMPANION_SCHEMA_FILE, "schemas of dispatch_v2/combine_v2 (stand-in capture)", kind="file"),
-    Private(COMPANION_META_FILE, "meta functions of dispatch_v2/combine_v2, taken out with ast "
-            f"(stand-in capture); they call {', '.join(COMPANION_META_HELPERS)}", kind="file"),
-    Private(f"dlopen({DLOPENED_SONAMES[0]})", "opened by torch_npu at import time, not a DT_NEEDED entry: "
-            "stubbed too for the real torch_npu", ("2.6.0.post5",), kind="runtime"),
-    Private(CUSTOM_CONVERTERS, "imported before the plugin registers its converter, so that torchair's "
-            "own registrations come first"),
-    Private(NATIVE_CONVERTER_MODULE, "torchair's own converter module for the op (kept with "
-            "TORCHAIR_PLUGIN_NATIVE_CONVERTER=1)"),
-    *(Private(name, "imported again once the companion ops are defined, so their converters register")
-      for name in V2_CONVERTER_MODULES),
-    *(Private(name, "the v1 chain's converters, imported again once the ops are defined (where they exist)",
-              ("2.13.0",), required=False)
-      for name in V1_CONVERTER_MODULES),
+    Private(
+        COMPANION_META_FILE,
+        "meta functions of dispatch_v2/combine_v2, taken out with ast "
+        f"(stand-in capture); they call {', '.join(COMPANION_META_HELPERS)}",
+        kind="file",
+    ),
+    Private(
+        f"dlopen({DLOPENED_SONAMES[0]})",
+        "opened by torch_npu at import time, not a DT_NEEDED entry: stubbed too for the real torch_npu",
+        ("2.6.0.post5",),
+        kind="runtime",
+    ),
+    Private(
+        CUSTOM_CONVERTERS,
+        "imported before the plugin registers its converter, so that torchair's own registrations come first",
+    ),
+    Private(
+        NATIVE_CONVERTER_MODULE,
+        "torchair's own converter module for the op (kept with TORCHAIR_PLUGIN_NATIVE_CONVERTER=1)",
+    ),
+    *(
+        Private(name, "imported again once the companion ops are defined, so their converters register")
+        for name in V2_CONVERTER_MODULES
+    ),
+    *(
+        Private(
+            name,
+            "the v1 chain's converters, imported again once the ops are defined (where they exist)",
+            ("2.13.0",),
+            required=False,
+        )
+        for name in V1_CONVERTER_MODULES
+    ),
     Private(NATIVE_MODULE, "native torchair module behind ge_custom: CANN-less capture wraps it in a stand-in"),
     Private(":".join(GRAPH_ENGINE_INIT), "GE initialisation (native): a no-op for CANN-less capture"),
     Private(":".join(BACKEND_GRAPH_ENGINE_INIT), "the same, where generated code imports it"),
@@ -170,28 +220,59 @@ PRIVATES = (
     Private(":".join(CUSTOM_OP_NATIVE), "the native module custom_op asks for an op's IR: a stand-in answers"),
     Private(f"{FX2GE}:{GE_CONCRETE_GRAPH}.__call__", "runs a GE graph (native): refused for CANN-less capture"),
     Private(f"{FX2GE}:{GE_CONCRETE_GRAPH}.{OPTIMIZE_GRAPH}", "where capture takes the lowered GE graph"),
-    Private(f"{FX2GE}:{GE_CONCRETE_GRAPH}.graph -> GeGraph.{GRAPH_PROTO}", "the GE graph's GraphDef protobuf "
-            "(copied by capture)", kind="runtime"),
-    Private(f"torch.ops.npu.npu_moe_update_expert.default.{CONVERTER_ATTRIBUTE}", "torchair's converter "
-            "registry: read to know whether a native converter is there to keep", kind="runtime"),
+    Private(
+        f"{FX2GE}:{GE_CONCRETE_GRAPH}.graph -> GeGraph.{GRAPH_PROTO}",
+        "the GE graph's GraphDef protobuf (copied by capture)",
+        kind="runtime",
+    ),
+    Private(
+        f"torch.ops.npu.npu_moe_update_expert.default.{CONVERTER_ATTRIBUTE}",
+        "torchair's converter registry: read to know whether a native converter is there to keep",
+        kind="runtime",
+    ),
     Private(":".join(PBTXT), "the converter behind CompilerConfig().debug.graph_dump.type='pbtxt'"),
-    Private(f"GeTensorDesc.attr['{META_DESC_ATTR}']", "the torch shape of a lowered tensor, read by graph_text "
-            "(GE graph goldens compare it)", kind="runtime"),
-    *(Private(f"{acl_converter_module(mode)}:{ACL_GRAPH}", f"{mode}: the ACL graph manager torchair hands the "
-              "final FX graph to; capture stands in for it (no device)", ACLGRAPH_CHECKED_ON[mode], kind="runtime")
-      for mode in ACLGRAPH_PACKAGES),
-    *(Private(f"{acl_converter_module(mode)}:{ACL_CONCRETE_GRAPH}.{ACL_CODEGEN}", f"{mode}: the Python source the "
-              "runner would execute instead (it reaches the device); capture answers None", ACLGRAPH_CHECKED_ON[mode],
-              kind="runtime")
-      for mode in ACLGRAPH_PACKAGES),
-    Private(":".join(CURRENT_STREAM), "public, but reaches the device: npugraph_ex's stream pass reads its "
-            "stream_id at compile time; capture answers a host stand-in", ACLGRAPH_CHECKED_ON[NPUGRAPH_EX],
-            kind="runtime"),
-    Private(f"AclGraphCacheInfo.{{{ACL_STATIC_INPUTS}, {ACL_COPIED_INPUTS}, {ACL_MUTATED_INPUTS}, {ACL_OUTPUT_ALIASES}}}",
-            "what AclGraph.load learns per input: read by capture to say which inputs are static",
-            ACLGRAPH_CHECKED_ON["reduce-overhead"], kind="runtime"),
-    Private(f"AclGraph config['{ACL_FROZEN_OPTION}'], ['{ACL_CAPTURE_LIMIT_OPTION}']", "whether a static input's "
-            "address is in the graph key, and the recapture budget", ACLGRAPH_CHECKED_ON["reduce-overhead"], kind="runtime"),
+    Private(
+        f"GeTensorDesc.attr['{META_DESC_ATTR}']",
+        "the torch shape of a lowered tensor, read by graph_text (GE graph goldens compare it)",
+        kind="runtime",
+    ),
+    *(
+        Private(
+            f"{acl_converter_module(mode)}:{ACL_GRAPH}",
+            f"{mode}: the ACL graph manager torchair hands the final FX graph to; capture stands in for it (no device)",
+            ACLGRAPH_CHECKED_ON[mode],
+            kind="runtime",
+        )
+        for mode in ACLGRAPH_PACKAGES
+    ),
+    *(
+        Private(
+            f"{acl_converter_module(mode)}:{ACL_CONCRETE_GRAPH}.{ACL_CODEGEN}",
+            f"{mode}: the Python source the runner would execute instead (it reaches the device); capture answers None",
+            ACLGRAPH_CHECKED_ON[mode],
+            kind="runtime",
+        )
+        for mode in ACLGRAPH_PACKAGES
+    ),
+    Private(
+        ":".join(CURRENT_STREAM),
+        "public, but reaches the device: npugraph_ex's stream pass reads its "
+        "stream_id at compile time; capture answers a host stand-in",
+        ACLGRAPH_CHECKED_ON[NPUGRAPH_EX],
+        kind="runtime",
+    ),
+    Private(
+        f"AclGraphCacheInfo.{{{ACL_STATIC_INPUTS}, {ACL_COPIED_INPUTS}, {ACL_MUTATED_INPUTS}, {ACL_OUTPUT_ALIASES}}}",
+        "what AclGraph.load learns per input: read by capture to say which inputs are static",
+        ACLGRAPH_CHECKED_ON["reduce-overhead"],
+        kind="runtime",
+    ),
+    Private(
+        f"AclGraph config['{ACL_FROZEN_OPTION}'], ['{ACL_CAPTURE_LIMIT_OPTION}']",
+        "whether a static input's address is in the graph key, and the recapture budget",
+        ACLGRAPH_CHECKED_ON["reduce-overhead"],
+        kind="runtime",
+    ),
 )
 
 
@@ -221,7 +302,7 @@ def torchair_package(modules: Mapping[str, Any] = sys.modules, *, load: bool = F
     is touched first, which makes the proxy import the package.
     """
     if load:
-        getattr(modules["torchair"], "CompilerConfig")
+        modules["torchair"].CompilerConfig  # noqa: B018  (touching an attribute makes the lazy proxy load)
     for name in ("torchair", TORCHAIR_REAL_NAME):
         module = modules.get(name)
         if module is not None and not isinstance(module, types.ModuleType):

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from torchair_plugin import limits
-from torchair_plugin.schema import INPUTS, OP_NAME, OpArguments
+from torchair_plugin.schema import INPUTS, OP_NAME
 
 
 def _show(value) -> str:
@@ -73,7 +73,10 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: tuple, expected_text
 def check_required_tensors(expert_ids, eplb_table) -> None:
     """The two required inputs are tensors. torch's dispatcher passes ``None`` for a ``Tensor``
     argument straight to Python kernels, where it would surface as an AttributeError."""
-    for name, value, shape in (("expert_ids", expert_ids, "(BS, K)"), ("eplb_table", eplb_table, "(moe_expert_num, F)")):
+    for name, value, shape in (
+        ("expert_ids", expert_ids, "(BS, K)"),
+        ("eplb_table", eplb_table, "(moe_expert_num, F)"),
+    ):
         if not isinstance(value, torch.Tensor):
             _check(False, name, f"a tensor {shape}", "None" if value is None else type(value).__name__)
 
@@ -108,15 +111,19 @@ def check_optional_inputs(args: Any) -> None:
         _check(
             False,
             "active_mask",
-            "None unless expert_scales and pruning_threshold are given (the NPU applies it only "
-            "when pruning)",
+            "None unless expert_scales and pruning_threshold are given (the NPU applies it only when pruning)",
             "a tensor",
         )
 
 
 def check_arguments(args: Any) -> None:
     """Every check of the NPU's tiling, in its order. Raises RuntimeError naming the culprit."""
-    expert_ids, eplb_table, world_size, balance_mode = args.expert_ids, args.eplb_table, args.world_size, args.balance_mode
+    expert_ids, eplb_table, world_size, balance_mode = (
+        args.expert_ids,
+        args.eplb_table,
+        args.world_size,
+        args.balance_mode,
+    )
     expert_scales, pruning_threshold, active_mask = args.expert_scales, args.pruning_threshold, args.active_mask
     check_required_tensors(expert_ids, eplb_table)
     check_attributes(args)

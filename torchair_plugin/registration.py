@@ -173,10 +173,16 @@ class Registration:
     def sources(self) -> Dict[str, object]:
         """``registration_report()``: :meth:`pieces` in the words the CLI prints."""
         pieces = self.pieces()
-        kernel_words = {Source.PLUGIN: "torchair_plugin (reference kernel)", Source.NATIVE: "native",
-                        Source.NATIVE_COMPOSITE: "native (composite)", Source.ABSENT: "absent"}
-        fake_words = {Source.PLUGIN: "torchair_plugin (validating fake kernel)",
-                      Source.NATIVE: f"native (kept: {NATIVE_FAKE_ENV}=1)"}
+        kernel_words = {
+            Source.PLUGIN: "torchair_plugin (reference kernel)",
+            Source.NATIVE: "native",
+            Source.NATIVE_COMPOSITE: "native (composite)",
+            Source.ABSENT: "absent",
+        }
+        fake_words = {
+            Source.PLUGIN: "torchair_plugin (validating fake kernel)",
+            Source.NATIVE: f"native (kept: {NATIVE_FAKE_ENV}=1)",
+        }
         return {
             "op": self.qualname,
             "schema": pieces.schema.value,
@@ -303,8 +309,9 @@ def _register_now(options: Options, torch_npu_failed: bool = False) -> Registrat
     registration = Registration(schema.QUALNAME, state, plan, library, options)
     _state.registration = registration
     if plan.define_schema and not state.torch_npu_loaded and environment.torch_npu_installed():
-        _import_watch.watch(_TORCH_NPU_WATCH_TAG, ("torch_npu",), before=_make_way_for_torch_npu,
-                            after=_register_after_torch_npu)
+        _import_watch.watch(
+            _TORCH_NPU_WATCH_TAG, ("torch_npu",), before=_make_way_for_torch_npu, after=_register_after_torch_npu
+        )
     # After the op exists (the converter is registered on its OpOverload).
     _converter_hook.install(options.keep_native_converter)
     return registration

@@ -120,8 +120,7 @@ ATTR_DEFAULTS = TABLES.attr_defaults
 # Not frozen: it is made on every eager call, and a frozen dataclass costs a setattr per field.
 OpArguments: Any = dataclasses.make_dataclass(
     "OpArguments",
-    [(a.name, object, dataclasses.field(default=a.default)) if a.has_default else (a.name, object)
-     for a in ARGUMENTS],
+    [(a.name, object, dataclasses.field(default=a.default)) if a.has_default else (a.name, object) for a in ARGUMENTS],
     namespace={"__doc__": "The arguments of one call of the op, named as the schema names them."},
 )
 OpArguments.__module__ = __name__

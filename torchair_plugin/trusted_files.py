@@ -53,17 +53,25 @@ def check_trusted(path: PathLike, *, directory: bool) -> None:
     info = os.lstat(path)
     kind = "directory" if directory else "regular file"
     if stat.S_ISLNK(info.st_mode):
-        raise UntrustedPath(path, f"is a symbolic link (to {os.readlink(path)}), not a {kind}",
-                            "remove the link: the package never follows one in its cache")
+        raise UntrustedPath(
+            path,
+            f"is a symbolic link (to {os.readlink(path)}), not a {kind}",
+            "remove the link: the package never follows one in its cache",
+        )
     if not (stat.S_ISDIR(info.st_mode) if directory else stat.S_ISREG(info.st_mode)):
         raise UntrustedPath(path, f"is not a {kind}", "remove it or point TORCHAIR_PLUGIN_CACHE_DIR elsewhere")
     if info.st_uid != os.geteuid():
         raise UntrustedPath(
-            path, f"is owned by {_owner_name(info.st_uid)}, not by you ({_owner_name(os.geteuid())})",
-            "use a directory of your own (TORCHAIR_PLUGIN_CACHE_DIR) or remove this one")
+            path,
+            f"is owned by {_owner_name(info.st_uid)}, not by you ({_owner_name(os.geteuid())})",
+            "use a directory of your own (TORCHAIR_PLUGIN_CACHE_DIR) or remove this one",
+        )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UntrustedPath(path, f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})",
-                            f"run `chmod go-w {path}` or use a directory of your own")
+        raise UntrustedPath(
+            path,
+            f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})",
+            f"run `chmod go-w {path}` or use a directory of your own",
+        )
 
 
 def private_directory(path: PathLike) -> Path:
@@ -105,7 +113,7 @@ def write_atomic(directory: PathLike, name: str, data: bytes, mode: int = 0o644)
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(descriptor, view):]
+                view = view[os.write(descriptor, view) :]
             os.fchmod(descriptor, mode)
         finally:
             os.close(descriptor)
@@ -124,8 +132,11 @@ def open_lock(path: PathLike) -> int:
     try:
         info = os.fstat(descriptor)
         if info.st_uid != os.geteuid() or not stat.S_ISREG(info.st_mode):
-            raise UntrustedPath(path, f"is owned by {_owner_name(info.st_uid)} or not a regular file",
-                                "remove it: it is recreated on the next run")
+            raise UntrustedPath(
+                path,
+                f"is owned by {_owner_name(info.st_uid)} or not a regular file",
+                "remove it: it is recreated on the next run",
+            )
     except BaseException:
         os.close(descriptor)
         raise

@@ -66,7 +66,9 @@ def _validate_layer(table: torch.Tensor, world_size: int, balance_mode: int) -> 
     max_f = max_columns(world_size, balance_mode)
     if f > max_f:
         bound = "world_size + 1" if balance_mode == 0 else "the op's limit"
-        raise ValueError(f"eplb_table's F (columns) must be <= {max_f} ({bound} in balance_mode {balance_mode}), got {f}")
+        raise ValueError(
+            f"eplb_table's F (columns) must be <= {max_f} ({bound} in balance_mode {balance_mode}), got {f}"
+        )
 
     total = int(counts.sum())
     if total > limits.MAX_EXPERTS:

@@ -42,19 +42,37 @@ class Variable:
 VARIABLES: Dict[str, Variable] = {
     variable.name: variable
     for variable in (
-        Variable("TORCHAIR_PLUGIN_NATIVE_FAKE", "switch",
-                 "keep torch_npu's own fake (meta) kernel instead of installing the validating one"),
-        Variable("TORCHAIR_PLUGIN_NATIVE_CONVERTER", "switch",
-                 "keep torchair's own GE converter instead of installing the plugin's"),
-        Variable("TORCHAIR_PLUGIN_UPDATE_GOLDENS", "switch",
-                 "rewrite differing golden graph files instead of failing (pytest plugin)"),
-        Variable("TORCHAIR_PLUGIN_CAPTURE_STRICT", "switch",
-                 "fail, instead of skip, a capture test where CANN-less capture cannot run (pytest plugin)"),
-        Variable("TORCHAIR_PLUGIN_TORCH_NPU", "choice",
-                 "which torch_npu GE capture runs on: the real one over CANN stubs, or stand-ins",
-                 choices=("real", "stand-in")),
-        Variable("TORCHAIR_PLUGIN_CACHE_DIR", "path",
-                 "where the generated CANN stub libraries are cached (default ~/.cache/torchair-plugin)"),
+        Variable(
+            "TORCHAIR_PLUGIN_NATIVE_FAKE",
+            "switch",
+            "keep torch_npu's own fake (meta) kernel instead of installing the validating one",
+        ),
+        Variable(
+            "TORCHAIR_PLUGIN_NATIVE_CONVERTER",
+            "switch",
+            "keep torchair's own GE converter instead of installing the plugin's",
+        ),
+        Variable(
+            "TORCHAIR_PLUGIN_UPDATE_GOLDENS",
+            "switch",
+            "rewrite differing golden graph files instead of failing (pytest plugin)",
+        ),
+        Variable(
+            "TORCHAIR_PLUGIN_CAPTURE_STRICT",
+            "switch",
+            "fail, instead of skip, a capture test where CANN-less capture cannot run (pytest plugin)",
+        ),
+        Variable(
+            "TORCHAIR_PLUGIN_TORCH_NPU",
+            "choice",
+            "which torch_npu GE capture runs on: the real one over CANN stubs, or stand-ins",
+            choices=("real", "stand-in"),
+        ),
+        Variable(
+            "TORCHAIR_PLUGIN_CACHE_DIR",
+            "path",
+            "where the generated CANN stub libraries are cached (default ~/.cache/torchair-plugin)",
+        ),
     )
 }
 

@@ -29,8 +29,9 @@ def native(*args, **kwargs):
 
 def test_native_kernel_matches_the_reference_on_the_corpus():
     assert torchair_plugin.registration_report()["kernels"]["PrivateUse1"] == "native"
-    found = compare(native, reference, corpus(seed=int(os.environ.get("TORCHAIR_PLUGIN_ACCEPTANCE_SEED", "0"))),
-                    device="npu")
+    found = compare(
+        native, reference, corpus(seed=int(os.environ.get("TORCHAIR_PLUGIN_ACCEPTANCE_SEED", "0"))), device="npu"
+    )
     assert not found, mismatch_report(found)
 
 
@@ -55,7 +56,11 @@ def test_chain_on_two_ranks_with_hccl():
     import subprocess
 
     example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "graph_mode_ascend.py")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", example],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", example],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("max |out - x * kept weight|") == 2, proc.stdout

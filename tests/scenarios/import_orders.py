@@ -71,8 +71,15 @@ def plugin_then_torch_npu():
     load_torchair()
     after_torchair = report()
     module = capture_converter_module()  # capture in this process takes the torch_npu it finds
-    return {"before": before, "after": after, "after_torchair": after_torchair, "op": run_op(),
-            "fake": fake_message(), "mode": current_mode().name, "module": module}
+    return {
+        "before": before,
+        "after": after,
+        "after_torchair": after_torchair,
+        "op": run_op(),
+        "fake": fake_message(),
+        "mode": current_mode().name,
+        "module": module,
+    }
 
 
 def torch_npu_then_plugin():
@@ -100,7 +107,7 @@ def torchair_then_plugin():
 
 
 def autoloaded_by_import_torch():
-    import torch  # torch auto-loads the torch_npu backend (TORCH_DEVICE_BACKEND_AUTOLOAD=1)
+    import torch  # noqa: F401  (torch auto-loads the torch_npu backend (TORCH_DEVICE_BACKEND_AUTOLOAD=1))
 
     loaded = "torch_npu" in sys.modules
     import torchair_plugin  # noqa: F401
@@ -113,6 +120,7 @@ def failed_torch_npu_then_retry():
 
     try:
         import torch_npu  # noqa: F401  (no stubs loaded: fails like a machine without CANN)
+
         first = "imported"
     except Exception as exc:
         first = type(exc).__name__
@@ -121,8 +129,14 @@ def failed_torch_npu_then_retry():
     preload_stubs()
     import torch_npu  # noqa: F401,F811
 
-    return {"first": first, "after_failure": after_failure, "op_after_failure": op_after_failure,
-            "after_retry": report(), "op": run_op(), "fake": fake_message()}
+    return {
+        "first": first,
+        "after_failure": after_failure,
+        "op_after_failure": op_after_failure,
+        "after_retry": report(),
+        "op": run_op(),
+        "fake": fake_message(),
+    }
 
 
 def plugin_first_capture():

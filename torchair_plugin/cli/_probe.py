@@ -87,7 +87,7 @@ def npu_devices() -> Dict[str, object]:
         import torch
 
         try:
-            count = int(getattr(torch, "npu").device_count())  # torch.npu exists once torch_npu is imported
+            count = int(torch.npu.device_count())  # type: ignore[attr-defined]  # added by torch_npu
         except Exception:  # a driver/runtime mismatch: report it as "none seen", doctor advises
             count = 0
     visible = bool(count) if count is not None else False
@@ -118,8 +118,12 @@ def stub_cache_trust(cache_dir: str) -> Dict[str, object]:
     except KeyError:
         owner = str(info.st_uid)
     problem = stub_cache_trust_problem(Path(cache_dir))
-    return {"owner": owner, "mode": f"{stat.S_IMODE(info.st_mode):04o}", "trusted": problem is None,
-            "trust_problem": problem}
+    return {
+        "owner": owner,
+        "mode": f"{stat.S_IMODE(info.st_mode):04o}",
+        "trusted": problem is None,
+        "trust_problem": problem,
+    }
 
 
 def capture_requirements(torch_version: str, cache_dir: str, cache_problem: Optional[str]) -> Dict[str, object]:

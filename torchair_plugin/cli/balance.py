@@ -36,18 +36,28 @@ def add_balance_subcommand(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--routing", metavar="PATH", help="routing file (world_size, tokens, K); default: generated")
     parser.add_argument("--table", metavar="PATH", help="eplb_table file; default: planned from the routing's load")
-    parser.add_argument("--world-size", type=int_in(limits.MIN_WORLD_SIZE, limits.MAX_WORLD_SIZE),
-                        help=f"ranks (default {DEFAULT_WORLD_SIZE}, or --routing's)")
-    parser.add_argument("--experts", type=int, help=f"logical experts (default: --table's rows, else --routing's "
-                        f"largest id + 1, else {DEFAULT_EXPERTS})")
+    parser.add_argument(
+        "--world-size",
+        type=int_in(limits.MIN_WORLD_SIZE, limits.MAX_WORLD_SIZE),
+        help=f"ranks (default {DEFAULT_WORLD_SIZE}, or --routing's)",
+    )
+    parser.add_argument(
+        "--experts",
+        type=int,
+        help=f"logical experts (default: --table's rows, else --routing's largest id + 1, else {DEFAULT_EXPERTS})",
+    )
     parser.add_argument("--tokens-per-rank", type=int, default=512, help="generated tokens per rank (default 512)")
     parser.add_argument("--top-k", type=int, default=8, help="experts per generated token (default 8)")
     parser.add_argument("--skew", type=float, default=1.2, help="expert popularity ~ 1/i**skew (default 1.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated workload (default 0)")
-    parser.add_argument("--slots-per-rank", type=int, help="physical experts per rank of a planned table "
-                        "(default experts / world_size + 2)")
-    parser.add_argument("--plan-mode", type=int, choices=(0, 1), default=1,
-                        help="balance_mode the table is planned for (default 1)")
+    parser.add_argument(
+        "--slots-per-rank",
+        type=int,
+        help="physical experts per rank of a planned table (default experts / world_size + 2)",
+    )
+    parser.add_argument(
+        "--plan-mode", type=int, choices=(0, 1), default=1, help="balance_mode the table is planned for (default 1)"
+    )
     parser.add_argument("--png", metavar="PATH", help="also write a bar chart per rank (needs matplotlib)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the text table")
     add_model_arguments(parser)
@@ -90,8 +100,9 @@ def _inputs(args):
         raise ValueError(f"world_size must be in [{limits.MIN_WORLD_SIZE}, {limits.MAX_WORLD_SIZE}], got {world_size}")
     table = load_eplb_table(args.table, world_size) if args.table else None
     if table is not None and table.dim() != 2:
-        raise ValueError(f"{args.table}: balance needs one layer's eplb_table (moe_expert_num, F), got shape "
-                         f"{tuple(table.shape)}")
+        raise ValueError(
+            f"{args.table}: balance needs one layer's eplb_table (moe_expert_num, F), got shape {tuple(table.shape)}"
+        )
     num_experts = _num_experts(args, routing, table)
     if routing is not None:
         with in_file(args.routing):

@@ -94,14 +94,21 @@ def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, Any]:
     is no CANN). Returns ``available`` and either the summary lines or the reason it cannot run.
     """
     from torchair_plugin.schema import OPTIONAL_INPUTS
-    from torchair_plugin.testing.lowering import LowerSpec, lower
     from torchair_plugin.testing import CannLessUnavailable
+    from torchair_plugin.testing.lowering import LowerSpec, lower
 
     bs, k = batch.expert_ids.shape
     spec = LowerSpec(
-        bs=int(bs), k=int(k), experts=int(eplb_table.shape[0]), f=int(eplb_table.shape[1]),
-        world_size=batch.world_size, rank=batch.local_rank_id, balance_mode=batch.balance_mode,
-        optional=OPTIONAL_INPUTS, ids_dtype=str(batch.expert_ids.dtype).replace("torch.", ""), chain=True,
+        bs=int(bs),
+        k=int(k),
+        experts=int(eplb_table.shape[0]),
+        f=int(eplb_table.shape[1]),
+        world_size=batch.world_size,
+        rank=batch.local_rank_id,
+        balance_mode=batch.balance_mode,
+        optional=OPTIONAL_INPUTS,
+        ids_dtype=str(batch.expert_ids.dtype).replace("torch.", ""),
+        chain=True,
         # dispatch's moe_expert_num is the number of physical experts the planned table places
         physical_experts=int(eplb_table[:, 0].sum()),
     )
@@ -116,14 +123,18 @@ def capture_chain(batch: DemoBatch, eplb_table) -> Dict[str, Any]:
     dispatch = graph.ops_of_type("MoeDistributeDispatchV2")[0]
     fed = {i.name: i.source for i in dispatch.inputs if i.source.startswith(update)}
     summary = [
-        f"one GE graph of {len(types)} ops: Data x{types.count('Data')}, "
-        + ", ".join(t for t in types if t != "Data"),
+        f"one GE graph of {len(types)} ops: Data x{types.count('Data')}, " + ", ".join(t for t in types if t != "Data"),
         "dispatch_v2 inputs fed by the op: " + ", ".join(f"{name} <- {src}" for name, src in sorted(fed.items())),
         f"captured with: {describe_capture()}",
         "see it all: torchair-plugin lower --chain (--format pbtxt for Ascend graph viewers)",
     ]
-    return {"available": True, "summary": summary, "op_types": types, "dispatch_inputs_from_update": fed,
-            "mode": current_mode().value}
+    return {
+        "available": True,
+        "summary": summary,
+        "op_types": types,
+        "dispatch_inputs_from_update": fed,
+        "mode": current_mode().value,
+    }
 
 
 def _format_row(row: int, batch: DemoBatch, physical, mask) -> str:
@@ -149,14 +160,26 @@ def add_demo_subcommand(subparsers):
     parser.add_argument("--experts", type=int_in(1, 512), default=64, help="logical experts (default 64)")
     parser.add_argument("--top-k", type=int_in(1, limits.MAX_K), default=8, help="experts per token (default 8)")
     parser.add_argument("--tokens-per-rank", type=int_in(1, 4096), default=256, help="tokens per rank (default 256)")
-    parser.add_argument("--skew", type=finite_float_at_least(0.0), default=1.2,
-                        help="expert popularity ~ 1/i**skew (default 1.2)")
-    parser.add_argument("--redundant-slots-per-rank", type=int_in(0, 64), default=2,
-                        help="physical slots per rank beyond experts / world_size, for replicas (default 2)")
-    parser.add_argument("--balance-mode", type=int, choices=limits.BALANCE_MODES, default=1,
-                        help="balance_mode the table is planned for and the op is shown with (default 1)")
+    parser.add_argument(
+        "--skew", type=finite_float_at_least(0.0), default=1.2, help="expert popularity ~ 1/i**skew (default 1.2)"
+    )
+    parser.add_argument(
+        "--redundant-slots-per-rank",
+        type=int_in(0, 64),
+        default=2,
+        help="physical slots per rank beyond experts / world_size, for replicas (default 2)",
+    )
+    parser.add_argument(
+        "--balance-mode",
+        type=int,
+        choices=limits.BALANCE_MODES,
+        default=1,
+        help="balance_mode the table is planned for and the op is shown with (default 1)",
+    )
     parser.add_argument("--rank", type=int_in(0, 63), default=1, help="source rank whose batch is shown (default 1)")
-    parser.add_argument("--rows", type=int_in(1, limits.MAX_BS), default=4, help="rows of the op's output shown (default 4)")
+    parser.add_argument(
+        "--rows", type=int_in(1, limits.MAX_BS), default=4, help="rows of the op's output shown (default 4)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run_demo)
@@ -250,15 +273,22 @@ def run_demo(args) -> int:
         print(json.dumps(result))
         return EXIT_OK
 
-    print(f"eplb_table: {table.shape[0]} logical experts on {int(counts.sum())} physical slots "
-          f"({ws} ranks x {slots}), F = {table.shape[1]}")
-    print("  replicated experts (id x replicas): " + ", ".join(f"{e} x{c}" for e, c in replicated[:12])
-          + (" ..." if len(replicated) > 12 else ""))
+    print(
+        f"eplb_table: {table.shape[0]} logical experts on {int(counts.sum())} physical slots "
+        f"({ws} ranks x {slots}), F = {table.shape[1]}"
+    )
+    print(
+        "  replicated experts (id x replicas): "
+        + ", ".join(f"{e} x{c}" for e, c in replicated[:12])
+        + (" ..." if len(replicated) > 12 else "")
+    )
     for e, _ in replicated[:3]:
         print(f"  eplb_table[{e}] = {table[e].tolist()}")
     print()
-    print(f"npu_moe_update_expert(rank {batch.local_rank_id} of {ws}, balance_mode {batch.balance_mode}, "
-          f"pruning_threshold {PRUNING_THRESHOLD}): BS {batch.expert_ids.shape[0]}, K {args.top_k}")
+    print(
+        f"npu_moe_update_expert(rank {batch.local_rank_id} of {ws}, balance_mode {batch.balance_mode}, "
+        f"pruning_threshold {PRUNING_THRESHOLD}): BS {batch.expert_ids.shape[0]}, K {args.top_k}"
+    )
     for r in rows:
         print(_format_row(r, batch, physical, mask))
     print(f"  kept {int(mask.sum())} of {active_pairs} (token, expert) pairs of active rows; padding rows keep none")
@@ -268,8 +298,10 @@ def run_demo(args) -> int:
     print("max/mean rank load: " + ", ".join(f"{name} {value:.3f}" for name, value in imbalance.items()))
     print()
     if capture["available"]:
-        print("GE graph of update -> dispatch_v2 -> combine_v2, compiled with torchair's npu_backend "
-              "(its real FX -> GE lowering, no NPU needed):")
+        print(
+            "GE graph of update -> dispatch_v2 -> combine_v2, compiled with torchair's npu_backend "
+            "(its real FX -> GE lowering, no NPU needed):"
+        )
         print("\n".join("  " + line for line in capture["summary"]))
     else:
         print(f"GE graph of update -> dispatch -> combine: {capture['reason']}")

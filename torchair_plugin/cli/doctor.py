@@ -77,8 +77,10 @@ def advice(facts: Dict, converter: ConverterState) -> List[str]:
     if torch_npu is None and has_cann:
         lines.append("torch-npu: not installed; install the torch-npu release that matches your CANN and torch")
     if has_cann and torch_npu is not None and not facts["torch_npu"]["imported"]:
-        lines.append("torch-npu: installed but failed to import with CANN present; run `python -c 'import torch_npu'` "
-                     "to see why (often CANN's environment is not sourced: " + CANN_HINT + ")")
+        lines.append(
+            "torch-npu: installed but failed to import with CANN present; run `python -c 'import torch_npu'` "
+            "to see why (often CANN's environment is not sourced: " + CANN_HINT + ")"
+        )
     if facts["torchair"]["source"] is None:
         lines.append("torchair: not found; it ships inside torch-npu (torch_npu/dynamo/torchair), install torch-npu")
     if not facts["npu"]["visible"]:
@@ -129,7 +131,8 @@ def _format(facts: Dict) -> str:
         f"  torchair      {torchair['source'] or 'not found'}",
         f"  protobuf      {facts['protobuf'] or 'not installed'}",
         f"  CANN          {cann_line}",
-        f"  NPU           {npu_seen}" + (f" ({len(devices['device_nodes'])} /dev/davinci*)" if devices["device_nodes"] else ""),
+        f"  NPU           {npu_seen}"
+        + (f" ({len(devices['device_nodes'])} /dev/davinci*)" if devices["device_nodes"] else ""),
         "",
     ]
     if cann["home"] is not None:
@@ -146,8 +149,10 @@ def _format(facts: Dict) -> str:
         elif cache["trusted"]:
             lines.append(f"  stub cache {cache['directory']} (owner {cache['owner']}, mode {cache['mode']}): trusted")
         else:
-            lines.append(f"  stub cache NOT TRUSTED: {cache['trust_problem']}; capture builds in a private "
-                         "directory per process instead")
+            lines.append(
+                f"  stub cache NOT TRUSTED: {cache['trust_problem']}; capture builds in a private "
+                "directory per process instead"
+            )
     lines += ["", "Registration"] + ["  " + line for line in format_registration(facts["registration"])]
     lines += ["", "Usable here for"] + ([f"  - {use}" for use in facts["usable_for"]] or ["  nothing"])
     if facts["advice"]:

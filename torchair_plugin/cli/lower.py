@@ -34,33 +34,52 @@ def add_lower_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     shapes.add_argument("--experts", type=_POSITIVE, default=16, help="moe_expert_num, eplb_table rows (default 16)")
     shapes.add_argument("--f", type=_POSITIVE, default=None, help="eplb_table columns (default world size + 1)")
     shapes.add_argument(
-        "--physical-experts", type=_POSITIVE, default=None, metavar="N",
+        "--physical-experts",
+        type=_POSITIVE,
+        default=None,
+        metavar="N",
         help="physical experts over all ranks, >= --experts and divisible by --world-size: dispatch's "
         "moe_expert_num with --chain; physical expert p replicates logical expert p %% experts "
         "(default --experts: no redundancy)",
     )
     shapes.add_argument("--world-size", type=_POSITIVE, default=4, help="world_size / ep_world_size (default 4)")
     shapes.add_argument("--rank", type=_NON_NEGATIVE, default=1, help="local_rank_id / ep_rank_id (default 1)")
-    shapes.add_argument("--mode", type=int, choices=(0, 1), default=0,
-                        help="balance_mode (default 0; mode 1 ignores --rank and --world-size, the node still carries them)")
+    shapes.add_argument(
+        "--mode",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="balance_mode (default 0; mode 1 ignores --rank and --world-size, the node still carries them)",
+    )
     shapes.add_argument("--hidden", type=_POSITIVE, default=32, help="--chain: hidden size of x (default 32)")
     inputs = parser.add_argument_group("optional inputs and dtypes")
     inputs.add_argument(
-        "--optional", nargs="*", choices=OPTIONAL_INPUTS, default=[], metavar="INPUT",
+        "--optional",
+        nargs="*",
+        choices=OPTIONAL_INPUTS,
+        default=[],
+        metavar="INPUT",
         help=f"optional inputs to give, of {', '.join(OPTIONAL_INPUTS)} (pruning needs the first two together)",
     )
     inputs.add_argument("--ids-dtype", choices=IDS_DTYPES, default="int32", help="dtype of expert_ids (default int32)")
-    inputs.add_argument("--scales-dtype", choices=SCALES_DTYPES, default="float32",
-                        help="dtype of expert_scales (default float32)")
+    inputs.add_argument(
+        "--scales-dtype", choices=SCALES_DTYPES, default="float32", help="dtype of expert_scales (default float32)"
+    )
     inputs.add_argument("--threshold-shape", choices=("k", "1k"), default="k", help="pruning_threshold (K,) or (1, K)")
     inputs.add_argument("--x-dtype", choices=X_DTYPES, default="bfloat16", help="--chain: dtype of x")
     parser.add_argument("--dynamic", action="store_true", help="compile with dynamic=True (symbolic shapes, -1 dims)")
     parser.add_argument(
-        "--chain", nargs="?", const="v2", choices=("v1", "v2"), default=None,
+        "--chain",
+        nargs="?",
+        const="v2",
+        choices=("v1", "v2"),
+        default=None,
         help="lower update_expert -> dispatch -> combine: v2 (the default, npu_moe_distribute_dispatch_v2 and "
-             "combine_v2) or v1 (npu_moe_distribute_dispatch and combine, where the installed torch-npu has them)",
+        "combine_v2) or v1 (npu_moe_distribute_dispatch and combine, where the installed torch-npu has them)",
     )
-    parser.add_argument("--format", choices=("text", "pbtxt", "json"), default="text", help="output form (default text)")
+    parser.add_argument(
+        "--format", choices=("text", "pbtxt", "json"), default="text", help="output form (default text)"
+    )
     parser.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     parser.set_defaults(func=run_lower)
     return parser
@@ -68,11 +87,23 @@ def add_lower_subcommand(subparsers: Any) -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> LowerSpec:
     return LowerSpec(
-        bs=args.bs, k=args.k, experts=args.experts, f=args.f, physical_experts=args.physical_experts,
-        world_size=args.world_size, rank=args.rank,
-        balance_mode=args.mode, optional=tuple(dict.fromkeys(args.optional)), ids_dtype=args.ids_dtype,
-        scales_dtype=args.scales_dtype, threshold_2d=args.threshold_shape == "1k", dynamic=args.dynamic,
-        chain=args.chain is not None, chain_version=args.chain or "v2", hidden=args.hidden, x_dtype=args.x_dtype,
+        bs=args.bs,
+        k=args.k,
+        experts=args.experts,
+        f=args.f,
+        physical_experts=args.physical_experts,
+        world_size=args.world_size,
+        rank=args.rank,
+        balance_mode=args.mode,
+        optional=tuple(dict.fromkeys(args.optional)),
+        ids_dtype=args.ids_dtype,
+        scales_dtype=args.scales_dtype,
+        threshold_2d=args.threshold_shape == "1k",
+        dynamic=args.dynamic,
+        chain=args.chain is not None,
+        chain_version=args.chain or "v2",
+        hidden=args.hidden,
+        x_dtype=args.x_dtype,
     )
 
 

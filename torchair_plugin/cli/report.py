@@ -49,7 +49,8 @@ def add_report_subcommand(subparsers):
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
-        "--import-torchair", action="store_true",
+        "--import-torchair",
+        action="store_true",
         help="import torchair first, as graph capture does (over stub CANN libraries where there is no CANN), "
         "so that the GE converter's line shows the state a compiling process gets",
     )
@@ -75,8 +76,10 @@ def run_report(args) -> int:
         try:
             imported_by_report = _import_torchair()
         except CannLessUnavailable as exc:
-            print(f"torchair-plugin report: error: --import-torchair: torchair cannot be imported here: {exc}",
-                  file=sys.stderr)
+            print(
+                f"torchair-plugin report: error: --import-torchair: torchair cannot be imported here: {exc}",
+                file=sys.stderr,
+            )
             return EXIT_BAD_INPUT
     sources = torchair_plugin.registration_report()
     if args.json:

@@ -29,8 +29,9 @@ def add_run_subcommand(subparsers) -> argparse.ArgumentParser:
         "elsewhere run it unchanged.",
         epilog="example: torchair-plugin run -- torchrun --nproc-per-node 4 train.py",
     )
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
-                        help="the command and its arguments, after `--`")
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command and its arguments, after `--`"
+    )
     parser.set_defaults(func=run_command)
     return parser
 
@@ -38,8 +39,10 @@ def add_run_subcommand(subparsers) -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        print("torchair-plugin run: error: COMMAND is required, got none (torchair-plugin run -- COMMAND ...)",
-              file=sys.stderr)
+        print(
+            "torchair-plugin run: error: COMMAND is required, got none (torchair-plugin run -- COMMAND ...)",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     environ = environment.for_a_new_process(os.environ)
     sys.stdout.flush()

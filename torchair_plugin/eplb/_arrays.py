@@ -92,7 +92,9 @@ def check_expert_ids(name: str, ids: np.ndarray, num_experts: int, why: str = ""
 def load_array(name: str, value, ndims: Sequence[int]) -> np.ndarray:
     """Finite, non-negative loads (token counts or rates) as float64."""
     array = _to_numpy(name, value)
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
         raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
     if array.ndim not in ndims:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} dimensions, got shape {array.shape}")

@@ -92,7 +92,9 @@ class Layout:
         num_layers, num_ranks, _ = self.slot_expert.shape
         if self.constraints.num_nodes > 1:
             self.on_node = np.zeros((num_layers, self.load.shape[1], self.constraints.num_nodes), dtype=np.int64)
-            np.add.at(self.on_node, (self.rows[:, None, None], self.slot_expert, self.constraints.node[self.slot_rank]), 1)
+            np.add.at(
+                self.on_node, (self.rows[:, None, None], self.slot_expert, self.constraints.node[self.slot_rank]), 1
+            )
         if self.order_free and not force:
             self.loads = self.size.sum(2)
             return
@@ -103,7 +105,9 @@ class Layout:
         position = np.arange(expert.shape[1])[None, :] - np.take_along_axis(starts, sorted_expert, 1)
         count = np.take_along_axis(self.counts, sorted_expert, 1)
         size = np.empty(expert.shape)
-        np.put_along_axis(size, order, np.take_along_axis(self.load, sorted_expert, 1) * self.weights[count, position], 1)
+        np.put_along_axis(
+            size, order, np.take_along_axis(self.load, sorted_expert, 1) * self.weights[count, position], 1
+        )
         self.size = size.reshape(self.slot_expert.shape)
         self.loads = self.size.sum(2)
 
@@ -293,8 +297,11 @@ def place_greedy(counts, load, weights, constraints: Constraints, num_ranks: int
     loads = np.where(taken, share[rows[:, None, None], np.maximum(preset, 0)], 0.0).sum(2)
     free = slots - taken.sum(2)
     held = np.zeros((num_layers, counts.shape[1], num_ranks), dtype=bool)
-    held[np.broadcast_to(rows[:, None, None], preset.shape)[taken], preset[taken],
-         np.broadcast_to(np.arange(num_ranks)[None, :, None], preset.shape)[taken]] = True
+    held[
+        np.broadcast_to(rows[:, None, None], preset.shape)[taken],
+        preset[taken],
+        np.broadcast_to(np.arange(num_ranks)[None, :, None], preset.shape)[taken],
+    ] = True
     caps = -(-counts // constraints.num_nodes)
     on_node = np.zeros((num_layers, counts.shape[1], constraints.num_nodes), dtype=np.int64)
     np.add.at(on_node, (layers, pinned, constraints.node[constraints.pinned[layers, pinned]]), 1)
@@ -338,8 +345,9 @@ def dealt(counts, load, weights, constraints: Constraints, num_ranks: int, slots
                 order = turn[(position + np.arange(num_ranks)) % num_ranks]
                 free = (slots[order] < 0).any(1)
                 lacks = ~(slots[order] == expert).any(1)
-                on_node = np.bincount(constraints.node[np.nonzero((slots == expert).any(1))[0]],
-                                      minlength=constraints.num_nodes)
+                on_node = np.bincount(
+                    constraints.node[np.nonzero((slots == expert).any(1))[0]], minlength=constraints.num_nodes
+                )
                 room = on_node[constraints.node[order]] < caps[layer, expert]
                 for choice in (free & lacks & room, free & lacks, free):
                     if choice.any():
@@ -388,7 +396,7 @@ def _pair_swaps(layout: Layout, heavy: np.ndarray, light: np.ndarray, active: np
     helps. Returns (L,) whether any pair of the layer changed."""
     num_layers, _, slots = layout.slot_expert.shape
     layer = layout.rows[:, None, None, None]
-    h, l = heavy[:, :, None, None], light[:, :, None, None]
+    hv, lt = heavy[:, :, None, None], light[:, :, None, None]
     ea = np.take_along_axis(layout.slot_expert, heavy[:, :, None], 1)[:, :, :, None]  # (L, K, S, 1)
     eb = np.take_along_axis(layout.slot_expert, light[:, :, None], 1)[:, :, None, :]  # (L, K, 1, S)
     sa = np.take_along_axis(layout.size, heavy[:, :, None], 1)[:, :, :, None]
@@ -401,7 +409,7 @@ def _pair_swaps(layout: Layout, heavy: np.ndarray, light: np.ndarray, active: np
     rank_b = np.take_along_axis(layout.slot_expert, light[:, :, None], 1)
     ok = (ea != eb) & ~on_rank(rank_a, rank_b[:, :, None, :])[:, :, :, None]
     ok &= ~on_rank(rank_b, rank_a[:, :, None, :])[:, :, None, :]
-    ok &= layout.node_ok(layer, ea, l, h) & layout.node_ok(layer, eb, h, l)
+    ok &= layout.node_ok(layer, ea, lt, hv) & layout.node_ok(layer, eb, hv, lt)
     ok &= ~np.take_along_axis(layout.fixed, heavy[:, :, None], 1)[:, :, :, None]
     ok &= ~np.take_along_axis(layout.fixed, light[:, :, None], 1)[:, :, None, :]
     after = np.where(ok, after, np.inf).reshape(num_layers, heavy.shape[1], -1)

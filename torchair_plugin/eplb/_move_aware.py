@@ -118,7 +118,11 @@ def _best_on_heaviest(layout: packing.Layout, held: np.ndarray, max_count: int, 
     at_h = loads[rows, h][:, None] - np.take_along_axis(load / counts, on_h, 1) + light_share[rows, e][:, None]
     new[rows[:, None], np.arange(on_h.shape[1])[None, :], h[:, None]] = at_h
     after = new.max(2)
-    ok = ~np.isnan(np.take_along_axis(grow, on_h, 1)) & ~layout.fixed[rows, h] & np.isfinite(light_share[rows, e])[:, None]
+    ok = (
+        ~np.isnan(np.take_along_axis(grow, on_h, 1))
+        & ~layout.fixed[rows, h]
+        & np.isfinite(light_share[rows, e])[:, None]
+    )
     after = np.where(ok & active[:, None], after, np.inf)
     s = after.argmin(1)
     return after[rows, s], h, s, e
@@ -216,8 +220,9 @@ def _repacked(problem, prior: packing.Layout, counts: np.ndarray, target_peak: n
     keep = np.empty(expert.shape, dtype=bool)
     np.put_along_axis(keep, order, position >= np.take_along_axis(drop, sorted_expert, 1), 1)
     keep = keep.reshape(prior.slot_expert.shape)
-    layout = packing.place(counts, problem.load, problem.weights, problem.constraints,
-                           np.where(keep, prior.slot_expert, -1))
+    layout = packing.place(
+        counts, problem.load, problem.weights, problem.constraints, np.where(keep, prior.slot_expert, -1)
+    )
     pins = layout.fixed
     layout.fixed = pins | keep
     if not layout.valid().all():

@@ -65,13 +65,20 @@ def expert_map_phy2log(data) -> np.ndarray:
         devices = _field(layer, "device_list", f"layer_list[{i}]")
         if not isinstance(devices, list) or not devices:
             raise ValueError(f"layer_list[{i}].device_list must be a non-empty list, got {devices!r}")
-        slots = [int_array(f"layer_list[{i}].device_list[{j}].device_expert",
-                           _field(device, "device_expert", f"layer_list[{i}].device_list[{j}]"), (1,))
-                 for j, device in enumerate(devices)]
+        slots = [
+            int_array(
+                f"layer_list[{i}].device_list[{j}].device_expert",
+                _field(device, "device_expert", f"layer_list[{i}].device_list[{j}]"),
+                (1,),
+            )
+            for j, device in enumerate(devices)
+        ]
         widths = {len(s) for s in slots}
         if len(widths) != 1 or 0 in widths:
-            raise ValueError(f"layer_list[{i}]: every device must hold the same number (>= 1) of experts, "
-                             f"got {[len(s) for s in slots]}")
+            raise ValueError(
+                f"layer_list[{i}]: every device must hold the same number (>= 1) of experts, "
+                f"got {[len(s) for s in slots]}"
+            )
         phy2log.append(np.concatenate(slots))
     shapes = {(len(layer["device_list"]), p.shape[0]) for layer, p in zip(layers, phy2log)}
     if len(shapes) != 1:
@@ -79,15 +86,17 @@ def expert_map_phy2log(data) -> np.ndarray:
     return np.stack(phy2log)
 
 
-def table_from_expert_map(data, *, num_logical: Optional[int] = None, num_columns: Optional[int] = None,
-                          balance_mode: int = 0) -> Tuple[torch.Tensor, int]:
+def table_from_expert_map(
+    data, *, num_logical: Optional[int] = None, num_columns: Optional[int] = None, balance_mode: int = 0
+) -> Tuple[torch.Tensor, int]:
     """(eplb_table (L, E, F), world_size) from vllm-ascend's expert-map JSON (dict or path);
     world_size is the devices per layer."""
     data = _read_expert_map(data)
     phy2log = expert_map_phy2log(data)
     world_size = len(data["layer_list"][0]["device_list"])
-    table = table_from_phy2log(phy2log, world_size, num_logical=num_logical, num_columns=num_columns,
-                               balance_mode=balance_mode)
+    table = table_from_phy2log(
+        phy2log, world_size, num_logical=num_logical, num_columns=num_columns, balance_mode=balance_mode
+    )
     return table, world_size
 
 
@@ -103,7 +112,7 @@ def table_to_expert_map(eplb_table: torch.Tensor, world_size: int, *, balance_mo
                 "layer_id": layer,
                 "device_count": world_size,
                 "device_list": [
-                    {"device_id": device, "device_expert": row[device * slots:(device + 1) * slots].tolist()}
+                    {"device_id": device, "device_expert": row[device * slots : (device + 1) * slots].tolist()}
                     for device in range(world_size)
                 ],
             }
@@ -146,15 +155,22 @@ def table_from_rank_maps(rank_maps, *, num_columns: Optional[int] = None, balanc
     maps = int_array("rank_maps", rank_maps, (2, 3))
     world_size = maps.shape[0]
     if maps.ndim == 2:
-        return table_from_phy2log(_phy2log_from_rank_maps(maps, "rank_maps"), world_size, num_logical=maps.shape[1],
-                                  num_columns=num_columns, balance_mode=balance_mode)
+        return table_from_phy2log(
+            _phy2log_from_rank_maps(maps, "rank_maps"),
+            world_size,
+            num_logical=maps.shape[1],
+            num_columns=num_columns,
+            balance_mode=balance_mode,
+        )
     layers = [_phy2log_from_rank_maps(maps[:, layer], f"rank_maps[:, {layer}]") for layer in range(maps.shape[1])]
     sizes = {p.shape[0] for p in layers}
     if len(sizes) != 1:
-        raise ValueError(f"every layer of rank_maps must use the same number of physical experts, got "
-                         f"{[p.shape[0] for p in layers]}")
-    return table_from_phy2log(np.stack(layers), world_size, num_logical=maps.shape[2], num_columns=num_columns,
-                              balance_mode=balance_mode)
+        raise ValueError(
+            f"every layer of rank_maps must use the same number of physical experts, got {[p.shape[0] for p in layers]}"
+        )
+    return table_from_phy2log(
+        np.stack(layers), world_size, num_logical=maps.shape[2], num_columns=num_columns, balance_mode=balance_mode
+    )
 
 
 def table_to_rank_maps(eplb_table: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -170,20 +186,35 @@ def table_to_rank_maps(eplb_table: torch.Tensor, world_size: int) -> torch.Tenso
     return chosen.to(torch.int32)
 
 
-def table_from_sglang(logical_to_all_physical_map, logical_to_all_physical_map_num_valid, world_size: int, *,
-                      num_columns: Optional[int] = None, balance_mode: int = 0) -> torch.Tensor:
+def table_from_sglang(
+    logical_to_all_physical_map,
+    logical_to_all_physical_map_num_valid,
+    world_size: int,
+    *,
+    num_columns: Optional[int] = None,
+    balance_mode: int = 0,
+) -> torch.Tensor:
     """eplb_table from SGLang's replica map (E, X) / (L, E, X), -1 padded, and its num_valid
     (E,) / (L, E); replicas in ascending physical id."""
     try:
-        return table_from_log2phy(logical_to_all_physical_map, logical_to_all_physical_map_num_valid, world_size,
-                                  num_columns=num_columns, balance_mode=balance_mode)
+        return table_from_log2phy(
+            logical_to_all_physical_map,
+            logical_to_all_physical_map_num_valid,
+            world_size,
+            num_columns=num_columns,
+            balance_mode=balance_mode,
+        )
     except ValueError as error:
-        raise ValueError(str(error).replace("log2phy", "logical_to_all_physical_map").replace(
-            "logcnt", "logical_to_all_physical_map_num_valid")) from None
+        raise ValueError(
+            str(error)
+            .replace("log2phy", "logical_to_all_physical_map")
+            .replace("logcnt", "logical_to_all_physical_map_num_valid")
+        ) from None
 
 
-def table_to_sglang(eplb_table: torch.Tensor, world_size: int, *, width: Optional[int] = None,
-                    balance_mode: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def table_to_sglang(
+    eplb_table: torch.Tensor, world_size: int, *, width: Optional[int] = None, balance_mode: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """SGLang's ``(logical_to_all_physical_map, logical_to_all_physical_map_num_valid)`` int64,
     -1 padded to ``width`` (default F - 1), from a table."""
     return table_to_log2phy(eplb_table, world_size, width=width, balance_mode=balance_mode)

@@ -42,8 +42,16 @@ class ExpertLoadRecorder(torch.nn.Module):
     enabled: torch.Tensor
     slot: torch.Tensor
 
-    def __init__(self, num_physical: int, *, num_layers: Optional[int] = None, window: int = 1,
-                 enabled: bool = True, device=None, dtype: torch.dtype = torch.int32):
+    def __init__(
+        self,
+        num_physical: int,
+        *,
+        num_layers: Optional[int] = None,
+        window: int = 1,
+        enabled: bool = True,
+        device=None,
+        dtype: torch.dtype = torch.int32,
+    ):
         super().__init__()
         self.num_physical = check_int("num_physical", num_physical, 1, limits.MAX_EXPERTS)
         self.num_layers = None if num_layers is None else check_int("num_layers", num_layers, 1)
@@ -51,7 +59,9 @@ class ExpertLoadRecorder(torch.nn.Module):
         if dtype not in _COUNT_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(map(str, _COUNT_DTYPES))}, got {dtype}")
         layers = () if self.num_layers is None else (self.num_layers,)
-        self.register_buffer("counts", torch.zeros((self.window, *layers, self.num_physical), dtype=dtype, device=device))
+        self.register_buffer(
+            "counts", torch.zeros((self.window, *layers, self.num_physical), dtype=dtype, device=device)
+        )
         self.register_buffer("enabled", torch.tensor(int(bool(enabled)), dtype=dtype, device=device))
         self.register_buffer("slot", torch.zeros((), dtype=torch.int64, device=device))
 
@@ -62,8 +72,13 @@ class ExpertLoadRecorder(torch.nn.Module):
             return 0
         return check_int("layer", layer, 0, self.num_layers - 1) * self.num_physical
 
-    def record(self, balanced_expert_ids: torch.Tensor, balanced_active_mask: Optional[torch.Tensor] = None, *,
-               layer: Optional[int] = None) -> None:
+    def record(
+        self,
+        balanced_expert_ids: torch.Tensor,
+        balanced_active_mask: Optional[torch.Tensor] = None,
+        *,
+        layer: Optional[int] = None,
+    ) -> None:
         """Add one call's tokens: each (row, k) pair whose mask is True adds 1 to its physical
         expert. ``balanced_active_mask`` None counts every pair: pass it whenever the op pruned
         (the NPU leaves the mask unwritten when the op had no pruning inputs). ``layer`` (a Python

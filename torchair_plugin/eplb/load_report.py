@@ -145,8 +145,9 @@ def load_report(routing, eplb_table: torch.Tensor, world_size: int) -> LoadRepor
         rank_tokens = np.bincount(physical_ranks(expert.shape[0], world_size), weights=expert, minlength=world_size)
         scenarios.append(ScenarioLoad(name, expert, rank_tokens.astype(np.int64)))
     tokens = sum(int(ids.shape[0]) for ids in ranks)
-    return LoadReport(world_size, total // world_size, tuple(scenarios), int(eplb_table.shape[0]), tokens,
-                      int(ranks[0].shape[1]))
+    return LoadReport(
+        world_size, total // world_size, tuple(scenarios), int(eplb_table.shape[0]), tokens, int(ranks[0].shape[1])
+    )
 
 
 def format_report(report: LoadReport) -> str:

@@ -72,8 +72,9 @@ class _Problem:
 
     def pack(self, counts: np.ndarray, swap_rounds: int, with_heaviest: bool = False, greedy: bool = False):
         if greedy:
-            layout = packing.place_greedy(counts, self.load, self.weights, self.constraints, self.num_ranks,
-                                          self.slots_per_rank)
+            layout = packing.place_greedy(
+                counts, self.load, self.weights, self.constraints, self.num_ranks, self.slots_per_rank
+            )
         else:
             preset = packing.pin_preset(self.constraints, self.num_ranks, self.slots_per_rank)
             layout = packing.place(counts, self.load, self.weights, self.constraints, preset)
@@ -83,8 +84,9 @@ class _Problem:
         return layout
 
 
-def _keep_lighter(best: packing.Layout, trial: packing.Layout, allowed: np.ndarray, layers=None,
-                  force: bool = False) -> None:
+def _keep_lighter(
+    best: packing.Layout, trial: packing.Layout, allowed: np.ndarray, layers=None, force: bool = False
+) -> None:
     """Per layer, ``best`` becomes ``trial`` where that is allowed and lighter (or just allowed,
     with ``force``); ``trial`` holds the ``layers`` of ``best`` (default: all)."""
     layers = best.rows if layers is None else layers
@@ -151,17 +153,20 @@ def _fall_back(problem: _Problem, best: packing.Layout, broken: np.ndarray) -> N
     num_slots = problem.num_ranks * problem.slots_per_rank
     even = _even_counts(sub.load, sub.constraints.pinned, problem.weights.shape[1], num_slots)
     for counts in (best.counts[broken], even):
-        fallback = packing.dealt(counts, sub.load, sub.weights, sub.constraints, problem.num_ranks,
-                                 problem.slots_per_rank)
+        fallback = packing.dealt(
+            counts, sub.load, sub.weights, sub.constraints, problem.num_ranks, problem.slots_per_rank
+        )
         if not fallback.valid().all():
             packing.repair(fallback)
         fixed = fallback.valid() & ~best.valid()[broken]
         _keep_lighter(best, fallback, fixed, broken, force=True)
     still = broken[~best.valid()[broken]]
     if still.size:
-        raise ValueError(f"layer {int(still[0])}: no placement found that keeps the pins with one replica of an "
-                         f"expert per rank{' and ranks_per_node' if problem.constraints.num_nodes > 1 else ''}: "
-                         f"pin fewer experts or give more slots_per_rank")
+        raise ValueError(
+            f"layer {int(still[0])}: no placement found that keeps the pins with one replica of an "
+            f"expert per rank{' and ranks_per_node' if problem.constraints.num_nodes > 1 else ''}: "
+            f"pin fewer experts or give more slots_per_rank"
+        )
 
 
 def _balancedness(loads: np.ndarray) -> np.ndarray:
@@ -170,8 +175,9 @@ def _balancedness(loads: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, (loads / safe[:, None]).mean(1), 1.0)
 
 
-def _check_setup(load: np.ndarray, num_ranks: int, slots_per_rank: int, balance_mode: int,
-                 num_columns: Optional[int]) -> int:
+def _check_setup(
+    load: np.ndarray, num_ranks: int, slots_per_rank: int, balance_mode: int, num_columns: Optional[int]
+) -> int:
     """The most replicas an expert may have (bounded by the ranks and by F - 1)."""
     num_experts, num_slots = load.shape[1], num_ranks * slots_per_rank
     check_slots(num_experts, num_ranks, slots_per_rank, balance_mode)
@@ -187,8 +193,9 @@ def _check_setup(load: np.ndarray, num_ranks: int, slots_per_rank: int, balance_
     return max_count
 
 
-def _constraints(num_layers: int, num_experts: int, num_ranks: int, slots_per_rank: int,
-                 ranks_per_node: Optional[int], pinned) -> packing.Constraints:
+def _constraints(
+    num_layers: int, num_experts: int, num_ranks: int, slots_per_rank: int, ranks_per_node: Optional[int], pinned
+) -> packing.Constraints:
     per_node = num_ranks if ranks_per_node is None else check_int("ranks_per_node", ranks_per_node, 1, num_ranks)
     if num_ranks % per_node:
         raise ValueError(f"ranks_per_node must divide num_ranks = {num_ranks}, got {per_node}")
@@ -196,35 +203,45 @@ def _constraints(num_layers: int, num_experts: int, num_ranks: int, slots_per_ra
     if pinned is not None:
         array = int_array("pinned", pinned, (1, 2))
         if array.shape not in ((num_experts,), (num_layers, num_experts)):
-            raise ValueError(f"pinned must have shape (E,) = ({num_experts},) or (L, E) = ({num_layers}, "
-                             f"{num_experts}), got {array.shape}")
+            raise ValueError(
+                f"pinned must have shape (E,) = ({num_experts},) or (L, E) = ({num_layers}, "
+                f"{num_experts}), got {array.shape}"
+            )
         bad = (array < -1) | (array >= num_ranks)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"pinned{list(where)} must be a rank in [0, {num_ranks}) or -1 (not pinned), "
-                             f"got {array[where]}")
+            raise ValueError(
+                f"pinned{list(where)} must be a rank in [0, {num_ranks}) or -1 (not pinned), got {array[where]}"
+            )
         pins[:] = array
         per_rank = np.stack([np.bincount(row[row >= 0], minlength=num_ranks) for row in pins])
         if per_rank.max() > slots_per_rank:
             layer, rank = (int(i) for i in np.argwhere(per_rank > slots_per_rank)[0])
-            raise ValueError(f"pinned puts {per_rank[layer, rank]} experts on rank {rank} (layer {layer}): "
-                             f"more than slots_per_rank = {slots_per_rank}")
+            raise ValueError(
+                f"pinned puts {per_rank[layer, rank]} experts on rank {rank} (layer {layer}): "
+                f"more than slots_per_rank = {slots_per_rank}"
+            )
     node = np.arange(num_ranks) // per_node
     return packing.Constraints(node=node, num_nodes=num_ranks // per_node, pinned=pins)
 
 
-def _previous_slots(previous, num_layers: int, num_experts: int, num_slots: int, num_ranks: int,
-                    balance_mode: int) -> np.ndarray:
+def _previous_slots(
+    previous, num_layers: int, num_experts: int, num_slots: int, num_ranks: int, balance_mode: int
+) -> np.ndarray:
     if not isinstance(previous, torch.Tensor) or previous.dim() != 3:
         shape = tuple(previous.shape) if isinstance(previous, torch.Tensor) else type(previous).__name__
         raise ValueError(f"previous must be the (L, E, F) eplb_tables of a plan, got {shape}")
     if tuple(previous.shape[:2]) != (num_layers, num_experts):
-        raise ValueError(f"previous must have (L, E) = ({num_layers}, {num_experts}) leading dimensions to "
-                         f"match loads, got {tuple(previous.shape)}")
+        raise ValueError(
+            f"previous must have (L, E) = ({num_layers}, {num_experts}) leading dimensions to "
+            f"match loads, got {tuple(previous.shape)}"
+        )
     phy2log = table_to_phy2log(previous, num_ranks, balance_mode=balance_mode).numpy()
     if phy2log.shape[1] != num_slots:
-        raise ValueError(f"previous holds {phy2log.shape[1]} physical experts per layer, but num_ranks * "
-                         f"slots_per_rank = {num_slots}")
+        raise ValueError(
+            f"previous holds {phy2log.shape[1]} physical experts per layer, but num_ranks * "
+            f"slots_per_rank = {num_slots}"
+        )
     return phy2log
 
 
@@ -269,8 +286,9 @@ def plan_model(
     # loads near the float64 maximum would overflow.
     scale = load.max(1, keepdims=True)
     scale = np.where(scale > 0, scale, 1.0)
-    problem = _Problem(load / scale, num_ranks, slots_per_rank,
-                       packing.share_weights(num_ranks, max_count, balance_mode), constraints)
+    problem = _Problem(
+        load / scale, num_ranks, slots_per_rank, packing.share_weights(num_ranks, max_count, balance_mode), constraints
+    )
     scratch = _plan_scratch(problem)
     # Physical ids rank by rank, within a rank by expert: one canonical table per placement.
     phy2log = np.sort(scratch.slot_expert, axis=2).reshape(num_layers, -1)
@@ -279,8 +297,9 @@ def plan_model(
     if prior is not None:
         phy2log, loads_out = replan(problem, prior, phy2log, scratch_balancedness - max_loss)
         moved = (phy2log != prior).sum(1)
-    tables = table_from_phy2log(phy2log, num_ranks, num_logical=num_experts, num_columns=num_columns,
-                                balance_mode=balance_mode)
+    tables = table_from_phy2log(
+        phy2log, num_ranks, num_logical=num_experts, num_columns=num_columns, balance_mode=balance_mode
+    )
     counts = tables[..., 0].numpy().astype(np.int64)
     return ModelPlan(
         eplb_tables=tables,

@@ -377,7 +377,11 @@ def plan_placement(
 
     # A row holds at most F - 1 replicas: a fixed F caps the counts (an invalid F is reported by tables).
     max_count = num_ranks
-    if isinstance(num_columns, (int, np.integer)) and not isinstance(num_columns, bool) and 2 <= num_columns <= num_ranks + 1:
+    if (
+        isinstance(num_columns, (int, np.integer))
+        and not isinstance(num_columns, bool)
+        and 2 <= num_columns <= num_ranks + 1
+    ):
         max_count = num_columns - 1
         if num_slots > num_experts * max_count:
             raise ValueError(

@@ -38,8 +38,13 @@ def setup_line(report: LoadReport, notes: Sequence[str] = ()) -> str:
     return ", ".join(parts)
 
 
-def plot_rank_loads(report: LoadReport, path: str, *, notes: Sequence[str] = (),
-                    title: str = "Tokens per rank through npu_moe_update_expert") -> None:
+def plot_rank_loads(
+    report: LoadReport,
+    path: str,
+    *,
+    notes: Sequence[str] = (),
+    title: str = "Tokens per rank through npu_moe_update_expert",
+) -> None:
     """Write the chart to ``path`` (PNG). ``notes`` are added to the setup line (e.g. the skew and
     the balance_mode the table was planned for). The file appears whole or not at all.
 
@@ -62,15 +67,17 @@ def plot_rank_loads(report: LoadReport, path: str, *, notes: Sequence[str] = (),
     peaks, lowest = [], 1.0
     for scenario in report.scenarios:
         relative = np.sort(scenario.rank_tokens)[::-1] / mean if mean > 0 else np.ones(report.world_size)
-        curves.plot(ranks, np.maximum(relative, _FLOOR), marker=marker, markersize=4, linewidth=1.8,
-                    label=scenario.name)
+        curves.plot(
+            ranks, np.maximum(relative, _FLOOR), marker=marker, markersize=4, linewidth=1.8, label=scenario.name
+        )
         peaks.append(float(relative.max()))
         lowest = min(lowest, float(relative.min()))
     curves.axhline(1.0, color="black", linestyle="--", linewidth=1, label="mean")
     curves.set_yscale("log")
     curves.set_ylim(max(_FLOOR, lowest / 1.5), max(2.0, 1.5 * max(peaks)))
-    curves.set(title="every rank's load, heaviest first", xlabel="ranks, sorted by load",
-               ylabel="load / mean (log scale)")
+    curves.set(
+        title="every rank's load, heaviest first", xlabel="ranks, sorted by load", ylabel="load / mean (log scale)"
+    )
     curves.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
     plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.5, not 5 x 10^-1
     curves.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
@@ -97,8 +104,9 @@ def plot_rank_loads(report: LoadReport, path: str, *, notes: Sequence[str] = (),
 def _write_whole(figure, path: str) -> None:
     """Render beside ``path`` and rename: a failure leaves no half-written PNG behind."""
     try:
-        with tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
-                                         suffix=".png", delete=False) as partial:
+        with tempfile.NamedTemporaryFile(
+            dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png", delete=False
+        ) as partial:
             try:
                 figure.savefig(partial, format="png", metadata={"Software": None})
                 partial.close()

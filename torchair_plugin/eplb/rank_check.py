@@ -48,7 +48,9 @@ def _group_backend_device(group, device: Optional[torch.device]) -> torch.device
     if dist.get_backend(group) == dist.Backend.GLOO:
         return torch.device("cpu")
     if device is None:
-        raise ValueError("device must be given for a group whose backend is not gloo (its collectives take device tensors)")
+        raise ValueError(
+            "device must be given for a group whose backend is not gloo (its collectives take device tensors)"
+        )
     return torch.device(device)
 
 
@@ -57,8 +59,11 @@ def _gather(accepted: bool, digest: str, group, device) -> List[Tuple[int, str]]
     import torch.distributed as dist
 
     words = np.frombuffer(bytes.fromhex(digest), dtype=np.int64) if digest else np.zeros(_DIGEST_WORDS, np.int64)
-    mine = torch.tensor([_ACCEPTED if accepted else _REFUSED, *words.tolist()], dtype=torch.int64,
-                        device=_group_backend_device(group, device))
+    mine = torch.tensor(
+        [_ACCEPTED if accepted else _REFUSED, *words.tolist()],
+        dtype=torch.int64,
+        device=_group_backend_device(group, device),
+    )
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, mine, group=group)
     verdicts = []
@@ -93,7 +98,9 @@ def agree(accepted: bool, digest: str, *, group=None, device=None, what: str = "
         )
     if len(groups) > 1:
         reference = verdicts[0][1]
-        others = "; ".join(f"rank(s) {members} hold {value[:12]}" for value, members in groups.items() if value != reference)
+        others = "; ".join(
+            f"rank(s) {members} hold {value[:12]}" for value, members in groups.items() if value != reference
+        )
         raise RankMismatchError(
             f"{what} differs between ranks: rank(s) {groups[reference]} hold digest {reference[:12]}, {others}", groups
         )

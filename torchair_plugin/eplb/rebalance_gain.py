@@ -39,7 +39,9 @@ def rank_loads(physical_load, world_size: int) -> np.ndarray:
     load = load_array("physical_load", physical_load, (1, 2, 3))
     world_size = check_int("world_size", world_size, 1)
     if load.shape[-1] % world_size:
-        raise ValueError(f"physical_load's last axis (P = {load.shape[-1]}) must be a multiple of world_size={world_size}")
+        raise ValueError(
+            f"physical_load's last axis (P = {load.shape[-1]}) must be a multiple of world_size={world_size}"
+        )
     return load.reshape(*load.shape[:-1], world_size, load.shape[-1] // world_size).sum(-1)
 
 
@@ -103,7 +105,9 @@ def predicted_rank_loads(logical: np.ndarray, tables: np.ndarray, world_size: in
     physical = np.zeros((layers, total))
     for layer in range(layers):
         # Totals (S = 1) are spread evenly over the sources: mode 0's shares need per-source load.
-        source = logical[layer] if logical.shape[1] == world_size else np.repeat(logical[layer] / world_size, world_size, 0)
+        source = (
+            logical[layer] if logical.shape[1] == world_size else np.repeat(logical[layer] / world_size, world_size, 0)
+        )
         for expert, row in enumerate(tables[layer]):
             count = int(row[0])
             physical[layer, row[1 : 1 + count]] += replica_shares(source[:, expert], count, balance_mode)
@@ -165,8 +169,16 @@ class RebalanceGain:
         }
 
 
-def rebalance_gain(load, current: torch.Tensor, candidate: torch.Tensor, world_size: int, *, balance_mode: int,
-                   min_gain: float = 0.0, bytes_per_expert: Optional[int] = None) -> RebalanceGain:
+def rebalance_gain(
+    load,
+    current: torch.Tensor,
+    candidate: torch.Tensor,
+    world_size: int,
+    *,
+    balance_mode: int,
+    min_gain: float = 0.0,
+    bytes_per_expert: Optional[int] = None,
+) -> RebalanceGain:
     """Compare the ``current`` table, which served ``load``, with a ``candidate``.
 
     ``current`` and ``candidate``: valid tables for ``balance_mode``, both (E, F) or both

@@ -61,8 +61,9 @@ class StableEplbTable:
     it to the op); it is the same tensor object, at the same address, for the owner's lifetime.
     """
 
-    def __init__(self, initial, world_size: int, *, balance_mode: int = 0, num_columns: Optional[int] = None,
-                 device=None):
+    def __init__(
+        self, initial, world_size: int, *, balance_mode: int = 0, num_columns: Optional[int] = None, device=None
+    ):
         self.world_size = check_int("world_size", world_size, 1)
         self.balance_mode = check_int("balance_mode", balance_mode, 0, 1)
         high = max_columns(self.world_size, self.balance_mode)

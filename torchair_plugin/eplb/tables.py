@@ -42,7 +42,11 @@ def _num_columns(counts: np.ndarray, world_size: int, num_columns: Optional[int]
         return needed
     # The op's bound on F: a larger table is unusable in that mode.
     high = max_columns(world_size, balance_mode)
-    if isinstance(num_columns, bool) or not isinstance(num_columns, (int, np.integer)) or not needed <= num_columns <= high:
+    if (
+        isinstance(num_columns, bool)
+        or not isinstance(num_columns, (int, np.integer))
+        or not needed <= num_columns <= high
+    ):
         limit = "world_size + 1" if balance_mode == 0 else "the op's limit"
         raise ValueError(
             f"num_columns must be an int in [max replica count + 1 = {needed}, {limit} = {high}], got {num_columns!r}"
@@ -50,8 +54,9 @@ def _num_columns(counts: np.ndarray, world_size: int, num_columns: Optional[int]
     return int(num_columns)
 
 
-def _assemble(log2phy: np.ndarray, counts: np.ndarray, f: int, world_size: int, balance_mode: int,
-              layer: Optional[int]) -> torch.Tensor:
+def _assemble(
+    log2phy: np.ndarray, counts: np.ndarray, f: int, world_size: int, balance_mode: int, layer: Optional[int]
+) -> torch.Tensor:
     """One layer's table from replica lists (ids already in [0, P)); validated, errors prefixed
     with the layer."""
     table = np.full((counts.shape[0], f), PADDING, dtype=np.int32)
@@ -95,7 +100,11 @@ def _replicas_from_phy2log(phy2log: np.ndarray, num_logical: int, where: str) ->
 
 
 def table_from_phy2log(
-    phy2log, world_size: int, *, num_logical: Optional[int] = None, num_columns: Optional[int] = None,
+    phy2log,
+    world_size: int,
+    *,
+    num_logical: Optional[int] = None,
+    num_columns: Optional[int] = None,
     balance_mode: int = 0,
 ) -> torch.Tensor:
     """eplb_table from phy2log [P] (or [L, P]); replicas in ascending physical id.
@@ -113,13 +122,19 @@ def table_from_phy2log(
         )
     if num_logical is None:
         # Bounded before anything is sized by it: an id of 10**9 must not allocate 10**9 counts.
-        check_range("phy2log", array, 0, limits.MAX_EXPERTS - 1,
-                    f"a logical expert id: the op takes at most {limits.MAX_EXPERTS} experts")
+        check_range(
+            "phy2log",
+            array,
+            0,
+            limits.MAX_EXPERTS - 1,
+            f"a logical expert id: the op takes at most {limits.MAX_EXPERTS} experts",
+        )
         num_logical = int(array.max()) + 1
     num_logical = expert_count("num_logical", num_logical)
     rows = array if stacked else array[None]
     layers = [
-        _replicas_from_phy2log(row, num_logical, f"phy2log[{i}]" if stacked else "phy2log") for i, row in enumerate(rows)
+        _replicas_from_phy2log(row, num_logical, f"phy2log[{i}]" if stacked else "phy2log")
+        for i, row in enumerate(rows)
     ]
     return _build(layers, world_size, num_columns, balance_mode, stacked)
 
@@ -141,8 +156,9 @@ def _check_unique(map_name: str, mapping: np.ndarray, in_row: np.ndarray) -> Non
         )
 
 
-def _replica_lists(map_name: str, count_name: str, mapping, counts, world_size: int, num_columns: Optional[int],
-                   balance_mode: int) -> torch.Tensor:
+def _replica_lists(
+    map_name: str, count_name: str, mapping, counts, world_size: int, num_columns: Optional[int], balance_mode: int
+) -> torch.Tensor:
     """The log2phy-style formats: a -1 padded map plus per-expert replica counts."""
     world_size = positive_int("world_size", world_size)
     balance_mode = check_int("balance_mode", balance_mode, 0, 1)
@@ -183,14 +199,23 @@ def table_from_log2phy(
 
 
 def table_from_vllm(
-    logical_to_physical_map, logical_replica_count, world_size: int, *, num_columns: Optional[int] = None,
+    logical_to_physical_map,
+    logical_replica_count,
+    world_size: int,
+    *,
+    num_columns: Optional[int] = None,
     balance_mode: int = 0,
 ) -> torch.Tensor:
     """eplb_table from vLLM's ``logical_to_physical_map`` [E, R+1] (-1 padded) and
     ``logical_replica_count`` [E] (or [L, ...]); replicas in ascending physical id."""
     return _replica_lists(
-        "logical_to_physical_map", "logical_replica_count", logical_to_physical_map, logical_replica_count,
-        world_size, num_columns, balance_mode,
+        "logical_to_physical_map",
+        "logical_replica_count",
+        logical_to_physical_map,
+        logical_replica_count,
+        world_size,
+        num_columns,
+        balance_mode,
     )
 
 
@@ -201,8 +226,7 @@ def _validated_layers(eplb_table, world_size: int, balance_mode: int) -> Tuple[t
     return (tables if tables.dim() == 3 else tables[None]), total
 
 
-def table_to_log2phy(eplb_table: torch.Tensor, world_size: int, *, width: Optional[int] = None,
-                     balance_mode: int = 0):
+def table_to_log2phy(eplb_table: torch.Tensor, world_size: int, *, width: Optional[int] = None, balance_mode: int = 0):
     """Inverse to DeepSeek's/vLLM's format: ``(log2phy [E, width], counts [E])`` int64, -1 padded.
 
     ``width`` defaults to F - 1 (vLLM's map has width num_redundant + 1: pass it).

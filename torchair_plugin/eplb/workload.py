@@ -9,7 +9,6 @@ from torchair_plugin import limits
 from torchair_plugin.eplb._arrays import check_expert_ids, expert_count, int_array, positive_int
 from torchair_plugin.validate import check_int
 
-
 MAX_SKEW = 100.0
 """Above it the popularity of expert 1024 (1024**-skew) underflows to 0 in float64, and the
 sampler could no longer find top_k distinct experts."""
@@ -33,7 +32,11 @@ def skewed_routing(
     top_k = positive_int("top_k", top_k, min(limits.MAX_K, num_experts))
     tokens_per_rank = positive_int("tokens_per_rank", tokens_per_rank, MAX_ROUTING_IDS // (world_size * top_k))
     seed = check_int("seed", seed, 0, MAX_SEED)
-    if isinstance(skew, bool) or not isinstance(skew, (int, float, np.integer, np.floating)) or not 0 <= skew <= MAX_SKEW:
+    if (
+        isinstance(skew, bool)
+        or not isinstance(skew, (int, float, np.integer, np.floating))
+        or not 0 <= skew <= MAX_SKEW
+    ):
         raise ValueError(f"skew must be a number in [0, {MAX_SKEW:g}], got {skew!r}")
     generator = torch.Generator().manual_seed(seed)
     popularity = torch.arange(1, num_experts + 1, dtype=torch.float64) ** -float(skew)

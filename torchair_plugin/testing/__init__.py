@@ -57,9 +57,13 @@ __all__ = [
 ]
 
 _CAPTURE_NAMES = {"CaptureResult", "CapturedGraph", "GraphCapture", "capture_ge_graphs", "lower_fx"}
-_ACLGRAPH_NAMES = {"AclCaptureResult": "AclCaptureResult", "AclCapturedGraph": "AclCapturedGraph",
-                   "AclGraphCapture": "AclGraphCapture", "capture_aclgraph_graphs": "capture_aclgraph_graphs",
-                   "available_aclgraph_modes": "available_modes"}
+_ACLGRAPH_NAMES = {
+    "AclCaptureResult": "AclCaptureResult",
+    "AclCapturedGraph": "AclCapturedGraph",
+    "AclGraphCapture": "AclGraphCapture",
+    "capture_aclgraph_graphs": "capture_aclgraph_graphs",
+    "available_aclgraph_modes": "available_modes",
+}
 
 
 def __getattr__(name):

@@ -102,8 +102,9 @@ def apply_cann_less() -> Patches:
         # compat_ir.ge_op looks the name up at call time, so replacing the module attribute is
         # enough (the original is lru_cached; its cache is simply bypassed).
         patches.replace(*_upstream.CANN_COMPAT, _every_op_compatible)
-        patches.replace(*_upstream.CUSTOM_OP_NATIVE,
-                        _RegisteredIrDefStandIn(importlib.import_module(_upstream.NATIVE_MODULE)))
+        patches.replace(
+            *_upstream.CUSTOM_OP_NATIVE, _RegisteredIrDefStandIn(importlib.import_module(_upstream.NATIVE_MODULE))
+        )
         # Loading/running a graph is native and segfaults on stubs: turn that into an error.
         patches.replace(_ge_concrete_graph(), "__call__", _refuse_to_run)
     except BaseException:

@@ -36,7 +36,6 @@ from torchair_plugin import environment, trusted_files
 from torchair_plugin._process_state import STATE
 from torchair_plugin.environment import CACHE_DIR_VAR, cache_root  # noqa: F401  (part of this module's API)
 
-
 # Bump when the generated C or the layout of a cache entry changes: old entries are then ignored.
 _GENERATOR_VERSION = "5"
 _ALL_SYMBOLS_LIB = "libtorchair_plugin_cann_stubs.so"
@@ -533,8 +532,11 @@ def trusted_root(root: Path) -> Path:
     with STATE.lock:
         if STATE.private_stub_root is None:
             STATE.private_stub_root = trusted_files.fallback_directory()
-            print(f"torchair-plugin: not using the stub cache: {problem}; building in {STATE.private_stub_root} "
-                  "for this process instead", file=sys.stderr)
+            print(
+                f"torchair-plugin: not using the stub cache: {problem}; building in {STATE.private_stub_root} "
+                "for this process instead",
+                file=sys.stderr,
+            )
         return STATE.private_stub_root
 
 

@@ -73,8 +73,9 @@ TORCH_NPU_CHOICE_VAR = "TORCHAIR_PLUGIN_TORCH_NPU"
 REAL, STAND_IN = "real", "stand-in"
 
 
-def decide_mode(cann_dir: Optional[str], npu_installed: bool, real_loads: Callable[[], bool] = lambda: True,
-                choice: str = "") -> Mode:
+def decide_mode(
+    cann_dir: Optional[str], npu_installed: bool, real_loads: Callable[[], bool] = lambda: True, choice: str = ""
+) -> Mode:
     """Which way torchair is imported, from the facts that decide it.
 
     ``real_loads`` is only called when its answer matters (it may build stubs and start a child
@@ -115,8 +116,9 @@ def current_mode() -> Mode:
 # ``sys.modules["torch_npu"] = None`` is not enough: torchair tests ``'torch_npu' in sys.modules``
 # and then uses the entry.
 _REFUSE_TORCH_NPU = "refuse-torch_npu"
-_TORCH_NPU_REFUSAL = ("is not importable in this process: it needs CANN, and torchair_plugin.testing runs "
-                      "torchair on CANN-less stubs")
+_TORCH_NPU_REFUSAL = (
+    "is not importable in this process: it needs CANN, and torchair_plugin.testing runs torchair on CANN-less stubs"
+)
 
 
 def _torch_npu_dir() -> str:
@@ -153,7 +155,9 @@ def preload_stubs(real_torch_npu: bool = False) -> Tuple[_stubs.StubSet, list]:
 
     try:
         stubs = _stubs.ensure_stubs(
-            native_modules(real_torch_npu), _torch_npu_version(), torch.__version__,
+            native_modules(real_torch_npu),
+            _torch_npu_version(),
+            torch.__version__,
             extra_sonames=_upstream.DLOPENED_SONAMES if real_torch_npu else (),
         )
     except (_stubs.MissingTool, _stubs.CacheUnusable) as exc:
@@ -203,7 +207,10 @@ def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE_CODE, *map(str, stubs.libraries())],
-            capture_output=True, text=True, env=env, timeout=PROBE_TIMEOUT_S,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=PROBE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
         return ProbeResult(False, f"the probe timed out after {PROBE_TIMEOUT_S} s (asked again next run)", True)
@@ -213,11 +220,17 @@ def probe_real_torch_npu(stubs: _stubs.StubSet) -> ProbeResult:
         name = signal.Signals(-proc.returncode).name
         return ProbeResult(False, f"the probe was killed by {name} (asked again next run)", True)
     # The abort's reason (a C++ ``what():`` or an error line) says more than the last line.
-    telling = ([line for line in lines if "what():" in line] or [line for line in lines if "Error" in line]
-               or lines[-1:] or ["no output"])
+    telling = (
+        [line for line in lines if "what():" in line]
+        or [line for line in lines if "Error" in line]
+        or lines[-1:]
+        or ["no output"]
+    )
     result = ProbeResult(loads, "" if loads else f"exit {proc.returncode}: {telling[0].strip()[:300]}")
     try:
-        trusted_files.write_atomic(stubs.directory, _PROBE_FILE, json.dumps({"loads": result.loads, "detail": result.detail}).encode())
+        trusted_files.write_atomic(
+            stubs.directory, _PROBE_FILE, json.dumps({"loads": result.loads, "detail": result.detail}).encode()
+        )
     except OSError:
         pass  # an unwritable cache only costs the probe again next time
     return result
@@ -332,8 +345,11 @@ def import_torchair() -> ModuleType:
             if mode is Mode.UNAVAILABLE:
                 raise CannLessUnavailable(f"torch-npu is not installed (torchair ships inside it): {INSTALL_TORCH_NPU}")
 
-            importers = {Mode.NATIVE: _import_native, Mode.REAL_TORCH_NPU: _import_real_torch_npu,
-                         Mode.STAND_IN: _import_stand_in}
+            importers = {
+                Mode.NATIVE: _import_native,
+                Mode.REAL_TORCH_NPU: _import_real_torch_npu,
+                Mode.STAND_IN: _import_stand_in,
+            }
             torchair = importers[mode]()
             # Capture runs graphs eagerly on CPU: the dispatch/combine companions need a CPU
             # kernel (and, without torch_npu, a definition) for chain graphs to capture.

@@ -54,9 +54,16 @@ def corpus(seed: int = 0, size: int = 200) -> Iterator[Case]:
         f = rng.randint(2, min(world_size + 1, 17)) if mode == 0 else rng.randint(2, 33)
         scales_dtype = [None, *SCALE_DTYPES][n % 4]
         yield Case(
-            seed=rng.randrange(2**31), bs=bs, k=k, num_experts=rng.randint(k, 1024), f=f, balance_mode=mode,
-            world_size=world_size, local_rank_id=rng.randrange(world_size) if mode == 0 else -1,
-            ids_dtype=(torch.int32, torch.int64)[(n // 2) % 2], scales_dtype=scales_dtype,
+            seed=rng.randrange(2**31),
+            bs=bs,
+            k=k,
+            num_experts=rng.randint(k, 1024),
+            f=f,
+            balance_mode=mode,
+            world_size=world_size,
+            local_rank_id=rng.randrange(world_size) if mode == 0 else -1,
+            ids_dtype=(torch.int32, torch.int64)[(n // 2) % 2],
+            scales_dtype=scales_dtype,
             with_active_mask=scales_dtype is not None and n % 3 == 0,
         )
 
@@ -68,8 +75,9 @@ def build_case(case: Case) -> Tuple[tuple, Dict[str, object]]:
     table = torch.randint(0, 1024, (case.num_experts, case.f), generator=gen, dtype=torch.int32)
     table[:, 0] = counts
     ids = torch.randint(0, case.num_experts, (case.bs, case.k), generator=gen).to(case.ids_dtype)
-    kwargs: Dict[str, object] = dict(local_rank_id=case.local_rank_id, world_size=case.world_size,
-                                     balance_mode=case.balance_mode)
+    kwargs: Dict[str, object] = dict(
+        local_rank_id=case.local_rank_id, world_size=case.world_size, balance_mode=case.balance_mode
+    )
     if case.scales_dtype is not None:
         scales = torch.rand(case.bs, case.k, generator=gen).to(case.scales_dtype)
         threshold = torch.rand(case.k, generator=gen) * 0.3
@@ -112,7 +120,9 @@ def compare(native: Kernel, reference: Kernel, cases, device: str = "cpu", max_e
             continue
         for name, want, have in zip(("balanced_expert_ids", "balanced_active_mask"), expected, got):
             if want.dtype != have.dtype or want.shape != have.shape:
-                found.append(Mismatch(case, name, error=f"{have.dtype}{list(have.shape)} != {want.dtype}{list(want.shape)}"))
+                found.append(
+                    Mismatch(case, name, error=f"{have.dtype}{list(have.shape)} != {want.dtype}{list(want.shape)}")
+                )
             elif not torch.equal(want, have):
                 where = (want != have).nonzero().tolist()[:max_elements]
                 found.append(Mismatch(case, name, [(i, j, want[i, j].item(), have[i, j].item()) for i, j in where]))
@@ -123,8 +133,10 @@ def mismatch_report(mismatches: List[Mismatch]) -> str:
     """The text to send back: each failing case (rebuildable with build_case) and its first differences."""
     if not mismatches:
         return "native kernel agrees with the reference kernel on every case"
-    lines = [f"{len(mismatches)} mismatching case(s); rebuild inputs with "
-             "torchair_plugin.testing.acceptance.build_case(Case(...)):"]
+    lines = [
+        f"{len(mismatches)} mismatching case(s); rebuild inputs with "
+        "torchair_plugin.testing.acceptance.build_case(Case(...)):"
+    ]
     for m in mismatches:
         lines.append(f"- {m.case!r}: {m.output}")
         lines.extend(f"    [{i}, {j}] expected {want}, got {have}" for i, j, want, have in m.elements)

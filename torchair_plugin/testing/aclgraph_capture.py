@@ -161,9 +161,11 @@ class AclCaptureResult:
         return len(self.fx_graphs)
 
     def summary(self) -> str:
-        lines = [f"{self.mode}: {self.fx_graph_count} FX graph(s), {len(self.graphs)} ACL graph(s) to capture, "
-                 f"{self.graph_breaks} graph break(s), {len(self.recompile_reasons)} recompile(s), "
-                 f"{len(self.host_syncs)} host sync(s)"]
+        lines = [
+            f"{self.mode}: {self.fx_graph_count} FX graph(s), {len(self.graphs)} ACL graph(s) to capture, "
+            f"{self.graph_breaks} graph break(s), {len(self.recompile_reasons)} recompile(s), "
+            f"{len(self.host_syncs)} host sync(s)"
+        ]
         lines += [f"  graph break: {reason}" for reason in self.graph_break_reasons]
         lines += [f"  recompiled because {reason}" for reason in self.recompile_reasons]
         lines += [f"  host sync: {sync}" for sync in self.host_syncs]
@@ -187,8 +189,10 @@ def mode_problem(mode: str) -> Optional[str]:
         raise ValueError(f"unknown aclgraph mode {mode!r}: one of {', '.join(MODES)}")
     import_torchair()
     if current_mode() not in (Mode.REAL_TORCH_NPU, Mode.NATIVE):
-        return (f"{mode} imports torch_npu, which cannot load here (capture runs on stand-ins for it: "
-                f"{current_mode().value})")
+        return (
+            f"{mode} imports torch_npu, which cannot load here (capture runs on stand-ins for it: "
+            f"{current_mode().value})"
+        )
     try:
         found = importlib.util.find_spec(_upstream.acl_converter_module(mode)) is not None
     except (ImportError, AttributeError, ValueError):
@@ -239,8 +243,9 @@ class _RecordedAclGraph:
         return self._fx_graph
 
     def load(self, cache_info: Any) -> None:
-        graph = AclCapturedGraph(self._fx_graph, _classify_inputs(self._fx_graph, cache_info, self._sources),
-                                 self._options)
+        graph = AclCapturedGraph(
+            self._fx_graph, _classify_inputs(self._fx_graph, cache_info, self._sources), self._options
+        )
         self._index = index = len(self._result.graphs)
         graph.host_syncs = list(_host_syncs_in_graph(self._fx_graph, index))
         self._result.graphs.append(graph)
@@ -255,6 +260,7 @@ class _RecordedAclGraph:
 
     def _check_static_storage(self, args: Sequence[Any]) -> None:
         graph = self._captured
+        assert graph is not None  # called once the graph was captured
         for graph_input in graph.inputs:
             if graph_input.kind != STATIC or graph_input.index >= len(args):
                 continue
@@ -262,14 +268,19 @@ class _RecordedAclGraph:
             first = self._static_storages.setdefault(graph_input.index, storage)
             if storage == first:
                 continue
-            effect = ("replays keep reading the old storage (frozen_parameter: the address is not in the graph "
-                      "key), so the graph silently computes with the old values" if graph.frozen else
-                      "torchair captures a new ACL graph for the new address (its graph key holds static "
-                      "inputs' addresses), and every later rebind another, up to static_capture_size_limit="
-                      f"{graph.options.get(_upstream.ACL_CAPTURE_LIMIT_OPTION, '?')}")
-            message = (f"{self._result.mode} graph {self._index}: static input "
-                       f"{graph_input.name!r} ({graph_input.why}) has new storage on call {self._calls}: {effect}. "
-                       f"Update it in place (copy_) instead of rebinding it.")
+            effect = (
+                "replays keep reading the old storage (frozen_parameter: the address is not in the graph "
+                "key), so the graph silently computes with the old values"
+                if graph.frozen
+                else "torchair captures a new ACL graph for the new address (its graph key holds static "
+                "inputs' addresses), and every later rebind another, up to static_capture_size_limit="
+                f"{graph.options.get(_upstream.ACL_CAPTURE_LIMIT_OPTION, '?')}"
+            )
+            message = (
+                f"{self._result.mode} graph {self._index}: static input "
+                f"{graph_input.name!r} ({graph_input.why}) has new storage on call {self._calls}: {effect}. "
+                f"Update it in place (copy_) instead of rebinding it."
+            )
             self._static_storages[graph_input.index] = storage
             self._result.static_input_changes.append(message)
             warnings.warn(message, StaticInputChanged, stacklevel=2)
@@ -285,8 +296,9 @@ def _static_why(source: Optional[str], example: Any) -> str:
     return "mark_static_address"
 
 
-def _classify_inputs(fx_graph: Any, cache_info: Any, sources: Optional[List[Tuple[str, Optional[str], Any]]]
-                     ) -> List[GraphInput]:
+def _classify_inputs(
+    fx_graph: Any, cache_info: Any, sources: Optional[List[Tuple[str, Optional[str], Any]]]
+) -> List[GraphInput]:
     """The captured graph's inputs, named after Dynamo's, as torchair decided to feed each.
 
     In an inference graph AOTAutograd's inputs are Dynamo's, in order (parameters and buffers
@@ -320,8 +332,11 @@ def _classify_inputs(fx_graph: Any, cache_info: Any, sources: Optional[List[Tupl
 # unbacked symbol their output introduces: a shape or a number only the device's data decides).
 _HOST_COPY_TARGETS = {"aten._local_scalar_dense", "aten.item", "aten._assert_scalar"}
 # Graph-break reasons that are a host sync in the user's code.
-_SYNC_BREAK = re.compile(r"\.item\(|Tensor\.item|tolist|_local_scalar_dense|nonzero|data.dependent|"
-                         r"\.numpy\(|Tensor\.numpy|Tensor\.cpu|\.cpu\(|dynamic.shape|unbacked", re.IGNORECASE)
+_SYNC_BREAK = re.compile(
+    r"\.item\(|Tensor\.item|tolist|_local_scalar_dense|nonzero|data.dependent|"
+    r"\.numpy\(|Tensor\.numpy|Tensor\.cpu|\.cpu\(|dynamic.shape|unbacked",
+    re.IGNORECASE,
+)
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in [^\n]*\n(?P<code>[^\n]*)')
 
 
@@ -345,8 +360,11 @@ def _unbacked(value: Any) -> set:
 
 def _to_cpu(node: Any) -> bool:
     device = node.kwargs.get("device")
-    return _target_name(node.target) in ("aten._to_copy", "prims.device_put") and str(device) == "cpu" and \
-        str(getattr(node.args[0].meta.get("val"), "device", "cpu")) != "cpu"
+    return (
+        _target_name(node.target) in ("aten._to_copy", "prims.device_put")
+        and str(device) == "cpu"
+        and str(getattr(node.args[0].meta.get("val"), "device", "cpu")) != "cpu"
+    )
 
 
 def _host_syncs_in_graph(fx_graph: Any, index: int) -> Iterator[HostSync]:
@@ -361,8 +379,11 @@ def _host_syncs_in_graph(fx_graph: Any, index: int) -> Iterator[HostSync]:
         new = _unbacked(node.meta.get("val")) - seen_unbacked
         seen_unbacked |= new
         if target in _HOST_COPY_TARGETS or new or _to_cpu(node):
-            why = "copies a device value to the host" if target in _HOST_COPY_TARGETS or not new else \
-                "output shape depends on the data"
+            why = (
+                "copies a device value to the host"
+                if target in _HOST_COPY_TARGETS or not new
+                else "output shape depends on the data"
+            )
             yield HostSync(f"{target}: {why}", _source_line(node.meta.get("stack_trace")), True, index)
 
 
@@ -490,7 +511,7 @@ def graph_to_text(graph: AclCapturedGraph) -> str:
         kind = f"{graph_input.kind}({graph_input.why})" if graph_input.why else graph_input.kind
         lines.append(f"  {graph_input.name}: {_meta_text(node.meta.get('val'), symbols)} {kind}")
     symbol_lines = []
-    for node, graph_input in [pair for pair in pairs if pair[1].kind == SYMBOL]:
+    for node, _ in [pair for pair in pairs if pair[1].kind == SYMBOL]:
         names[node] = _meta_text(node.meta.get("val"), symbols).removeprefix("sym ")
         symbol_lines.append(f"  {names[node]}: {SYMBOL}")
     lines += sorted(symbol_lines)
@@ -504,7 +525,9 @@ def graph_to_text(graph: AclCapturedGraph) -> str:
             args = [_arg_text(a, names) for a in node.args]
             args += [f"{key}={_arg_text(value, names)}" for key, value in sorted(node.kwargs.items())]
             target = _target_name(node.target) if node.op == "call_function" else f"{node.op}:{node.target}"
-            lines.append(f"  {names[node]} = {target}({', '.join(args)}) -> {_meta_text(node.meta.get('val'), symbols)}")
+            lines.append(
+                f"  {names[node]} = {target}({', '.join(args)}) -> {_meta_text(node.meta.get('val'), symbols)}"
+            )
         elif node.op == "output":
             lines.append(f"outputs: {_arg_text(node.args[0], names)}")
     return "\n".join(lines) + "\n"
@@ -528,7 +551,7 @@ def _backend(mode: str, config: Any, options: Optional[Dict[str, Any]]) -> Calla
     backend = torch._dynamo.lookup_backend(NPUGRAPH_EX)
     if not options:
         return backend
-    return lambda gm, example_inputs: backend(gm, example_inputs, options=dict(options))
+    return lambda gm, example_inputs: backend(gm, example_inputs, options=dict(options))  # type: ignore[call-arg]
 
 
 class AclGraphCapture:
@@ -541,9 +564,18 @@ class AclGraphCapture:
     (``reset``, ``training``, ``fullgraph``, ``dynamic``).
     """
 
-    def __init__(self, fn: Callable, *, mode: str = REDUCE_OVERHEAD, dynamic: Optional[bool] = False,
-                 config: Any = None, options: Optional[Dict[str, Any]] = None, fullgraph: bool = False,
-                 reset: bool = True, training: bool = False) -> None:
+    def __init__(
+        self,
+        fn: Callable,
+        *,
+        mode: str = REDUCE_OVERHEAD,
+        dynamic: Optional[bool] = False,
+        config: Any = None,
+        options: Optional[Dict[str, Any]] = None,
+        fullgraph: bool = False,
+        reset: bool = True,
+        training: bool = False,
+    ) -> None:
         import torch
 
         problem = mode_problem(mode)
@@ -590,14 +622,23 @@ def _example(placeholder: Any) -> Any:
         return None
 
 
-def capture_aclgraph_graphs(fn: Callable, *args: Any, mode: str = REDUCE_OVERHEAD, dynamic: Optional[bool] = False,
-                            mark_dynamic: Optional[MarkDynamic] = None, config: Any = None,
-                            options: Optional[Dict[str, Any]] = None, fullgraph: bool = False,
-                            training: bool = False, **kwargs: Any) -> AclCaptureResult:
+def capture_aclgraph_graphs(
+    fn: Callable,
+    *args: Any,
+    mode: str = REDUCE_OVERHEAD,
+    dynamic: Optional[bool] = False,
+    mark_dynamic: Optional[MarkDynamic] = None,
+    config: Any = None,
+    options: Optional[Dict[str, Any]] = None,
+    fullgraph: bool = False,
+    training: bool = False,
+    **kwargs: Any,
+) -> AclCaptureResult:
     """Compile ``fn`` with an aclgraph backend (``mode``), call it once on ``args``, return what
     torchair would capture. Arguments as :func:`~torchair_plugin.testing.capture_ge_graphs`, plus
     ``mode`` and ``options`` (see :class:`AclGraphCapture`)."""
-    capture = AclGraphCapture(fn, mode=mode, dynamic=dynamic, config=config, options=options,
-                              fullgraph=fullgraph, training=training)
+    capture = AclGraphCapture(
+        fn, mode=mode, dynamic=dynamic, config=config, options=options, fullgraph=fullgraph, training=training
+    )
     capture(*args, mark_dynamic=mark_dynamic, **kwargs)
     return capture.result

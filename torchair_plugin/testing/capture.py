@@ -100,8 +100,10 @@ class CaptureResult:
 
     def summary(self) -> str:
         """Counts, then one line per recompile reason: what to read when a count is unexpected."""
-        lines = [f"{self.fx_graph_count} FX graph(s), {len(self.graphs)} GE graph(s), "
-                 f"{self.graph_breaks} graph break(s), {len(self.recompile_reasons)} recompile(s)"]
+        lines = [
+            f"{self.fx_graph_count} FX graph(s), {len(self.graphs)} GE graph(s), "
+            f"{self.graph_breaks} graph break(s), {len(self.recompile_reasons)} recompile(s)"
+        ]
         lines += [f"  recompiled because {reason}" for reason in self.recompile_reasons]
         return "\n".join(lines)
 
@@ -224,18 +226,29 @@ def _duck_sizing_hint(reason: str, first_sizes: dict) -> str:
     if match is None or match.group(1) not in first_sizes:
         return ""
     name, index, expected = match.group(1), int(match.group(2)), int(match.group(3))
-    twins = [f"{other}.size({dim})" for other, shape in first_sizes.items() for dim, size in enumerate(shape)
-             if size == expected and (other, dim) != (name, index)]
+    twins = [
+        f"{other}.size({dim})"
+        for other, shape in first_sizes.items()
+        for dim, size in enumerate(shape)
+        if size == expected and (other, dim) != (name, index)
+    ]
     if not twins:
         return ""
-    return (f" (duck sizing: on the first call {name}.size({index}) = {expected} equalled {', '.join(twins)}, so "
-            f"Dynamo gave them one symbol; mark the dim dynamic (mark_dynamic={{{list(first_sizes).index(name)}: "
-            f"{index}}}, the position of {name} among the arguments) or make the other inputs buffers or parameters)")
+    return (
+        f" (duck sizing: on the first call {name}.size({index}) = {expected} equalled {', '.join(twins)}, so "
+        f"Dynamo gave them one symbol; mark the dim dynamic (mark_dynamic={{{list(first_sizes).index(name)}: "
+        f"{index}}}, the position of {name} among the arguments) or make the other inputs buffers or parameters)"
+    )
 
 
 @contextlib.contextmanager
-def _counted_call(result: Any, args: Sequence[Any], mark_dynamic: Optional[MarkDynamic], training: bool,
-                  local: threading.local = _active) -> Any:
+def _counted_call(
+    result: Any,
+    args: Sequence[Any],
+    mark_dynamic: Optional[MarkDynamic],
+    training: bool,
+    local: threading.local = _active,
+) -> Any:
     """One call of a compiled function: ``mark_dynamic`` applied to ``args``, ``result`` receiving
     graphs (on ``local``'s stack) under no_grad unless ``training``, then the graph breaks and
     recompiles the call caused added to ``result``."""
@@ -246,7 +259,7 @@ def _counted_call(result: Any, args: Sequence[Any], mark_dynamic: Optional[MarkD
         torch._dynamo.mark_dynamic(args[index], dims)
     breaks_before = sum(counters["graph_break"].values())
     failures_before = _guard_failure_counts()
-    with _Recording(result, local), (torch.enable_grad() if training else torch.no_grad()):
+    with _Recording(result, local), torch.enable_grad() if training else torch.no_grad():
         yield
     result.graph_breaks += sum(counters["graph_break"].values()) - breaks_before
     result.recompile_reasons += _new_recompile_reasons(failures_before)
@@ -270,7 +283,7 @@ def _new_recompile_reasons(before: dict) -> List[str]:
 
     reasons = []
     for code, failures in list(guard_failures.items()):
-        new = failures[before.get(code, 0):]
+        new = failures[before.get(code, 0) :]
         if new:
             reasons.append(re.sub(r"L\[\s*['\"](.*?)['\"]\s*\]", r"\1", "; ".join(map(str, new))))
     return reasons
@@ -304,8 +317,11 @@ def capture_ge_graphs(
 def _argument_names(fn: Callable, count: int) -> List[str]:
     """Names for ``fn``'s first ``count`` positional arguments, as Dynamo would name them."""
     try:
-        params = [p.name for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         params = []
     return [params[i] if i < len(params) else f"input{i}" for i in range(count)]
@@ -323,6 +339,7 @@ def lower_fx(fn: Callable, *args: Any, dynamic: bool = False, config: Any = None
 
     torchair = import_torchair()
     _interception.install_capture_hook(_record)
+
     def as_tuple(*inputs: Any) -> Any:
         # torchair's output converter expects what AOTAutograd gives it: a tuple of outputs.
         out = fn(*inputs)
@@ -336,4 +353,3 @@ def lower_fx(fn: Callable, *args: Any, dynamic: bool = False, config: Any = None
         with fake_mode if fake_mode is not None else contextlib.nullcontext():
             torchair.get_compiler(_eager_config(config))(gm, example_inputs)
     return result.graph
-

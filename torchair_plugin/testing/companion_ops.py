@@ -36,7 +36,7 @@ import re
 import sys
 from typing import Any, Callable, Dict, List
 
-from torchair_plugin import environment, _upstream, registration
+from torchair_plugin import _upstream, environment, registration
 from torchair_plugin._process_state import STATE
 
 V2_OPS = ("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2")
@@ -128,7 +128,9 @@ def extract_functions(source: str, function_names: Dict[str, str], given: Dict[s
         if name not in defs:
             if name in given or hasattr(builtins, name):
                 continue
-            raise LookupError(f"{name!r} is used by the meta functions but neither defined in the meta file nor stood in for")
+            raise LookupError(
+                f"{name!r} is used by the meta functions but neither defined in the meta file nor stood in for"
+            )
         wanted.append(name)
         pending.extend(_free_names(defs[name]))
     body = []
@@ -168,7 +170,9 @@ def define_companion_ops() -> List[str]:
 
     with STATE.lock:
         absent = [name for name in OPS if not registration.op_exists(f"npu::{name}")]
-        without_cpu = [name for name in OPS if name not in absent and not registration.has_kernel(f"npu::{name}", "CPU")]
+        without_cpu = [
+            name for name in OPS if name not in absent and not registration.has_kernel(f"npu::{name}", "CPU")
+        ]
         if "torch_npu" in sys.modules:  # torch_npu defined every op it has: the absent ones it lacks
             absent = []
         if without_cpu:

@@ -50,7 +50,6 @@ class OpIR:
     optional_inputs: frozenset = frozenset()
     attr_defaults: Mapping[str, AttrValue] = field(default_factory=dict)
 
-
     @classmethod
     def from_schema(cls, schema_text: str) -> "OpIR":
         """The IR of an op whose GE node mirrors its torch schema (tensors as inputs, the other
@@ -276,7 +275,7 @@ def dynamo_input_names(gm: Any) -> List[str]:
 def dynamo_input_sources(gm: Any) -> List[Tuple[str, Optional[str]]]:
     """(placeholder name, Dynamo's source name or None) of each placeholder of a Dynamo FX graph:
     ``L['self']._buffers['table']`` says more than its readable form (a buffer, not a parameter)."""
-    sources = []
+    sources: List[Tuple[str, Optional[str]]] = []
     for node in gm.graph.nodes:
         if node.op != "placeholder":
             continue
@@ -284,12 +283,15 @@ def dynamo_input_sources(gm: Any) -> List[Tuple[str, Optional[str]]]:
         if source is None:
             sources.append((node.name, None))
             continue
-        sources.append((node.name, source.name() if callable(source.name) else source.name))  # a property on newer torch
+        sources.append(
+            (node.name, source.name() if callable(source.name) else source.name)
+        )  # a property on newer torch
     return sources
 
 
-def normalize(graph_def: Any, irs: Optional[Mapping[str, OpIR]] = None,
-              input_names: Optional[Sequence[str]] = None) -> List[Op]:
+def normalize(
+    graph_def: Any, irs: Optional[Mapping[str, OpIR]] = None, input_names: Optional[Sequence[str]] = None
+) -> List[Op]:
     """The ops of a GE GraphDef in the stable form described in the module docstring."""
     irs = OP_IRS if irs is None else irs
     ops = list(graph_def.op)
@@ -362,10 +364,10 @@ def _fmt_value(value: AttrValue) -> str:
 def to_text(ops: Sequence[Op]) -> str:
     """One block per op; ends with a newline. Example::
 
-        MatMul_0: MatMul
-          in x1 = Data_0:0 DT_FLOAT [-1, 4]
-          attr transpose_x1 = false
-          out 0 y: DT_FLOAT [-1, 4]
+    MatMul_0: MatMul
+      in x1 = Data_0:0 DT_FLOAT [-1, 4]
+      attr transpose_x1 = false
+      out 0 y: DT_FLOAT [-1, 4]
     """
     lines = []
     for op in ops:

@@ -93,7 +93,10 @@ class LowerSpec:
             "pruning_threshold": meta((1, self.k) if self.threshold_2d else (self.k,), torch.float32),
             "active_mask": meta((self.bs,), torch.bool),
         }
-        args = [meta((self.bs, self.k), getattr(torch, self.ids_dtype)), meta((self.experts, self.columns), torch.int32)]
+        args = [
+            meta((self.bs, self.k), getattr(torch, self.ids_dtype)),
+            meta((self.experts, self.columns), torch.int32),
+        ]
         args += [given[name] for name in OPTIONAL_INPUTS if name in self.optional]
         if self.chain:
             args.append(meta((self.bs, self.hidden), getattr(torch, self.x_dtype)))
@@ -124,7 +127,15 @@ class LowerSpec:
                 x, balanced_ids, "ep", group_size, rank, experts, x_active_mask=balanced_mask
             )
             return combine(
-                expand_x, balanced_ids, assist_info, ep_recv_counts, scales.float(), "ep", group_size, rank, experts,
+                expand_x,
+                balanced_ids,
+                assist_info,
+                ep_recv_counts,
+                scales.float(),
+                "ep",
+                group_size,
+                rank,
+                experts,
                 x_active_mask=balanced_mask,
             )
 
@@ -141,15 +152,21 @@ class LowerSpec:
             return None
         physical = self.physical
         if physical > limits.MAX_EXPERTS:
-            return (f"--physical-experts must be <= {limits.MAX_EXPERTS} (the op's bound on the sum of replica "
-                    f"counts), got {physical}")
+            return (
+                f"--physical-experts must be <= {limits.MAX_EXPERTS} (the op's bound on the sum of replica "
+                f"counts), got {physical}"
+            )
         if physical < self.experts or physical % self.world_size:
-            return (f"--physical-experts must be >= --experts={self.experts} and divisible by "
-                    f"--world-size={self.world_size}, got {physical}")
+            return (
+                f"--physical-experts must be >= --experts={self.experts} and divisible by "
+                f"--world-size={self.world_size}, got {physical}"
+            )
         replicas = -(-physical // self.experts)
         if replicas > self.columns - 1:
-            return (f"--physical-experts={physical} puts up to {replicas} replicas on one of {self.experts} logical "
-                    f"experts: eplb_table needs --f >= {replicas + 1}, got {self.columns}")
+            return (
+                f"--physical-experts={physical} puts up to {replicas} replicas on one of {self.experts} logical "
+                f"experts: eplb_table needs --f >= {replicas + 1}, got {self.columns}"
+            )
         return None
 
 

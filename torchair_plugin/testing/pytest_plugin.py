@@ -24,7 +24,6 @@ write the files instead of comparing; review the diff with git before committing
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from pathlib import Path
 from typing import Any, List, Optional, Union
@@ -54,14 +53,14 @@ def pytest_addoption(parser: Any) -> None:
         action="store_true",
         default=False,
         help="write goldens for the installed torch-npu only (goldens/torch_npu-<version>/), where its graph "
-             "differs from the shared golden; remove its copies that equal the shared one",
+        "differs from the shared golden; remove its copies that equal the shared one",
     )
     group.addoption(
         STRICT_OPTION,
         action="store_true",
         default=False,
         help=f"fail, instead of skipping, tests that need GE graph capture where it cannot run "
-             f"(env {STRICT_ENV}=1 does the same)",
+        f"(env {STRICT_ENV}=1 does the same)",
     )
 
 
@@ -131,8 +130,11 @@ def require_ge_capture() -> Any:
         return import_torchair()
     except CannLessUnavailable as exc:
         if strict():
-            pytest.fail(f"GE graph capture unavailable ({STRICT_OPTION} / {STRICT_ENV}=1 make this a failure, "
-                        f"not a skip): {exc}", pytrace=False)
+            pytest.fail(
+                f"GE graph capture unavailable ({STRICT_OPTION} / {STRICT_ENV}=1 make this a failure, "
+                f"not a skip): {exc}",
+                pytrace=False,
+            )
         pytest.skip(f"GE graph capture unavailable: {exc}", allow_module_level=True)
 
 
@@ -203,7 +205,8 @@ class GoldenFiles:
         if expected != text:
             diff = local_diff(expected, text, str(path), "captured")
             whose = (
-                f"the golden of {self.tag}" if path.parent.name == self.tag
+                f"the golden of {self.tag}"
+                if path.parent.name == self.tag
                 else f"the shared golden ({self.tag} has none of its own under {self.directory / self.tag})"
             )
             raise GoldenMismatch(
@@ -211,7 +214,6 @@ class GoldenFiles:
                 f"`pytest {UPDATE_OPTION}`; if only this torch-npu lowers differently, copy the captured text "
                 f"to {self.directory / self.tag / path.name}:\n{diff}"
             )
-
 
     def _write_version_copy(self, text: str, name: str) -> None:
         relative = self.path(name).relative_to(self.directory)
@@ -244,12 +246,18 @@ def local_diff(expected: str, captured: str, fromfile: str, tofile: str, context
     """
     old, new = expected.splitlines(), captured.splitlines()
     matcher = difflib.SequenceMatcher(
-        None, [_OP_NAME.sub(r"\1_#", line) for line in old], [_OP_NAME.sub(r"\1_#", line) for line in new],
+        None,
+        [_OP_NAME.sub(r"\1_#", line) for line in old],
+        [_OP_NAME.sub(r"\1_#", line) for line in new],
         autojunk=False,
     )
     # Counted first: get_grouped_opcodes trims the matcher's cached opcodes in place.
-    renumbered = sum(a != b for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag == "equal"
-                     for a, b in zip(old[i1:i2], new[j1:j2]))
+    renumbered = sum(
+        a != b
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+        if tag == "equal"
+        for a, b in zip(old[i1:i2], new[j1:j2])
+    )
     hunks = []
     for group in matcher.get_grouped_opcodes(context):
         first, last = group[0], group[-1]
@@ -260,10 +268,17 @@ def local_diff(expected: str, captured: str, fromfile: str, tofile: str, context
             else:
                 hunks += ["-" + line for line in old[i1:i2]] + ["+" + line for line in new[j1:j2]]
     if not hunks:
-        return "".join(difflib.unified_diff(expected.splitlines(keepends=True), captured.splitlines(keepends=True),
-                                            fromfile=fromfile, tofile=tofile))
-    note = (f"({renumbered} more line(s) differ only in op numbers <Type>_<k>: an op added or removed renumbers "
-            f"the later ops of its type)\n" if renumbered else "")
+        return "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True), captured.splitlines(keepends=True), fromfile=fromfile, tofile=tofile
+            )
+        )
+    note = (
+        f"({renumbered} more line(s) differ only in op numbers <Type>_<k>: an op added or removed renumbers "
+        f"the later ops of its type)\n"
+        if renumbered
+        else ""
+    )
     return f"--- {fromfile}\n+++ {tofile}\n" + note + "\n".join(hunks) + "\n"
 
 
@@ -283,5 +298,6 @@ def ge_torchair() -> Any:
 @pytest.fixture
 def ge_golden(request: Any) -> GoldenFiles:
     directory = Path(request.path).parent / GOLDEN_DIR
-    return GoldenFiles(directory, _option(request.config, UPDATE_OPTION),
-                       for_version=_option(request.config, UPDATE_VERSION_OPTION))
+    return GoldenFiles(
+        directory, _option(request.config, UPDATE_OPTION), for_version=_option(request.config, UPDATE_VERSION_OPTION)
+    )
