@@ -306,3 +306,21 @@ def test_outside_a_capture_torchair_builds_its_real_acl_graph():
     assert "captured 1" in done.stdout, done.stdout + done.stderr[-2000:]
     # The real AclGraph asks torch_npu for the device: the CANN stubs refuse aclInit.
     assert "plain compile raised" in done.stdout and "aclInit" in done.stderr, done.stdout + done.stderr[-2000:]
+
+
+def test_torchair_compiles_after_an_npugraph_ex_capture_in_a_fresh_process():
+    """torchair's one-time patches once failed after npugraph_ex's ('Trying to override a python
+    impl for DispatchKey.AutogradPrivateUse1 on operator aten::to.other'), whatever test ran first."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torchair_plugin, torch\n"
+        "from torchair_plugin.testing import available_aclgraph_modes, capture_aclgraph_graphs, capture_ge_graphs\n"
+        "if 'npugraph_ex' in available_aclgraph_modes():\n"
+        "    capture_aclgraph_graphs(lambda x: x * 2, torch.ones(2), mode='npugraph_ex')\n"
+        "print(capture_ge_graphs(lambda x: x + 1, torch.ones(2)).fx_graph_count)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "1"

@@ -548,6 +548,10 @@ def _backend(mode: str, config: Any, options: Optional[Dict[str, Any]]) -> Calla
         return torchair.get_npu_backend(compiler_config=cfg)
     if config is not None:
         raise ValueError("config= is for reduce-overhead; give npugraph_ex its options as a dict (options=)")
+    # torchair's one-time patches register a Python kernel for aten.to.other at AutogradPrivateUse1
+    # without asking whether one exists; npugraph_ex's copy of them asks. Run torchair's first, so
+    # that a process compiling with npugraph_ex before torchair can still compile with torchair.
+    torchair.get_npu_backend(compiler_config=torchair.CompilerConfig())
     backend = torch._dynamo.lookup_backend(NPUGRAPH_EX)
     if not options:
         return backend
