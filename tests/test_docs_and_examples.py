@@ -105,6 +105,10 @@ def test_example(script):
     done = subprocess.run(
         command + [str(script)], cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=300
     )
+    if done.returncode == pytest.ExitCode.NO_TESTS_COLLECTED and "SKIPPED" in done.stdout:
+        # A template whose module skips as a whole where its capture cannot run here (aclgraph on a
+        # torch-npu whose real torch_npu does not load): the same skip, with its reason.
+        pytest.skip(next(line for line in done.stdout.splitlines() if "SKIPPED" in line))
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     missing = [line for line in EXPECTED_LINES.get(script.name, []) if line not in done.stdout.splitlines()]
     assert not missing, f"{script.name} did not print {missing}:\n{done.stdout[-2000:]}"
