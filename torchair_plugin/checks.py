@@ -86,7 +86,7 @@ def check_attributes(args: Any) -> None:
     local_rank_id, world_size, balance_mode = args.local_rank_id, args.world_size, args.balance_mode
     # torch.ops refuses a non-integer before any kernel runs; a direct call of a kernel must too.
     for name, value in (("local_rank_id", local_rank_id), ("world_size", world_size), ("balance_mode", balance_mode)):
-        if not isinstance(value, (numbers.Integral, torch.SymInt)):
+        if type(value) is not int and not isinstance(value, (numbers.Integral, torch.SymInt)):
             _check(False, name, "an int", f"{value!r} ({type(value).__name__})")
     _check(balance_mode in limits.BALANCE_MODES, "balance_mode", "0 or 1", balance_mode)
     if balance_mode == 0:

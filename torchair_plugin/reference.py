@@ -37,9 +37,12 @@ def _first(condition: torch.Tensor) -> int:
     return int(condition.reshape(-1).nonzero()[0].item())
 
 
-def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> None:
+def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> bool:
     """ValueError for an expert id outside the table, or a used expert whose count is not in
-    [1, F-1]. The counts of experts no token routes to are never read (as on the NPU)."""
+    [1, F-1]. The counts of experts no token routes to are never read (as on the NPU).
+
+    Returns whether every expert's count (used or not) is in [1, F-1], so that the mapping can
+    skip clamping the counts no token reads."""
     num_experts = counts.size(0)
     ids_low, ids_high = torch.aminmax(flat_ids)
     if ids_low.item() < 0 or ids_high.item() >= num_experts:
@@ -50,7 +53,7 @@ def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> None:
         )
     counts_low, counts_high = torch.aminmax(counts)
     if counts_low.item() >= 1 and counts_high.item() <= f - 1:
-        return  # every count is valid: no need to find which experts are used
+        return True  # every count is valid: no need to find which experts are used
     used_counts = counts.index_select(0, flat_ids)
     bad = (used_counts < 1) | (used_counts > f - 1)
     if bad.any().item():
@@ -59,41 +62,50 @@ def _check_values(flat_ids: torch.Tensor, counts: torch.Tensor, f: int) -> None:
             f"{OP_NAME}: eplb_table[{row}, 0] (replica count of logical expert {row}) must be "
             f"in [1, F-1={f - 1}], got {counts[row].item()}"
         )
+    return False
 
 
-def _mode0_physical_by_expert(eplb_table: torch.Tensor, local_rank_id: int, world_size: int) -> torch.Tensor:
+def _mode0_physical_by_expert(
+    eplb_table: torch.Tensor, counts: torch.Tensor, local_rank_id: int, world_size: int
+) -> torch.Tensor:
     """(E,) the physical id each expert maps to on this rank: every token of a rank takes the same.
 
     The slot ``local_rank_id // ceil(world_size / count) + 1`` depends on the count alone, so it
-    is computed for the F possible counts and looked up per expert (integer division is a scalar
-    loop on CPU). A count outside [1, F-1] belongs to an expert no token uses (checked before):
-    it is clamped into the row, and its slot is never read."""
+    is worked out in Python for the F-1 possible counts (integer division is a scalar loop on
+    CPU; F is small) and looked up per expert. ``counts`` must already lie in [0, F-1]."""
     f = eplb_table.size(1)
-    count = torch.arange(f, dtype=torch.int64, device=eplb_table.device).clamp_(min=1)
-    ranks_per_replica = torch.div(count + (world_size - 1), count, rounding_mode="floor")
-    slot_by_count = torch.full_like(count, local_rank_id).div_(ranks_per_replica, rounding_mode="floor").add_(1)
-    slots = slot_by_count.index_select(0, eplb_table.select(1, 0).clamp(0, f - 1))
+    slot_by_count = [1] + [local_rank_id // -(-world_size // count) + 1 for count in range(1, f)]
+    slots = torch.tensor(slot_by_count, device=eplb_table.device).index_select(0, counts)
     return eplb_table.gather(1, slots.view(-1, 1)).view(-1)
 
 
 def _mode1_physical(eplb_table: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
-    """(BS*K,) ``eplb_table[e, i % count_e + 1]`` for every element (i, j), i its token ROW."""
+    """(BS*K,) ``eplb_table[e, i % count_e + 1]`` for every element (i, j), i its token ROW.
+
+    The remainder is taken in float32, where division is vectorised (integer division is a
+    scalar loop on CPU): ``i - floor(i / c) * c`` is exact, since i < BS <= 512 and c < F are
+    small integers whose quotient float32 rounds to the right side of every whole number."""
     bs, k = expert_ids.shape
     f = eplb_table.size(1)
     flat_ids = expert_ids.reshape(-1)
-    counts = eplb_table.select(1, 0).index_select(0, flat_ids).view(bs, k)
-    rows = torch.arange(bs, dtype=counts.dtype, device=counts.device).view(bs, 1)
-    slots = torch.remainder(rows, counts).view(-1)
-    return eplb_table.reshape(-1).index_select(0, torch.add(slots, flat_ids, alpha=f).add_(1))
+    counts = eplb_table.select(1, 0).to(torch.float32).index_select(0, flat_ids).view(bs, k)
+    rows = torch.arange(bs, dtype=torch.float32, device=counts.device).view(bs, 1)
+    slots = torch.addcmul(rows, torch.div(rows, counts).floor_(), counts, value=-1).to(torch.int32)
+    # Flat index e*F + slot + 1: the +1 is the table viewed from its second element.
+    return eplb_table.reshape(-1)[1:].index_select(0, torch.add(slots.view(-1), flat_ids, alpha=f))
 
 
 def _map_to_physical(args) -> torch.Tensor:
     """balanced_expert_ids (BS, K) in expert_ids' dtype."""
     expert_ids, eplb_table = args.expert_ids, args.eplb_table
     flat_ids = expert_ids.reshape(-1)
-    _check_values(flat_ids, eplb_table.select(1, 0), eplb_table.size(1))
+    counts = eplb_table.select(1, 0)
+    f = eplb_table.size(1)
+    every_count_valid = _check_values(flat_ids, counts, f)
     if args.balance_mode == 0:
-        physical_by_expert = _mode0_physical_by_expert(eplb_table, args.local_rank_id, args.world_size)
+        if not every_count_valid:  # experts no token uses: keep their lookups inside the row
+            counts = counts.clamp(0, f - 1)
+        physical_by_expert = _mode0_physical_by_expert(eplb_table, counts, args.local_rank_id, args.world_size)
         balanced = physical_by_expert.index_select(0, flat_ids)
     else:
         balanced = _mode1_physical(eplb_table, expert_ids)
@@ -113,10 +125,12 @@ def _pairwise_sum(values: torch.Tensor) -> torch.Tensor:
 def _pruned_mask(args) -> torch.Tensor:
     """keep[i, j] = s[j] >= threshold[j] * sum(s) in float32; nothing kept for an inactive token."""
     scales = args.expert_scales.detach().to(torch.float32)  # fp16/bf16 widen exactly
-    keep = scales >= _pairwise_sum(scales) * args.pruning_threshold.detach()
+    row_sums = _pairwise_sum(scales)
     if args.active_mask is not None:
-        keep &= args.active_mask.view(-1, 1)
-    return keep
+        # An inactive token's sum is NaN: every comparison with it is False, whatever the
+        # threshold's sign (cheaper than and-ing a broadcast mask afterwards).
+        row_sums = torch.where(args.active_mask.view(-1, 1), row_sums, float("nan"))
+    return scales >= row_sums * args.pruning_threshold.detach()
 
 
 def npu_moe_update_expert_reference(
