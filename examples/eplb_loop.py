@@ -18,7 +18,8 @@ rank) -- one compiled graph. Two copies run side by side on the same tokens: one
 table, the other rebalances every ``--rebalance-every`` steps:
 
 1. all-reduce of the recorded window (tokens per physical expert, per layer);
-2. per-layer plan with ``plan_placement`` (F fixed: the table's);
+2. one ``plan_model`` call for every layer, from the current tables (``previous=``): replicas stay
+   in their slots unless moving them buys balance, so a rebalance copies few expert weights;
 3. ``rebalance_gain``: balancedness now and predicted, replicas moved; skipped below ``--min-gain``;
 4. ``StableEplbTable.update``: validated, digest-checked on every rank, written in place.
 
@@ -40,7 +41,7 @@ from torchair_plugin.eplb import (
     ExpertLoadRecorder,
     StableEplbTable,
     logical_load,
-    plan_placement,
+    plan_model,
     rebalance_gain,
     table_from_phy2log,
 )
@@ -104,18 +105,13 @@ def rebalance(args, stable, recorder, world_size, step):
     dist.all_reduce(load)
     load = load.cpu().numpy()
     logical = logical_load(load, stable.tensor)
-    candidate = torch.stack(
-        [
-            plan_placement(
-                logical[layer],
-                world_size,
-                stable.slots_per_rank,
-                balance_mode=args.balance_mode,
-                num_columns=stable.num_columns,
-            ).eplb_table
-            for layer in range(args.layers)
-        ]
-    )
+    candidate = plan_model(
+        logical,
+        num_ranks=world_size,
+        slots_per_rank=stable.slots_per_rank,
+        balance_mode=args.balance_mode,
+        previous=stable.tensor,  # keeps F, and the replicas that need not move
+    ).eplb_tables
     gain = rebalance_gain(
         load,
         stable.tensor,
