@@ -235,3 +235,19 @@ def test_a_non_integer_attribute_of_a_direct_call_is_named(attr):
     kwargs[attr] = 1.0
     with pytest.raises(RuntimeError, match=rf"{attr} must be an int, got 1.0 \(float\)"):
         npu_moe_update_expert_reference(ids, table, **kwargs)
+
+
+def test_mode1_row_index_is_exact_for_every_row_and_count():
+    """Mode 1's slot ``i % count + 1`` (the kernel takes the remainder in float32) for every row
+    of the largest batch and every count that balance_mode 1's largest F allows."""
+    from torchair_plugin import limits
+
+    rows = torch.arange(limits.MAX_BS)
+    ids = torch.zeros(limits.MAX_BS, 1, dtype=torch.int32)
+    wrong = []
+    for count in range(1, limits.MODE1_MAX_F):
+        table = torch.tensor([[count, *range(count)]], dtype=torch.int32)
+        balanced, _ = op(ids, table, balance_mode=1)
+        if not torch.equal(balanced.view(-1).long(), rows % count):
+            wrong.append(count)
+    assert wrong == []

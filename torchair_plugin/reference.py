@@ -83,14 +83,17 @@ def _mode1_physical(eplb_table: torch.Tensor, expert_ids: torch.Tensor) -> torch
     """(BS*K,) ``eplb_table[e, i % count_e + 1]`` for every element (i, j), i its token ROW.
 
     The remainder is taken in float32, where division is vectorised (integer division is a
-    scalar loop on CPU): ``i - floor(i / c) * c`` is exact, since i < BS <= 512 and c < F are
-    small integers whose quotient float32 rounds to the right side of every whole number."""
+    scalar loop on CPU), from the row's middle ``i + 0.5``: ``(i + 0.5) / c`` lies at least
+    ``0.5 / c`` away from every whole number, so its floor is ``i // c`` even where a device
+    divides a few ulps off, and ``i + 0.5 - (i // c) * c`` truncates to ``i % c`` (i < BS <= 512
+    and c < F are exact in float32)."""
     bs, k = expert_ids.shape
     f = eplb_table.size(1)
     flat_ids = expert_ids.reshape(-1)
     counts = eplb_table.select(1, 0).to(torch.float32).index_select(0, flat_ids).view(bs, k)
-    rows = torch.arange(bs, dtype=torch.float32, device=counts.device).view(bs, 1)
-    slots = torch.addcmul(rows, torch.div(rows, counts).floor_(), counts, value=-1).to(torch.int32)
+    row_middles = torch.arange(0.5, bs, dtype=torch.float32, device=counts.device).view(bs, 1)
+    quotients = torch.div(row_middles, counts).floor_()
+    slots = torch.addcmul(row_middles, quotients, counts, value=-1).to(torch.int32)
     # Flat index e*F + slot + 1: the +1 is the table viewed from its second element.
     return eplb_table.reshape(-1)[1:].index_select(0, torch.add(slots.view(-1), flat_ids, alpha=f))
 
