@@ -100,6 +100,8 @@ def _assert_op_works(result):
 def test_plugin_first_then_torch_npu_keeps_the_process_alive(outcomes):
     result = _result(outcomes, "plugin_then_torch_npu")
     assert result["before"]["schema"] == "torchair_plugin"
+    # handles saved before torch_npu re-defined the op (packet and overload) still run it
+    assert result["saved_handles"] == [[[2, 1], [2, 3]]] * 2
     _assert_native_op_with_plugin_pieces(result["after"])
     assert result["after"]["converter"] == hook.PENDING.words()
     assert result["after_torchair"]["converter"] == hook.PLUGIN.words()
@@ -136,6 +138,7 @@ def test_a_failed_torch_npu_import_leaves_the_plugin_op_and_a_retry_works(outcom
     assert result["first"] in ("ImportError", "OSError")
     assert result["after_failure"]["schema"] == "torchair_plugin"
     assert result["op_after_failure"] == [[2, 1], [2, 3]]
+    assert result["saved_after_failure"] == result["saved_handles"] == [[[2, 1], [2, 3]]] * 2
     _assert_native_op_with_plugin_pieces(result["after_retry"])
     _assert_op_works(result)
 

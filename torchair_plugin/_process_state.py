@@ -24,6 +24,7 @@ class ProcessState:
     registration: Optional[Any] = None  # registration.Registration in force, None before register()
     native_state: Optional[Any] = None  # registration.OpState torch_npu provided, last time looked
     yielded_options: Optional[Any] = None  # registration.Options kept while torch_npu's import runs
+    operator_keepalive: Optional[Any] = None  # torch.library.Library holding the op's entry meanwhile
     libraries: List[Any] = field(default_factory=list)  # every torch.library.Library the plugin holds
 
     # _converter_hook

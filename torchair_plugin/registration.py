@@ -334,9 +334,35 @@ def _remove_registration() -> Optional[Registration]:
     return registration
 
 
+# The dispatcher frees an operator's entry when its last registration goes, and every
+# ``torch.ops.npu.npu_moe_update_expert.default`` a user saved points at that entry: called after
+# torch_npu defined the op anew, it read freed memory (std::bad_alloc, or worse). So while the
+# schema is away, one kernel for a dispatch key no tensor here carries keeps the entry; torch_npu's
+# schema lands on it, and saved handles keep working.
+_KEEPALIVE_KEY = "FPGA"
+
+
+def _unreachable_kernel(*args, **kwargs):
+    raise RuntimeError(f"{schema.OP_NAME}: the plugin's placeholder kernel for {_KEEPALIVE_KEY} tensors ran")
+
+
+def _hold_operator_entry(name: str) -> None:
+    library = new_library(schema.QUALNAME.split("::")[0])
+    library.impl(name, _unreachable_kernel, _KEEPALIVE_KEY)
+    _state.operator_keepalive = library
+
+
+def _release_operator_entry() -> None:
+    library, _state.operator_keepalive = _state.operator_keepalive, None
+    if library is not None:
+        release_library(library)
+
+
 def _make_way_for_torch_npu() -> None:
     with _state.lock:
         _import_watch.unwatch(_TORCH_NPU_WATCH_TAG)
+        if _state.registration is not None:
+            _hold_operator_entry(schema.QUALNAME.split("::")[1])
         registration = _remove_registration()
         if registration is not None:
             _state.yielded_options = registration.options
@@ -344,21 +370,28 @@ def _make_way_for_torch_npu() -> None:
 
 def _register_after_torch_npu(module, ok: bool) -> None:
     with _state.lock:
-        options, _state.yielded_options = _state.yielded_options, None
-        if options is None or _state.registration is not None:
-            return
         try:
-            _register_now(options, torch_npu_failed=not ok)
-        except Exception as exc:  # never turn `import torch_npu` into a failure of the plugin's
-            warnings.warn(
-                f"torchair_plugin could not register {schema.QUALNAME} after torch_npu was imported "
-                f"({type(exc).__name__}: {exc}); torch_npu's own registration is in use. "
-                f"Set {NATIVE_FAKE_ENV}=1 to keep torch_npu's meta kernel without this attempt.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return
-        _converter_hook.op_redefined()
+            _register_again(ok)
+        finally:
+            _release_operator_entry()  # torch_npu's schema, or the plugin's again, holds it now
+
+
+def _register_again(ok: bool) -> None:
+    options, _state.yielded_options = _state.yielded_options, None
+    if options is None or _state.registration is not None:
+        return
+    try:
+        _register_now(options, torch_npu_failed=not ok)
+    except Exception as exc:  # never turn `import torch_npu` into a failure of the plugin's
+        warnings.warn(
+            f"torchair_plugin could not register {schema.QUALNAME} after torch_npu was imported "
+            f"({type(exc).__name__}: {exc}); torch_npu's own registration is in use. "
+            f"Set {NATIVE_FAKE_ENV}=1 to keep torch_npu's meta kernel without this attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    _converter_hook.op_redefined()
 
 
 def unregister() -> None:

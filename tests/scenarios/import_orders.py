@@ -21,12 +21,26 @@ def report():
     return torchair_plugin.registration_report()
 
 
-def run_op():
+def run_op(op=None):
     import torch
 
+    op = op or torch.ops.npu.npu_moe_update_expert
     table = torch.tensor([[2, 0, 2], [1, 1, -1], [1, 3, -1]], dtype=torch.int32)
-    ids, _ = torch.ops.npu.npu_moe_update_expert(torch.tensor([[0, 1], [0, 2]]), table, local_rank_id=1, world_size=2)
+    ids, _ = op(torch.tensor([[0, 1], [0, 2]]), table, local_rank_id=1, world_size=2)
     return ids.tolist()
+
+
+def saved_handles():
+    """The op's handles as a user keeps them (a module-level ``op = torch.ops...``)."""
+    import torch
+
+    return torch.ops.npu.npu_moe_update_expert, torch.ops.npu.npu_moe_update_expert.default
+
+
+def run_saved(handles):
+    """Each saved handle's result: the op re-defined under them must not free what they point to
+    (it did: std::bad_alloc, a read of freed memory)."""
+    return [run_op(handle) for handle in handles]
 
 
 def fake_message():
@@ -64,6 +78,7 @@ def plugin_then_torch_npu():
     from torchair_plugin.testing import current_mode
 
     before = report()
+    handles = saved_handles()
     preload_stubs()
     import torch_npu  # noqa: F401  (was a C++ terminate: the schema defined twice)
 
@@ -72,6 +87,7 @@ def plugin_then_torch_npu():
     after_torchair = report()
     module = capture_converter_module()  # capture in this process takes the torch_npu it finds
     return {
+        "saved_handles": run_saved(handles),
         "before": before,
         "after": after,
         "after_torchair": after_torchair,
@@ -118,6 +134,7 @@ def autoloaded_by_import_torch():
 def failed_torch_npu_then_retry():
     import torchair_plugin  # noqa: F401
 
+    handles = saved_handles()
     try:
         import torch_npu  # noqa: F401  (no stubs loaded: fails like a machine without CANN)
 
@@ -126,10 +143,13 @@ def failed_torch_npu_then_retry():
         first = type(exc).__name__
     after_failure = report()
     op_after_failure = run_op()
+    saved_after_failure = run_saved(handles)
     preload_stubs()
     import torch_npu  # noqa: F401,F811
 
     return {
+        "saved_after_failure": saved_after_failure,
+        "saved_handles": run_saved(handles),
         "first": first,
         "after_failure": after_failure,
         "op_after_failure": op_after_failure,
