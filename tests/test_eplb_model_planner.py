@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchair_plugin import validate_eplb_table
-from torchair_plugin.eplb import plan_model, table_from_phy2log, table_to_phy2log
+from torchair_plugin.eplb import plan_model, plan_placement, table_from_phy2log, table_to_phy2log
 
 
 def golden_rank_loads(table, load, num_ranks):
@@ -205,6 +205,20 @@ def test_mode1_targets_on_a_deepseek_like_model(skew):
     plan = plan_model(loads, num_ranks=32, slots_per_rank=9)
     assert plan.balancedness.min() >= 0.999
     assert golden_balancedness(plan.eplb_tables[0], loads[0], 32, 1) == pytest.approx(plan.balancedness[0])
+
+
+def test_mode0_no_lower_than_the_per_layer_planner():
+    """balance_mode 0 at s = 1.5 (issue 20: mean balancedness no lower than plan_placement's,
+    which reaches 0.986 or 0.994 a layer by doubling experts up on ranks). plan_model, one
+    replica per rank, reached 0.9824 before its greedy candidate weighed replicas at their mode-0
+    shares: a count that does not divide R leaves a short last replica, packed as a full one."""
+    loads = _zipf_layers(6, 256, 1.5)
+    plan = plan_model(loads, num_ranks=32, slots_per_rank=9, balance_mode=0)
+    ours = [golden_balancedness(plan.eplb_tables[layer], load, 32, 0) for layer, load in enumerate(loads)]
+    theirs = [
+        golden_balancedness(plan_placement(load, 32, 9, balance_mode=0).eplb_table, load, 32, 0) for load in loads
+    ]
+    assert np.mean(ours) >= np.mean(theirs)
 
 
 def test_one_replica_per_rank_where_the_greedy_doubles_up():

@@ -36,6 +36,13 @@ def share_weights(num_ranks: int, max_count: int, balance_mode: int) -> np.ndarr
     return weights
 
 
+def order_free(weights: np.ndarray) -> bool:
+    """Whether every count splits evenly (balance_mode 1, or counts that divide R): then a
+    replica's share does not depend on its rank order."""
+    count = np.arange(weights.shape[0])[:, None]
+    return bool(np.all((weights == weights[:, :1]) | (np.arange(weights.shape[1])[None, :] >= count)))
+
+
 @dataclasses.dataclass
 class Constraints:
     """Where replicas may go: ``node`` (R,) the node of each rank; ``pinned`` (L, E) a rank that
@@ -69,8 +76,7 @@ class Layout:
         self.slot_rank = np.broadcast_to(np.arange(num_ranks)[None, :, None], slot_expert.shape)
         # Equal shares (balance_mode 1, or counts that divide R) do not depend on rank order: a
         # size then travels with its replica and nothing needs rescoring after a swap.
-        count = np.arange(weights.shape[0])[:, None]
-        self.order_free = bool(np.all((weights == weights[:, :1]) | (np.arange(weights.shape[1])[None, :] >= count)))
+        self.order_free = order_free(weights)
         self.fixed = self._pin_slots()
         self.on_node = np.zeros((num_layers, 0, 0), dtype=np.int64)
         self.size = np.zeros(slot_expert.shape)
@@ -276,12 +282,18 @@ def place(counts, load, weights, constraints: Constraints, preset: np.ndarray) -
     return Layout(slot_expert, load, weights, constraints)
 
 
-def place_greedy(counts, load, weights, constraints: Constraints, num_ranks: int, slots_per_rank: int) -> Layout:
+def place_greedy(
+    counts, load, weights, constraints: Constraints, num_ranks: int, slots_per_rank: int, exact: bool = False
+) -> Layout:
     """The common greedy's packing with the rules: replicas heaviest first (load / count; ties in
     expert order), each onto the least-loaded rank (lowest index on ties) with a free slot that
     lacks the expert and whose node is under the expert's cap. Where the greedy itself never
     doubles an expert up on a rank, this is its plan exactly, so a search that starts here never
-    ends below it. One step per replica, all layers at once."""
+    ends below it. One step per replica, all layers at once.
+
+    ``exact``: replica k of an expert weighs its k-th share under the op's split instead
+    (balance_mode 0: a count that does not divide R leaves a short or empty last group), so
+    the packing sees the short replicas as the small items they are."""
     preset = pin_preset(constraints, num_ranks, slots_per_rank)
     num_layers, slots = counts.shape[0], slots_per_rank
     rows = np.arange(num_layers)
@@ -289,6 +301,9 @@ def place_greedy(counts, load, weights, constraints: Constraints, num_ranks: int
     share = load / counts
     size = np.take_along_axis(share, expert, 1)
     first = np.cumsum(counts, 1) - counts
+    if exact:
+        replica = np.arange(expert.shape[1])[None, :] - np.take_along_axis(first, expert, 1)
+        size = np.take_along_axis(load, expert, 1) * weights[np.take_along_axis(counts, expert, 1), replica]
     layers, pinned = np.nonzero(constraints.pinned >= 0)
     size[layers, first[layers, pinned]] = -np.inf  # in the preset already
     order = np.argsort(-size, axis=1, kind="stable")

@@ -70,10 +70,12 @@ class _Problem:
         constraints = dataclasses.replace(self.constraints, pinned=self.constraints.pinned[layers])
         return dataclasses.replace(self, load=self.load[layers], constraints=constraints)
 
-    def pack(self, counts: np.ndarray, swap_rounds: int, with_heaviest: bool = False, greedy: bool = False):
+    def pack(
+        self, counts: np.ndarray, swap_rounds: int, with_heaviest: bool = False, greedy: bool = False, exact=False
+    ):
         if greedy:
             layout = packing.place_greedy(
-                counts, self.load, self.weights, self.constraints, self.num_ranks, self.slots_per_rank
+                counts, self.load, self.weights, self.constraints, self.num_ranks, self.slots_per_rank, exact
             )
         else:
             preset = packing.pin_preset(self.constraints, self.num_ranks, self.slots_per_rank)
@@ -99,7 +101,13 @@ def _keep_lighter(
 def _plan_scratch(problem: _Problem) -> packing.Layout:
     load, num_slots = problem.load, problem.num_ranks * problem.slots_per_rank
     max_count = problem.weights.shape[1]
-    best = problem.pack(packing.highest_averages(load, max_count, num_slots), _SWAP_ROUNDS, greedy=True)
+    greedy_counts = packing.highest_averages(load, max_count, num_slots)
+    best = problem.pack(greedy_counts, _SWAP_ROUNDS, greedy=True)
+    if not packing.order_free(problem.weights):
+        # balance_mode 0: the same greedy with each replica weighed at its real share. The common
+        # greedy above (load / count) stays a candidate: the plan must never be below it.
+        trial = problem.pack(greedy_counts, _SWAP_ROUNDS, greedy=True, exact=True)
+        _keep_lighter(best, trial, trial.valid() | ~best.valid())
     # No rank is lighter than the mean, nor than an expert's share at its most replicas.
     low = np.maximum(load.sum(1) / problem.num_ranks, (load * problem.weights[max_count, 0]).max(1))
     high = best.peak.copy()
