@@ -84,12 +84,6 @@ def setups(draw):
     return num_ranks, slots, loads
 
 
-@pytest.mark.xfail(
-    reason="open bug (issue 20): plan_model refuses a feasible pinned layout, e.g. 2 ranks x 4 slots, "
-    "loads [[1, 2, 1, 0, 0, 2]], mode 0; found by this test",
-    raises=ValueError,
-    strict=False,
-)
 @settings(max_examples=120, deadline=None, derandomize=True)
 @given(setup=setups(), mode=st.sampled_from([0, 1]), data=st.data())
 def test_every_plan_validates_round_trips_and_keeps_the_rules(setup, mode, data):
@@ -253,6 +247,23 @@ def test_pins_hold():
     per_layer[1, 3] = 0
     plan = plan_model(loads, num_ranks=8, slots_per_rank=5, pinned=per_layer)
     assert 3 in plan.phy2log[1, :5]
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+@pytest.mark.parametrize("ranks_per_node", [None, 1, 2])
+def test_pins_that_leave_few_count_choices(mode, ranks_per_node):
+    """Issue 20's refusal, found by the property test above: 2 ranks x 4 slots, experts 0-4
+    pinned round robin (rank 0 keeps one free slot, rank 1 two). Counts chosen from the loads
+    (a second replica of expert 1 or 5) need two free slots on rank 0; only counts chosen while
+    filling fit, e.g. rank 0: 0 2 4 5, rank 1: 1 3 5 0. It raised ValueError before."""
+    pinned = [0, 1, 0, 1, 0, -1]
+    loads = [[1.0, 2.0, 1.0, 0.0, 0.0, 2.0]]
+    plan = plan_model(
+        loads, num_ranks=2, slots_per_rank=4, balance_mode=mode, ranks_per_node=ranks_per_node, pinned=pinned
+    )
+    _check_rules(plan, 2, 4, ranks_per_node, pinned)
+    assert validate_eplb_table(plan.eplb_tables, 2, balance_mode=0) == 8
+    assert plan.balancedness[0] == pytest.approx(golden_balancedness(plan.eplb_tables[0], loads[0], 2, mode))
 
 
 def test_pins_that_fill_a_rank():

@@ -374,6 +374,56 @@ def dealt(counts, load, weights, constraints: Constraints, num_ranks: int, slots
     return Layout(slot_expert, load, weights, constraints)
 
 
+def filled(load, weights, constraints: Constraints, num_ranks: int, slots_per_rank: int) -> Layout:
+    """A layout that keeps the rules whatever the pins leave, for layers where ``dealt`` found no
+    way with the counts it was given (counts chosen without the pins can need more slots on a
+    pinned rank than it has): the counts are chosen while filling (``_fill_layer``). One Python
+    loop per slot: it runs only for the rare layers that need it."""
+    slot_expert = pin_preset(constraints, num_ranks, slots_per_rank)
+    for layer in range(load.shape[0]):
+        _fill_layer(slot_expert[layer], constraints.pinned[layer], load[layer], constraints, weights.shape[1])
+    return Layout(np.maximum(slot_expert, 0), load, weights, constraints)
+
+
+def _fill_layer(slots: np.ndarray, pins: np.ndarray, weight: np.ndarray, constraints: Constraints, max_count: int):
+    """Fill the free slots (-1) of one layer's (R, S) ``slots`` in place, pins already there:
+    every unpinned expert once, heaviest first, onto the lightest rank with a free slot; then
+    each free slot, lightest rank first, to the expert with the largest share (load / count)
+    that the rank lacks, under its count limit and with its node under ceil((count + 1) / nodes).
+    Every expert can take a free slot of a rank that lacks it, and a rank with f free slots
+    lacks at least f experts (E >= S), so without nodes this always succeeds; a slot left free
+    is left to ``valid`` to report (as expert 0)."""
+    num_ranks, num_experts, node = slots.shape[0], weight.shape[0], constraints.node
+    counts = np.bincount(slots[slots >= 0], minlength=num_experts)
+    held = np.zeros((num_ranks, num_experts), dtype=bool)
+    on_node = np.zeros((num_experts, constraints.num_nodes), dtype=np.int64)
+    for rank, slot in zip(*np.nonzero(slots >= 0)):
+        held[rank, slots[rank, slot]] = True
+        on_node[slots[rank, slot], node[rank]] += 1
+
+    def put(rank: int, expert: int) -> np.ndarray:
+        """Place; return the rank loads (shares load / count) after."""
+        slots[rank, int(np.argmax(slots[rank] < 0))] = expert
+        held[rank, expert] = True
+        on_node[expert, node[rank]] += 1
+        counts[expert] += 1
+        return (held * (weight / np.maximum(counts, 1))).sum(1)
+
+    rank_load = (held * (weight / np.maximum(counts, 1))).sum(1)
+    for expert in np.argsort(-weight, kind="stable"):
+        if pins[expert] < 0:
+            free = (slots < 0).any(1)
+            rank_load = put(int(np.argmin(np.where(free, rank_load, np.inf))), int(expert))
+    while (slots < 0).any():
+        free = (slots < 0).any(1)
+        rank = int(np.argmin(np.where(free, rank_load, np.inf)))
+        caps = -(-(counts + 1) // constraints.num_nodes)
+        allowed = ~held[rank] & (counts < max_count) & (on_node[:, node[rank]] < caps)
+        if not allowed.any():
+            return
+        rank_load = put(rank, int(np.argmax(np.where(allowed, weight / np.maximum(counts, 1), -np.inf))))
+
+
 def repair(layout: Layout, max_rounds: int = 256) -> None:
     """Swap away slots that break a rule, one per layer a round: each with the slot elsewhere,
     not fixed, whose exchange keeps both within the rules and leaves the lighter pair of ranks."""

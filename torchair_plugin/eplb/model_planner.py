@@ -156,7 +156,8 @@ def _even_counts(load: np.ndarray, pinned: np.ndarray, max_count: int, num_slots
 
 def _fall_back(problem: _Problem, best: packing.Layout, broken: np.ndarray) -> None:
     """Layers no packing kept within the rules: deal the replicas out (``dealt``), with the
-    counts found and then with even counts; a layer neither fixes is refused."""
+    counts found and then with even counts, and then fill the slots choosing counts as they go
+    (``filled``); a layer none fixes is refused."""
     sub = problem.subset(broken)
     num_slots = problem.num_ranks * problem.slots_per_rank
     even = _even_counts(sub.load, sub.constraints.pinned, problem.weights.shape[1], num_slots)
@@ -169,6 +170,13 @@ def _fall_back(problem: _Problem, best: packing.Layout, broken: np.ndarray) -> N
         fixed = fallback.valid() & ~best.valid()[broken]
         _keep_lighter(best, fallback, fixed, broken, force=True)
     still = broken[~best.valid()[broken]]
+    if still.size:
+        # Pins can make every count choice above infeasible (a pinned rank without the slots for
+        # the replicas it must not hold twice): choose the counts while filling the slots.
+        sub = problem.subset(still)
+        fallback = packing.filled(sub.load, sub.weights, sub.constraints, problem.num_ranks, problem.slots_per_rank)
+        _keep_lighter(best, fallback, fallback.valid(), still, force=True)
+        still = still[~best.valid()[still]]
     if still.size:
         raise ValueError(
             f"layer {int(still[0])}: no placement found that keeps the pins with one replica of an "
