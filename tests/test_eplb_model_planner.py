@@ -33,6 +33,11 @@ def golden_rank_loads(table, load, num_ranks):
 
 
 def golden_balancedness(table, load, num_ranks, mode):
+    # In units of the largest load: balancedness does not depend on the scale, and in raw units
+    # subnormal loads (5e-324) underflow when split (5e-324 / 2 == 0), which made a one-slot
+    # plan of loads [0, 5e-324] look perfectly balanced (the "below the greedy" of issue 20).
+    load = np.asarray(load, dtype=np.float64)
+    load = load / load.max() if load.max() > 0 else load
     loads = golden_rank_loads(table, load, num_ranks)[mode]
     peak = max(loads)
     return sum(loads) / len(loads) / peak if peak > 0 else 1.0
@@ -160,13 +165,38 @@ def test_move_aware_loses_at_most_its_bound(setup, mode, max_loss, data):
         max_loss=max_loss,
     )
     scratch = plan_model(shuffled, num_ranks=num_ranks, slots_per_rank=slots, balance_mode=mode)
+    # With the F the move-aware plan keeps (the previous tables'), from scratch is what it reports.
+    columns = previous.eplb_tables.shape[2]
+    same_columns = plan_model(
+        shuffled, num_ranks=num_ranks, slots_per_rank=slots, balance_mode=mode, num_columns=columns
+    )
+    assert plan.scratch_balancedness.tolist() == same_columns.balancedness.tolist()
     assert validate_eplb_table(plan.eplb_tables, num_ranks) == num_ranks * slots
     _check_rules(plan, num_ranks, slots)
     assert plan.moved.tolist() == (plan.phy2log != previous.phy2log).sum(1).tolist()
     for layer, load in enumerate(shuffled):
         ours = golden_balancedness(plan.eplb_tables[layer], load, num_ranks, mode)
-        assert ours >= scratch.balancedness[layer] - max_loss - 1e-9
+        assert ours >= same_columns.balancedness[layer] - max_loss - 1e-9
+        if scratch.eplb_tables.shape[2] <= columns:  # an uncapped plan that fits the kept F
+            assert ours >= scratch.balancedness[layer] - max_loss - 1e-9
         assert ours == pytest.approx(plan.balancedness[layer], rel=1e-9, abs=1e-12)
+
+
+def test_move_aware_bound_holds_against_the_uncapped_search():
+    """Issue 20's move-aware loss past max_loss=0, on token counts: with ``previous`` the tables
+    keep its F, so counts were searched under F - 1, and the search without that cap found a
+    lighter plan that fits F anyway (0.9012 against 0.8941): the move-aware plan lost 0.007 at
+    max_loss=0. A capped search now keeps the uncapped plan where it fits."""
+    loads = np.array([[0.0] * 7 + [84, 245, 286, 567, 715, 147, 0]])
+    setup = {"num_ranks": 7, "slots_per_rank": 4, "balance_mode": 0}
+    uncapped = plan_model(loads, **setup)
+    assert uncapped.eplb_tables.shape[2] == 4
+    assert plan_model(loads, **setup, num_columns=4).balancedness[0] == uncapped.balancedness[0]
+    previous = plan_model(loads[:, ::-1].copy(), **setup)
+    assert previous.eplb_tables.shape[2] == 4
+    plan = plan_model(loads, **setup, previous=previous.eplb_tables, max_loss=0.0)
+    assert plan.scratch_balancedness[0] == uncapped.balancedness[0]
+    assert golden_balancedness(plan.eplb_tables[0], loads[0], 7, 0) >= uncapped.balancedness[0] - 1e-12
 
 
 def test_same_loads_move_nothing():

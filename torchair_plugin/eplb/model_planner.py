@@ -143,6 +143,19 @@ def _plan_scratch(problem: _Problem) -> packing.Layout:
     return best
 
 
+def _keep_uncapped(problem: _Problem, scratch: packing.Layout, balance_mode: int) -> None:
+    """A cap on the counts (``num_columns``, or the previous tables' F) narrows the search, and
+    the search without it can end in a lighter plan whose counts fit under the cap anyway (seen
+    at max_loss=0: the move-aware plan then lost to a plan that fitted its own F). Per layer,
+    ``scratch`` takes that plan where it fits and is lighter."""
+    weights = packing.share_weights(problem.num_ranks, problem.num_ranks, balance_mode)
+    free = _plan_scratch(dataclasses.replace(problem, weights=weights))
+    fits = free.valid() & (free.counts.max(1) <= problem.weights.shape[1])
+    # The same counts have the same shares under either cap: rescored, nothing changes.
+    trial = packing.Layout(free.slot_expert, problem.load, problem.weights, problem.constraints)
+    _keep_lighter(scratch, trial, fits & trial.valid())
+
+
 def _even_counts(load: np.ndarray, pinned: np.ndarray, max_count: int, num_slots: int) -> np.ndarray:
     """(L, E) counts as even as the slots allow, the extra replicas to unpinned experts first
     and then the lightest: what pins and node caps leave the most room for."""
@@ -306,6 +319,8 @@ def plan_model(
         load / scale, num_ranks, slots_per_rank, packing.share_weights(num_ranks, max_count, balance_mode), constraints
     )
     scratch = _plan_scratch(problem)
+    if max_count < num_ranks:
+        _keep_uncapped(problem, scratch, balance_mode)
     # Physical ids rank by rank, within a rank by expert: one canonical table per placement.
     phy2log = np.sort(scratch.slot_expert, axis=2).reshape(num_layers, -1)
     scratch_balancedness = _balancedness(scratch.loads)
