@@ -245,6 +245,21 @@ def test_mode0_no_lower_than_the_per_layer_planner():
     assert np.mean(ours) >= np.mean(theirs)
 
 
+@pytest.mark.parametrize("mode", [0, 1])
+def test_subnormal_loads_are_judged_in_units_of_the_largest(mode):
+    """The matrix run's "below the greedy" with loads [0, 5e-324] on 2 ranks x 1 slot: every
+    plan puts the loaded expert alone on a rank (0.5), but split in raw units 5e-324 / 2 == 0
+    and the greedy's plan looked perfectly balanced. Judged in units of the largest load (as
+    plan_model plans) both are 0.5, and a subnormal scale changes no plan."""
+    plan = plan_model([[0.0, 5e-324]], num_ranks=2, slots_per_rank=1, balance_mode=mode)
+    assert plan.balancedness[0] == 0.5
+    assert golden_balancedness(greedy_table(np.array([0.0, 5e-324]), 2, 1), [0.0, 5e-324], 2, mode) == 0.5
+    loads = _zipf_layers(2, 16, 1.2)
+    normal = plan_model(loads, num_ranks=4, slots_per_rank=5, balance_mode=mode)
+    tiny = plan_model(loads * 1e-310, num_ranks=4, slots_per_rank=5, balance_mode=mode)
+    assert torch.equal(normal.eplb_tables, tiny.eplb_tables)
+
+
 def test_one_replica_per_rank_where_the_greedy_doubles_up():
     """The greedy (like DeepSeek EPLB, see its issue 22) puts both replicas of expert 3 on rank 3
     here; plan_model never puts an expert twice on a rank."""
