@@ -3,10 +3,13 @@
 The per-layer ``plan_placement`` searches one layer at a time in Python; here each step is an
 array operation over all layers (see ``_layer_packing``), so a 58-layer model costs about what a
 few layers cost there. Steps, for every layer at once:
-1. counts by highest averages (DeepSeek EPLB's rule), packed: the baseline candidate;
+1. counts by highest averages (DeepSeek EPLB's rule), packed: the baseline candidate (in
+   balance_mode 0 also packed with each replica at its real share);
 2. bisection on the heaviest rank's load T: the fewest replicas whose shares are all <= T, the
    spare slots as near-empty fillers, packed heaviest first, then swaps off the heaviest rank;
    the lightest packing any step found is kept, per layer;
+   under a cap on the counts (``num_columns``, or the previous tables' F) the search also runs
+   uncapped, and a layer takes that plan where its counts fit and it is lighter;
 3. with ``previous`` tables, a move-aware replan (``_move_aware``): start from where replicas
    are and change as few slots as keep every layer within ``max_loss`` of step 2's balancedness.
 Every packing keeps the rules: at most one replica of an expert per rank, at most
@@ -74,7 +77,12 @@ class _Problem:
         return dataclasses.replace(self, load=self.load[layers], constraints=constraints)
 
     def pack(
-        self, counts: np.ndarray, swap_rounds: int, with_heaviest: bool = False, greedy: bool = False, exact=False
+        self,
+        counts: np.ndarray,
+        swap_rounds: int,
+        with_heaviest: bool = False,
+        greedy: bool = False,
+        exact: bool = False,
     ):
         if greedy:
             layout = packing.place_greedy(
@@ -152,7 +160,10 @@ def _keep_uncapped(problem: _Problem, scratch: packing.Layout, balance_mode: int
     at max_loss=0: the move-aware plan then lost to a plan that fitted its own F). Per layer,
     ``scratch`` takes that plan where it fits and is lighter."""
     weights = packing.share_weights(problem.num_ranks, problem.num_ranks, balance_mode)
-    free = _plan_scratch(dataclasses.replace(problem, weights=weights))
+    try:
+        free = _plan_scratch(dataclasses.replace(problem, weights=weights))
+    except ValueError:  # a layer the uncapped fallbacks refuse: the capped plan stands
+        return
     fits = free.valid() & (free.counts.max(1) <= problem.weights.shape[1])
     # The same counts have the same shares under either cap: rescored, nothing changes.
     trial = packing.Layout(free.slot_expert, problem.load, problem.weights, problem.constraints)
