@@ -36,6 +36,13 @@ def share_weights(num_ranks: int, max_count: int, balance_mode: int) -> np.ndarr
     return weights
 
 
+def order_free(weights: np.ndarray) -> bool:
+    """Whether every count splits evenly (balance_mode 1, or counts that divide R): then a
+    replica's share does not depend on its rank order."""
+    count = np.arange(weights.shape[0])[:, None]
+    return bool(np.all((weights == weights[:, :1]) | (np.arange(weights.shape[1])[None, :] >= count)))
+
+
 @dataclasses.dataclass
 class Constraints:
     """Where replicas may go: ``node`` (R,) the node of each rank; ``pinned`` (L, E) a rank that
@@ -69,8 +76,7 @@ class Layout:
         self.slot_rank = np.broadcast_to(np.arange(num_ranks)[None, :, None], slot_expert.shape)
         # Equal shares (balance_mode 1, or counts that divide R) do not depend on rank order: a
         # size then travels with its replica and nothing needs rescoring after a swap.
-        count = np.arange(weights.shape[0])[:, None]
-        self.order_free = bool(np.all((weights == weights[:, :1]) | (np.arange(weights.shape[1])[None, :] >= count)))
+        self.order_free = order_free(weights)
         self.fixed = self._pin_slots()
         self.on_node = np.zeros((num_layers, 0, 0), dtype=np.int64)
         self.size = np.zeros(slot_expert.shape)
@@ -276,12 +282,18 @@ def place(counts, load, weights, constraints: Constraints, preset: np.ndarray) -
     return Layout(slot_expert, load, weights, constraints)
 
 
-def place_greedy(counts, load, weights, constraints: Constraints, num_ranks: int, slots_per_rank: int) -> Layout:
+def place_greedy(
+    counts, load, weights, constraints: Constraints, num_ranks: int, slots_per_rank: int, exact: bool = False
+) -> Layout:
     """The common greedy's packing with the rules: replicas heaviest first (load / count; ties in
     expert order), each onto the least-loaded rank (lowest index on ties) with a free slot that
     lacks the expert and whose node is under the expert's cap. Where the greedy itself never
     doubles an expert up on a rank, this is its plan exactly, so a search that starts here never
-    ends below it. One step per replica, all layers at once."""
+    ends below it. One step per replica, all layers at once.
+
+    ``exact``: replica k of an expert weighs its k-th share under the op's split instead
+    (balance_mode 0: a count that does not divide R leaves a short or empty last group), so
+    the packing sees the short replicas as the small items they are."""
     preset = pin_preset(constraints, num_ranks, slots_per_rank)
     num_layers, slots = counts.shape[0], slots_per_rank
     rows = np.arange(num_layers)
@@ -289,6 +301,9 @@ def place_greedy(counts, load, weights, constraints: Constraints, num_ranks: int
     share = load / counts
     size = np.take_along_axis(share, expert, 1)
     first = np.cumsum(counts, 1) - counts
+    if exact:
+        replica = np.arange(expert.shape[1])[None, :] - np.take_along_axis(first, expert, 1)
+        size = np.take_along_axis(load, expert, 1) * weights[np.take_along_axis(counts, expert, 1), replica]
     layers, pinned = np.nonzero(constraints.pinned >= 0)
     size[layers, first[layers, pinned]] = -np.inf  # in the preset already
     order = np.argsort(-size, axis=1, kind="stable")
@@ -357,6 +372,56 @@ def dealt(counts, load, weights, constraints: Constraints, num_ranks: int, slots
                 slots[rank, int(np.argmax(slots[rank] < 0))] = expert
                 position = (position + step + 1) % num_ranks
     return Layout(slot_expert, load, weights, constraints)
+
+
+def filled(load, weights, constraints: Constraints, num_ranks: int, slots_per_rank: int) -> Layout:
+    """A layout that keeps the rules whatever the pins leave, for layers where ``dealt`` found no
+    way with the counts it was given (counts chosen without the pins can need more slots on a
+    pinned rank than it has): the counts are chosen while filling (``_fill_layer``). One Python
+    loop per slot: it runs only for the rare layers that need it."""
+    slot_expert = pin_preset(constraints, num_ranks, slots_per_rank)
+    for layer in range(load.shape[0]):
+        _fill_layer(slot_expert[layer], constraints.pinned[layer], load[layer], constraints, weights.shape[1])
+    return Layout(np.maximum(slot_expert, 0), load, weights, constraints)
+
+
+def _fill_layer(slots: np.ndarray, pins: np.ndarray, weight: np.ndarray, constraints: Constraints, max_count: int):
+    """Fill the free slots (-1) of one layer's (R, S) ``slots`` in place, pins already there:
+    every unpinned expert once, heaviest first, onto the lightest rank with a free slot; then
+    each free slot, lightest rank first, to the expert with the largest share (load / count)
+    that the rank lacks, under its count limit and with its node under ceil((count + 1) / nodes).
+    Every expert can take a free slot of a rank that lacks it, and a rank with f free slots
+    lacks at least f experts (E >= S), so without nodes this always succeeds; a slot left free
+    is left to ``valid`` to report (as expert 0)."""
+    num_ranks, num_experts, node = slots.shape[0], weight.shape[0], constraints.node
+    counts = np.bincount(slots[slots >= 0], minlength=num_experts)
+    held = np.zeros((num_ranks, num_experts), dtype=bool)
+    on_node = np.zeros((num_experts, constraints.num_nodes), dtype=np.int64)
+    for rank, slot in zip(*np.nonzero(slots >= 0)):
+        held[rank, slots[rank, slot]] = True
+        on_node[slots[rank, slot], node[rank]] += 1
+
+    def put(rank: int, expert: int) -> np.ndarray:
+        """Place; return the rank loads (shares load / count) after."""
+        slots[rank, int(np.argmax(slots[rank] < 0))] = expert
+        held[rank, expert] = True
+        on_node[expert, node[rank]] += 1
+        counts[expert] += 1
+        return (held * (weight / np.maximum(counts, 1))).sum(1)
+
+    rank_load = (held * (weight / np.maximum(counts, 1))).sum(1)
+    for expert in np.argsort(-weight, kind="stable"):
+        if pins[expert] < 0:
+            free = (slots < 0).any(1)
+            rank_load = put(int(np.argmin(np.where(free, rank_load, np.inf))), int(expert))
+    while (slots < 0).any():
+        free = (slots < 0).any(1)
+        rank = int(np.argmin(np.where(free, rank_load, np.inf)))
+        caps = -(-(counts + 1) // constraints.num_nodes)
+        allowed = ~held[rank] & (counts < max_count) & (on_node[:, node[rank]] < caps)
+        if not allowed.any():
+            return
+        rank_load = put(rank, int(np.argmax(np.where(allowed, weight / np.maximum(counts, 1), -np.inf))))
 
 
 def repair(layout: Layout, max_rounds: int = 256) -> None:

@@ -3,10 +3,13 @@
 The per-layer ``plan_placement`` searches one layer at a time in Python; here each step is an
 array operation over all layers (see ``_layer_packing``), so a 58-layer model costs about what a
 few layers cost there. Steps, for every layer at once:
-1. counts by highest averages (DeepSeek EPLB's rule), packed: the baseline candidate;
+1. counts by highest averages (DeepSeek EPLB's rule), packed: the baseline candidate (in
+   balance_mode 0 also packed with each replica at its real share);
 2. bisection on the heaviest rank's load T: the fewest replicas whose shares are all <= T, the
    spare slots as near-empty fillers, packed heaviest first, then swaps off the heaviest rank;
    the lightest packing any step found is kept, per layer;
+   under a cap on the counts (``num_columns``, or the previous tables' F) the search also runs
+   uncapped, and a layer takes that plan where its counts fit and it is lighter;
 3. with ``previous`` tables, a move-aware replan (``_move_aware``): start from where replicas
    are and change as few slots as keep every layer within ``max_loss`` of step 2's balancedness.
 Every packing keeps the rules: at most one replica of an expert per rank, at most
@@ -32,6 +35,9 @@ from torchair_plugin.eplb.tables import table_from_phy2log, table_to_phy2log
 from torchair_plugin.validate import check_int, max_columns
 
 _BISECTIONS = 10
+# A layer stops bisecting once its bounds are this close: the final exchanges close the last
+# 1e-4 anyway (same balancedness on the benchmark's model, a third less time).
+_CLOSE_ENOUGH = 1e-4
 _SWAP_ROUNDS = 4
 _FINAL_SWAP_ROUNDS = 60
 DEFAULT_MAX_LOSS = 0.002
@@ -70,10 +76,17 @@ class _Problem:
         constraints = dataclasses.replace(self.constraints, pinned=self.constraints.pinned[layers])
         return dataclasses.replace(self, load=self.load[layers], constraints=constraints)
 
-    def pack(self, counts: np.ndarray, swap_rounds: int, with_heaviest: bool = False, greedy: bool = False):
+    def pack(
+        self,
+        counts: np.ndarray,
+        swap_rounds: int,
+        with_heaviest: bool = False,
+        greedy: bool = False,
+        exact: bool = False,
+    ):
         if greedy:
             layout = packing.place_greedy(
-                counts, self.load, self.weights, self.constraints, self.num_ranks, self.slots_per_rank
+                counts, self.load, self.weights, self.constraints, self.num_ranks, self.slots_per_rank, exact
             )
         else:
             preset = packing.pin_preset(self.constraints, self.num_ranks, self.slots_per_rank)
@@ -99,7 +112,13 @@ def _keep_lighter(
 def _plan_scratch(problem: _Problem) -> packing.Layout:
     load, num_slots = problem.load, problem.num_ranks * problem.slots_per_rank
     max_count = problem.weights.shape[1]
-    best = problem.pack(packing.highest_averages(load, max_count, num_slots), _SWAP_ROUNDS, greedy=True)
+    greedy_counts = packing.highest_averages(load, max_count, num_slots)
+    best = problem.pack(greedy_counts, _SWAP_ROUNDS, greedy=True)
+    if not packing.order_free(problem.weights):
+        # balance_mode 0: the same greedy with each replica weighed at its real share. The common
+        # greedy above (load / count) stays a candidate: the plan must never be below it.
+        trial = problem.pack(greedy_counts, _SWAP_ROUNDS, greedy=True, exact=True)
+        _keep_lighter(best, trial, trial.valid() | ~best.valid())
     # No rank is lighter than the mean, nor than an expert's share at its most replicas.
     low = np.maximum(load.sum(1) / problem.num_ranks, (load * problem.weights[max_count, 0]).max(1))
     high = best.peak.copy()
@@ -113,7 +132,7 @@ def _plan_scratch(problem: _Problem) -> packing.Layout:
     _keep_lighter(best, trial, (feasible & trial.valid()) | ~best.valid())
     high = np.where(best.valid(), np.minimum(high, best.peak), high)
     for _ in range(_BISECTIONS):
-        searching = high > low * (1 + 1e-6)
+        searching = high > low * (1 + _CLOSE_ENOUGH)
         if not searching.any():
             break
         bound = np.where(searching, 0.5 * (low + high), high)
@@ -135,6 +154,22 @@ def _plan_scratch(problem: _Problem) -> packing.Layout:
     return best
 
 
+def _keep_uncapped(problem: _Problem, scratch: packing.Layout, balance_mode: int) -> None:
+    """A cap on the counts (``num_columns``, or the previous tables' F) narrows the search, and
+    the search without it can end in a lighter plan whose counts fit under the cap anyway (seen
+    at max_loss=0: the move-aware plan then lost to a plan that fitted its own F). Per layer,
+    ``scratch`` takes that plan where it fits and is lighter."""
+    weights = packing.share_weights(problem.num_ranks, problem.num_ranks, balance_mode)
+    try:
+        free = _plan_scratch(dataclasses.replace(problem, weights=weights))
+    except ValueError:  # a layer the uncapped fallbacks refuse: the capped plan stands
+        return
+    fits = free.valid() & (free.counts.max(1) <= problem.weights.shape[1])
+    # The same counts have the same shares under either cap: rescored, nothing changes.
+    trial = packing.Layout(free.slot_expert, problem.load, problem.weights, problem.constraints)
+    _keep_lighter(scratch, trial, fits & trial.valid())
+
+
 def _even_counts(load: np.ndarray, pinned: np.ndarray, max_count: int, num_slots: int) -> np.ndarray:
     """(L, E) counts as even as the slots allow, the extra replicas to unpinned experts first
     and then the lightest: what pins and node caps leave the most room for."""
@@ -148,7 +183,8 @@ def _even_counts(load: np.ndarray, pinned: np.ndarray, max_count: int, num_slots
 
 def _fall_back(problem: _Problem, best: packing.Layout, broken: np.ndarray) -> None:
     """Layers no packing kept within the rules: deal the replicas out (``dealt``), with the
-    counts found and then with even counts; a layer neither fixes is refused."""
+    counts found and then with even counts, and then fill the slots choosing counts as they go
+    (``filled``); a layer none fixes is refused."""
     sub = problem.subset(broken)
     num_slots = problem.num_ranks * problem.slots_per_rank
     even = _even_counts(sub.load, sub.constraints.pinned, problem.weights.shape[1], num_slots)
@@ -161,6 +197,13 @@ def _fall_back(problem: _Problem, best: packing.Layout, broken: np.ndarray) -> N
         fixed = fallback.valid() & ~best.valid()[broken]
         _keep_lighter(best, fallback, fixed, broken, force=True)
     still = broken[~best.valid()[broken]]
+    if still.size:
+        # Pins can make every count choice above infeasible (a pinned rank without the slots for
+        # the replicas it must not hold twice): choose the counts while filling the slots.
+        sub = problem.subset(still)
+        fallback = packing.filled(sub.load, sub.weights, sub.constraints, problem.num_ranks, problem.slots_per_rank)
+        _keep_lighter(best, fallback, fallback.valid(), still, force=True)
+        still = still[~best.valid()[still]]
     if still.size:
         raise ValueError(
             f"layer {int(still[0])}: no placement found that keeps the pins with one replica of an "
@@ -290,6 +333,8 @@ def plan_model(
         load / scale, num_ranks, slots_per_rank, packing.share_weights(num_ranks, max_count, balance_mode), constraints
     )
     scratch = _plan_scratch(problem)
+    if max_count < num_ranks:
+        _keep_uncapped(problem, scratch, balance_mode)
     # Physical ids rank by rank, within a rank by expert: one canonical table per placement.
     phy2log = np.sort(scratch.slot_expert, axis=2).reshape(num_layers, -1)
     scratch_balancedness = _balancedness(scratch.loads)
