@@ -98,20 +98,23 @@ def plan_registration(state: OpState, options: Options) -> Plan:
 
 
 # --- what the dispatcher holds, and the Libraries the plugin holds ------------------------------
-# torch internals: the dispatcher's own lookups (torch.library has no "does this op exist" or
-# "which keys have a kernel" query that does not raise or warn). Every caller asks here.
+# Both questions go through torch.ops' public surface: an op that does not exist is an
+# AttributeError of its namespace (nothing is cached then), and OpOverload answers which keys
+# have a kernel. Every caller asks here.
+
+
+def _packet(qualname: str):
+    namespace, name = qualname.split("::")
+    return getattr(getattr(torch.ops, namespace), name, None)
 
 
 def op_exists(qualname: str) -> bool:
-    try:
-        torch._C._dispatch_find_schema_or_throw(qualname, "")
-    except RuntimeError:
-        return False
-    return True
+    return _packet(qualname) is not None
 
 
 def has_kernel(qualname: str, key: str) -> bool:
-    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key))
+    packet = _packet(qualname)
+    return packet is not None and bool(packet.default.has_kernel_for_dispatch_key(key))
 
 
 def new_library(namespace: str) -> torch.library.Library:
