@@ -349,8 +349,9 @@ def _unreachable_kernel(*args, **kwargs):
     raise RuntimeError(f"{schema.OP_NAME}: the plugin's placeholder kernel for {_KEEPALIVE_KEY} tensors ran")
 
 
-def _hold_operator_entry(name: str) -> None:
-    library = new_library(schema.QUALNAME.split("::")[0])
+def _hold_operator_entry() -> None:
+    namespace, name = schema.QUALNAME.split("::")
+    library = new_library(namespace)
     library.impl(name, _unreachable_kernel, _KEEPALIVE_KEY)
     _state.operator_keepalive = library
 
@@ -365,7 +366,7 @@ def _make_way_for_torch_npu() -> None:
     with _state.lock:
         _import_watch.unwatch(_TORCH_NPU_WATCH_TAG)
         if _state.registration is not None:
-            _hold_operator_entry(schema.QUALNAME.split("::")[1])
+            _hold_operator_entry()
         registration = _remove_registration()
         if registration is not None:
             _state.yielded_options = registration.options
