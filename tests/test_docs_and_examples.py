@@ -26,6 +26,10 @@ NPU_MARKER = "# requires: npu"
 DOCUMENTS = sorted(ROOT.glob("docs/*.md")) + [ROOT / "README.md"]
 TORCHRUN_EXAMPLES = ("eplb_distributed.py", "eplb_loop.py")
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name not in TORCHRUN_EXAMPLES)
+# The template tests (examples/test_*.py) a user copies into a project, run by pytest as a user runs
+# them; the scripts, by python.
+TEMPLATES = [p for p in EXAMPLES if p.name.startswith("test_")]
+SCRIPTS = [p for p in EXAMPLES if p not in TEMPLATES]
 # Lines an example must print, worked out by hand from docs/op.md (the example's closing comment
 # walks through them): a script that runs but prints something else fails.
 _KEPT = "kept [[True, True, True], [True, True, False], [False, False, False]]"
@@ -83,7 +87,7 @@ def _child_env():
     return env
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=_relative)
+@pytest.mark.parametrize("script", SCRIPTS, ids=_relative)
 def test_example(script):
     source = script.read_text()
     compile(source, _relative(script), "exec")
@@ -95,28 +99,42 @@ def test_example(script):
         assert callable(module.main)
         if environment.cann_home() is not None:
             pytest.skip("an NPU example on an Ascend machine is launched with torchrun, not here")
-    # A template test (examples/test_*.py) is run the way a user runs it: by pytest, which finds
-    # the golden-graph fixtures through the repository's conftest.py.
-    command = (
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        if script.name.startswith("test_")
-        else [sys.executable]
-    )
     done = subprocess.run(
-        command + [str(script)], cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=300
+        [sys.executable, str(script)], cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=300
     )
-    if done.returncode == pytest.ExitCode.NO_TESTS_COLLECTED and "SKIPPED" in done.stdout:
-        # A template whose module skips as a whole where its capture cannot run here (aclgraph on a
-        # torch-npu whose real torch_npu does not load): the same skip, with its reason.
-        pytest.skip(next(line for line in done.stdout.splitlines() if "SKIPPED" in line))
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     missing = [line for line in EXPECTED_LINES.get(script.name, []) if line not in done.stdout.splitlines()]
     assert not missing, f"{script.name} did not print {missing}:\n{done.stdout[-2000:]}"
-    # An aclgraph template also needs the real torch_npu, with the mode: elsewhere it skips, saying why.
-    possible = aclgraph_capture_possible() if script.stem.endswith("_aclgraph") else capture_possible()
-    if script.name.startswith("test_") and possible:
-        assert re.search(r"\b[1-9]\d* passed", done.stdout) and "skipped" not in done.stdout, done.stdout[-2000:]
     if npu:
         assert "needs an Ascend NPU" in done.stdout  # off-NPU it says why it did not run
         if script.name == "graph_mode_ascend.py" and capture_possible():
             assert "MoeUpdateExpert" in done.stdout  # and shows the graph it would have run
+
+
+def test_template_tests():
+    """The templates pass where their capture runs here, and skip saying why where it cannot (an
+    aclgraph template on a torch-npu whose real torch_npu does not load). One pytest process runs
+    them all, finding the golden-graph fixtures through the repository's conftest.py: each would
+    otherwise pay pytest's and torchair's start-up again."""
+    assert TEMPLATES
+    for script in TEMPLATES:
+        compile(script.read_text(), _relative(script), "exec")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "-v", *map(_relative, TEMPLATES)],
+        cwd=ROOT,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = (done.stdout + done.stderr)[-3000:]
+    assert done.returncode in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED), output
+    for script in TEMPLATES:
+        name = _relative(script)
+        possible = aclgraph_capture_possible() if script.stem.endswith("_aclgraph") else capture_possible()
+        passed = re.findall(rf"^{re.escape(name)}::\S+ PASSED", done.stdout, re.MULTILINE)
+        skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED") and name in line]
+        if possible:
+            assert passed and not skipped, f"{name}:\n{output}"
+        else:
+            assert skipped and not passed, f"{name} should skip, saying why:\n{output}"
