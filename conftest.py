@@ -17,6 +17,17 @@ pytest_plugins = ["torchair_plugin.testing.pytest_plugin"]
 def pytest_configure(config):
     # One torch_npu for the whole session: the Ascend side of the suite runs against the real
     # torch_npu (over CANN stubs) from the first test on, not from whichever test captures first.
+    # pytest-xdist's controller runs no test: importing there would delay every worker's start by
+    # the import (several seconds of the suite's time); --compat-report imports it at the end.
+    if not _is_xdist_controller(config):
+        _import_torchair()
+
+
+def _is_xdist_controller(config):
+    return not hasattr(config, "workerinput") and bool(config.getoption("numprocesses", None))
+
+
+def _import_torchair():
     from torchair_plugin.testing import CannLessUnavailable, import_torchair
 
     try:
@@ -41,6 +52,8 @@ def pytest_sessionfinish(session, exitstatus):
     import json
 
     import torch
+
+    _import_torchair()  # as every worker did (a no-op where pytest_configure did it)
 
     from torchair_plugin import environment, registration
     from torchair_plugin.testing import describe_capture

@@ -117,3 +117,24 @@ def test_a_mistyped_variable_is_a_usage_error_before_any_test(pytester, monkeypa
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"{name}={value!r} is not accepted" in result.stderr.str()
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_under_xdist_the_summary_names_the_mode_the_workers_ran_under(monkeypatch):
+    """The controller runs no test and imports no torchair: its summary line is the workers'."""
+    from types import SimpleNamespace
+
+    from torchair_plugin.testing import describe_capture, pytest_plugin
+
+    worker = SimpleNamespace(config=SimpleNamespace(workeroutput={}))
+    pytest_plugin.pytest_sessionfinish(worker)
+    assert worker.config.workeroutput == {"torchair_plugin_capture": describe_capture()}
+
+    monkeypatch.setattr(pytest_plugin, "_workers_capture", [])
+    for described in ("stand-in torchair (a reason)", "stand-in torchair (a reason)"):
+        node = SimpleNamespace(workeroutput={"torchair_plugin_capture": described})
+        pytest_plugin.pytest_testnodedown(node, None)
+    lines = []
+    reporter = SimpleNamespace(write_line=lines.append)
+    config = SimpleNamespace(getoption=lambda name: 0)
+    pytest_plugin.pytest_terminal_summary(reporter, config)
+    assert lines == ["torchair-plugin GE capture: stand-in torchair (a reason)"]

@@ -89,12 +89,36 @@ def strict() -> bool:
     return bool(_strict_sessions and _strict_sessions[-1]) or variables.read_switch(STRICT_ENV)
 
 
+# pytest-xdist: each worker sends the capture mode its tests ran under; the controller, which
+# runs no test (and need not import torchair), prints theirs.
+_WORKER_OUTPUT_KEY = "torchair_plugin_capture"
+_workers_capture: List[str] = []
+
+
+def pytest_sessionfinish(session: Any) -> None:
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        from torchair_plugin.testing import describe_capture
+
+        output[_WORKER_OUTPUT_KEY] = describe_capture()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    described = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY)
+    if described is not None and described not in _workers_capture:
+        _workers_capture.append(described)
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
     if _written and update_requested(config):
         terminalreporter.write_line(f"goldens: wrote or removed {len(_written)} file(s):")
         for path in _written:
             terminalreporter.write_line(f"  {path}")
-    terminalreporter.write_line(_capture_line())
+    if _workers_capture:
+        terminalreporter.write_line(f"torchair-plugin GE capture: {'; '.join(_workers_capture)}")
+    else:
+        terminalreporter.write_line(_capture_line())
     if config.getoption("verbose") > 0:
         for line in torch_npu_import_output().splitlines():
             terminalreporter.write_line(f"torch_npu said at import: {line}")
