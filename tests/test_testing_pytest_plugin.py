@@ -130,6 +130,7 @@ def test_under_xdist_the_summary_names_the_mode_the_workers_ran_under(monkeypatc
     assert worker.config.workeroutput == {"torchair_plugin_capture": describe_capture()}
 
     monkeypatch.setattr(pytest_plugin, "_workers_capture", [])
+    monkeypatch.setattr(pytest_plugin, "_written", [])  # no goldens written: the summary is one line
     for described in ("stand-in torchair (a reason)", "stand-in torchair (a reason)"):
         node = SimpleNamespace(workeroutput={"torchair_plugin_capture": described})
         pytest_plugin.pytest_testnodedown(node, None)
