@@ -11,7 +11,10 @@ One thread. Every plan is judged under the op's real split for its balance mode 
    last column is plan_model's worst layer against the greedy (>= 0: never below it);
 3. a drifting workload, 20 rebalances: each time 8 of the 32 hottest popularity places swap
    with one 1-3 places away; ``plan_model(previous=...)`` vs planning from scratch each time:
-   slots whose expert changed (weight copies), and balancedness.
+   slots whose expert changed (weight copies), and balancedness. Also printed, for both: the
+   replicas new on their rank, the copies a plan would need if every replica that stays on its
+   rank kept its slot there (the from-scratch plan lists a rank's experts in id order, so one new
+   id shifts the slots after it).
 """
 
 import argparse
@@ -119,6 +122,14 @@ def whole_model(args):
     return rows
 
 
+def _new_on_rank(before, after, num_ranks):
+    """Replicas of ``after`` (L, P phy2log) that ``before`` does not have on the same rank: the
+    weight copies ``after`` needs when a replica that stays on its rank keeps its slot."""
+    shape = (before.shape[0], num_ranks, -1)
+    old, new = np.asarray(before).reshape(shape), np.asarray(after).reshape(shape)
+    return int((~(new[..., :, None] == old[..., None, :]).any(-1)).sum())
+
+
 def _drift(order, rng, hot=32, swaps=8):
     """Popularity order (L, E) -> the next: ``swaps`` of the ``hot`` first places per layer trade
     with a place 1-3 further on."""
@@ -173,6 +184,8 @@ def drifting(args):
             "worst_loss": float((scratch_bal - aware_bal).max()),
             "aware_seconds": aware_s,
             "scratch_moves": int((new_scratch.phy2log != scratch.phy2log).sum()),
+            "aware_new_on_rank": _new_on_rank(aware.phy2log, new_aware.phy2log, ranks),
+            "scratch_new_on_rank": _new_on_rank(scratch.phy2log, new_scratch.phy2log, ranks),
             "scratch": scratch_bal.mean(),
             "scratch_seconds": scratch_s,
         }
@@ -188,6 +201,12 @@ def drifting(args):
         f"mean moves per rebalance: move-aware {aware_moves:.1f}, from scratch {scratch_moves:.1f} "
         f"(ratio {aware_moves / scratch_moves:.3f}); worst layer loss vs scratch "
         f"{max(r['worst_loss'] for r in rows):.4f} (bound {args.max_loss})"
+    )
+    aware_new = np.mean([r["aware_new_on_rank"] for r in rows])
+    scratch_new = np.mean([r["scratch_new_on_rank"] for r in rows])
+    print(
+        f"replicas new on their rank per rebalance (slots kept within a rank): move-aware {aware_new:.1f}, "
+        f"from scratch {scratch_new:.1f} (ratio {aware_new / scratch_new:.3f})"
     )
     return rows
 

@@ -209,6 +209,46 @@ def test_same_loads_move_nothing():
     assert torch.equal(again.eplb_tables, first.eplb_tables)
 
 
+def _trade_on_the_bench_layer(pick):
+    """One layer of the benchmark's drift (256 experts 1/i^1.2, 32 ranks x 9 slots), planned,
+    then two experts chosen by ``pick(phy2log (R, S))`` trade loads; returns (the previous plan's
+    ranks of each, the move-aware replan)."""
+    load = (1.0 / np.arange(1, 257) ** 1.2)[None]
+    previous = plan_model(load, num_ranks=32, slots_per_rank=9)
+    slots = previous.phy2log[0].reshape(32, 9)
+    first, second = pick(slots)
+    traded = load.copy()
+    traded[0, [first, second]] = traded[0, [second, first]]
+    replan = plan_model(traded, num_ranks=32, slots_per_rank=9, previous=previous.eplb_tables)
+    ranks = [set(np.nonzero((slots == e).any(1))[0].tolist()) for e in (first, second)]
+    assert replan.balancedness[0] >= replan.scratch_balancedness[0] - 0.002
+    return ranks, replan
+
+
+@pytest.mark.parametrize("places", [(20, 21), (30, 33), (3, 4), (0, 1)])
+def test_a_trade_between_ranks_costs_what_relabelling_costs(places):
+    """Among the benchmark drift's 35 hottest places, the smallest trade of two single-replica
+    experts (one place apart) shifts a rank by 0.4% of the mean load, twice what max_loss allows:
+    the replan must undo it, and does so with the slots a relabelling of the two needs (an
+    exchange: 2; replicated experts: one slot per rank that gains one of them), not more."""
+    ranks, replan = _trade_on_the_bench_layer(lambda slots: places)
+    assert not ranks[0] & ranks[1]
+    assert replan.moved[0] == len(ranks[0]) + len(ranks[1])
+
+
+def test_a_trade_within_a_rank_moves_nothing():
+    # The hottest single-replica expert and the coldest single-replica one on its rank: the rank's
+    # load stays (experts are numbered hottest first).
+    def pick(slots):
+        counts = np.bincount(slots.ravel(), minlength=256)
+        hottest = np.nonzero(counts == 1)[0].min()
+        rank = slots[np.nonzero((slots == hottest).any(1))[0][0]]
+        return hottest, rank[counts[rank] == 1].max()
+
+    _, replan = _trade_on_the_bench_layer(pick)
+    assert replan.moved[0] == 0
+
+
 def test_drift_moves_far_fewer_replicas_than_replanning():
     """Two hot experts trade places in every layer: a from-scratch plan rewrites many slots, the
     move-aware one only what the new counts and balance need, within 0.002."""
