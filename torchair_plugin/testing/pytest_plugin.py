@@ -115,10 +115,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
         terminalreporter.write_line(f"goldens: wrote or removed {len(_written)} file(s):")
         for path in _written:
             terminalreporter.write_line(f"  {path}")
-    if _workers_capture:
-        terminalreporter.write_line(f"torchair-plugin GE capture: {'; '.join(_workers_capture)}")
-    else:
-        terminalreporter.write_line(_capture_line())
+    terminalreporter.write_line(_capture_line("; ".join(_workers_capture) or None))
     if config.getoption("verbose") > 0:
         for line in torch_npu_import_output().splitlines():
             terminalreporter.write_line(f"torch_npu said at import: {line}")
@@ -131,10 +128,13 @@ def torch_npu_import_output() -> str:
     return STATE.torch_npu_import_output
 
 
-def _capture_line() -> str:
-    from torchair_plugin.testing import describe_capture
+def _capture_line(described: Optional[str] = None) -> str:
+    """The summary's capture line: ``described`` (the xdist workers' modes), else this process's."""
+    if described is None:
+        from torchair_plugin.testing import describe_capture
 
-    return f"torchair-plugin GE capture: {describe_capture()}"
+        described = describe_capture()
+    return f"torchair-plugin GE capture: {described}"
 
 
 def pytest_report_header(config: Any) -> str:
