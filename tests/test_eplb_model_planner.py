@@ -105,6 +105,9 @@ def test_every_plan_validates_round_trips_and_keeps_the_rules(setup, mode, data)
         )
         for rank in range(num_ranks):
             pinned[np.nonzero(pinned == rank)[0][slots:]] = -1
+    # A cap on the counts: F - 1 replicas must still cover the slots (ceil(P / E) each).
+    fewest = -(-num_ranks * slots // num_experts) + 1
+    columns = data.draw(st.one_of(st.none(), st.integers(max(2, fewest), num_ranks + 1)))
     plan = plan_model(
         loads,
         num_ranks=num_ranks,
@@ -112,9 +115,12 @@ def test_every_plan_validates_round_trips_and_keeps_the_rules(setup, mode, data)
         balance_mode=mode,
         ranks_per_node=ranks_per_node,
         pinned=pinned,
+        num_columns=columns,
     )
     tables = plan.eplb_tables
     assert tables.shape[:2] == (num_layers, num_experts)
+    if columns is not None:
+        assert tables.shape[2] == columns
     assert validate_eplb_table(tables, num_ranks, balance_mode=0) == num_ranks * slots  # valid for both modes
     assert torch.equal(table_to_phy2log(tables, num_ranks), torch.from_numpy(plan.phy2log))
     assert torch.equal(
@@ -199,6 +205,21 @@ def test_move_aware_bound_holds_against_the_uncapped_search():
     plan = plan_model(loads, **setup, previous=previous.eplb_tables, max_loss=0.0)
     assert plan.scratch_balancedness[0] == uncapped.balancedness[0]
     assert golden_balancedness(plan.eplb_tables[0], loads[0], 7, 0) >= uncapped.balancedness[0] - 1e-12
+
+
+def test_a_cap_the_uncapped_search_exceeds_on_some_layers():
+    """One hot expert wants 4 replicas, the cap allows 2 (num_columns=3), the other layer fits:
+    the uncapped candidate was rescored under the capped shares on every layer and raised
+    IndexError; the same happened with ``previous`` tables whose F the new loads outgrow."""
+    loads = np.array([[100.0] + [1.0] * 7, [1.0] * 8])
+    plan = plan_model(loads, num_ranks=4, slots_per_rank=3, num_columns=3)
+    assert plan.eplb_tables.shape == (2, 8, 3) and plan.counts.max() == 2
+    _check_rules(plan, 4, 3)
+    previous = plan_model(np.ones((2, 8)), num_ranks=4, slots_per_rank=3)
+    assert previous.eplb_tables.shape[2] == 3
+    again = plan_model(loads, num_ranks=4, slots_per_rank=3, previous=previous.eplb_tables)
+    assert again.eplb_tables.shape == (2, 8, 3)
+    assert validate_eplb_table(again.eplb_tables, 4) == 12
 
 
 def test_same_loads_move_nothing():

@@ -164,10 +164,14 @@ def _keep_uncapped(problem: _Problem, scratch: packing.Layout, balance_mode: int
         free = _plan_scratch(dataclasses.replace(problem, weights=weights))
     except ValueError:  # a layer the uncapped fallbacks refuse: the capped plan stands
         return
-    fits = free.valid() & (free.counts.max(1) <= problem.weights.shape[1])
-    # The same counts have the same shares under either cap: rescored, nothing changes.
-    trial = packing.Layout(free.slot_expert, problem.load, problem.weights, problem.constraints)
-    _keep_lighter(scratch, trial, fits & trial.valid())
+    fits = np.nonzero(free.valid() & (free.counts.max(1) <= problem.weights.shape[1]))[0]
+    if not fits.size:
+        return
+    # The same counts have the same shares under either cap: rescored, nothing changes. Only the
+    # layers that fit: the capped shares have no row for a larger count.
+    sub = problem.subset(fits)
+    trial = packing.Layout(free.slot_expert[fits], sub.load, problem.weights, sub.constraints)
+    _keep_lighter(scratch, trial, trial.valid(), fits)
 
 
 def _even_counts(load: np.ndarray, pinned: np.ndarray, max_count: int, num_slots: int) -> np.ndarray:
