@@ -507,20 +507,17 @@ def _first_per_expert(ea, eb, best, slots, take):
     return keep
 
 
-def improve_by_swaps(layout: Layout, max_rounds: int, with_heaviest: bool = True, good_enough=None) -> None:
+def improve_by_swaps(layout: Layout, max_rounds: int, with_heaviest: bool = True) -> None:
     """Rounds of exchanges, all layers in step, alternating: each of the R/2 heaviest ranks with
     its counterpart among the lightest (many exchanges a round), then (``with_heaviest``) the
     heaviest with any other.
     A round is undone for a layer whose heaviest rank (under the op's exact split) got heavier;
-    a layer stops after two rounds in a row that change nothing, or when its heaviest rank is
-    below ``good_enough`` (L,) (every exchange is a weight copy to a replanner)."""
+    a layer stops after two rounds in a row that change nothing."""
     num_layers, num_ranks, _ = layout.slot_expert.shape
     stalled = np.zeros(num_layers, dtype=np.int64)
     half = max(1, num_ranks // 2)
     for round_ in range(max_rounds):
         active = stalled < 2
-        if good_enough is not None:
-            active &= layout.peak > good_enough
         if not active.any() or num_ranks < 2:
             return
         before, peak = layout.snapshot(), layout.peak

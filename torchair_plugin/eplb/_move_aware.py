@@ -4,12 +4,17 @@ between devices, so a plan that moves few is worth a little balance.
 
 Per layer, the cheapest of (in moves) whichever reach the bound:
 1. the current slots, unchanged;
-2. a greedy descent from them: each step the move that lowers the heaviest rank most per slot
-   rewritten: a spare replica of a light expert rewritten as one more replica of an expert of the
-   heaviest rank, one on the heaviest rank rewritten as a light expert, or two slots exchanged;
-3. the from-scratch plan with its ranks matched to the current ones (most experts in common
-   first) and experts kept in the slot they are in: a relabelling, so the same balance;
-4. the from-scratch plan as it is.
+2. the current slots with exchanges between the heaviest rank and another (two slots each) until
+   the layer is within the bound: what noisy loads need (the counts still fit, a few ranks are
+   over);
+3. the same after changing the counts first (``_recounted``), to the from-scratch plan's or to
+   the nearest the bound allows (``_nearest_counts``): what a shift in which experts are hot
+   needs, with noise on top;
+4. the from-scratch plan with its ranks matched to the current ones (most experts in common
+   first) and experts kept in the slot they are in (a relabelling, so the same balance in
+   balance_mode 1), then exchanges that put replicas back where they were while the bound
+   holds: what a clean shift in which experts are hot needs;
+5. the from-scratch plan as it is.
 All layers step together; a layer stops when it reaches the bound or no move helps.
 """
 
@@ -19,13 +24,11 @@ import numpy as np
 
 from torchair_plugin.eplb import _layer_packing as packing
 
-_DONORS = 6
-_MAX_STEPS = 60
-_FREE_SWAP_ROUNDS = 8
-_RELEASE_STEPS = 24
-_RELEASED = 2
+_MAX_EXCHANGES = 128
 _FEWER_MOVES_STEPS = 40
-_IMPROVES = 1 - 1e-9
+# One exchange of ``_fewer_moves`` saves at most two moves: a relabelled plan further than this
+# from the current slots cannot beat a candidate already found (and is the expensive one).
+_MOST_SAVED = 2 * _FEWER_MOVES_STEPS
 
 
 def _held(layout: packing.Layout) -> np.ndarray:
@@ -36,142 +39,70 @@ def _held(layout: packing.Layout) -> np.ndarray:
     return held
 
 
-def _max_without_each(values: np.ndarray) -> np.ndarray:
-    """(..., R): for every r, the max over the last axis of ``values`` leaving out entry r."""
-    if values.shape[-1] == 1:
-        return np.full(values.shape, -np.inf)
-    first = values.argmax(-1)[..., None]
-    top = np.partition(values, -2, axis=-1)
-    return np.where(np.arange(values.shape[-1]) == first, top[..., -2:-1], top[..., -1:])
-
-
-def _grow_and_shrink(layout: packing.Layout, max_count: int):
-    """(L, E) change of every replica's share when the expert gains one (``shrink`` <= 0) or loses
-    one (``grow`` >= 0) replica, under the even split the search assumes."""
-    load, counts = layout.load, layout.counts
-    shrink = np.where(counts < max_count, load / (counts + 1) - load / counts, np.nan)
-    grow = np.where(counts > 1, load / np.maximum(counts - 1, 1) - load / counts, np.nan)
-    return shrink, grow
-
-
-def _best_rewrite(layout: packing.Layout, held: np.ndarray, max_count: int, active: np.ndarray):
-    """Per layer, the best single-slot rewrite of a donor's replica (an expert with spare ones)
-    elsewhere into one more replica of an expert on the heaviest rank. Returns (peak after,
-    rank, slot, new expert)."""
-    rows = layout.rows
-    num_layers, num_ranks, slots = layout.slot_expert.shape
-    load, counts, loads = layout.load, layout.counts, layout.loads
-    shrink, grow = _grow_and_shrink(layout, max_count)
-    h = loads.argmax(1)
-    heavy = layout.slot_expert[rows, h]  # (L, S) candidates to gain a replica
-    # Donors: the experts whose shares grow least when they lose a replica.
-    penalty = np.where(np.isnan(grow), np.inf, load / np.maximum(counts - 1, 1))
-    donors = np.argsort(penalty, axis=1, kind="stable")[:, :_DONORS]  # (L, K)
-    held_e = np.take_along_axis(held, heavy[:, :, None], 1)  # (L, S, R)
-    held_f = np.take_along_axis(held, donors[:, :, None], 1)  # (L, K, R)
-    d_e = np.nan_to_num(np.take_along_axis(shrink, heavy, 1))[:, :, None, None] * held_e[:, :, None, :]
-    d_f = np.take_along_axis(np.nan_to_num(grow), donors, 1)[:, None, :, None] * held_f[:, None, :, :]
-    base = loads[:, None, None, :] + d_e + d_f  # (L, S, K, R)
-    # At the rewritten rank r: the donor's replica leaves, the new replica of e arrives.
-    share_f = np.take_along_axis(load / counts, donors, 1)[:, None, :, None]
-    share_e = np.take_along_axis(load / (counts + 1), heavy, 1)[:, :, None, None]
-    at_r = loads[:, None, None, :] - share_f + share_e
-    after = np.maximum(_max_without_each(base), at_r)
-    ok = held_f[:, None, :, :] & ~held_e[:, :, None, :]
-    ok &= ~np.isnan(np.take_along_axis(shrink, heavy, 1))[:, :, None, None]
-    ok &= ~np.isnan(np.take_along_axis(grow, donors, 1))[:, None, :, None]
-    ok &= heavy[:, :, None, None] != donors[:, None, :, None]
-    # The donor's slot on r must not be a pin; nodes must keep their caps.
-    slot_of = np.argmax(layout.slot_expert[:, None, :, :] == donors[:, :, None, None], 3)  # (L, K, R)
-    fixed = np.take_along_axis(layout.fixed[:, None], slot_of[..., None], 3)[..., 0]
-    ok &= ~fixed[:, None]
-    if layout.constraints.num_nodes > 1:
-        node = layout.constraints.node
-        caps = -(-(counts + 1) // layout.constraints.num_nodes)
-        on = np.take_along_axis(layout.on_node, heavy[:, :, None], 1)[:, :, node]  # (L, S, R)
-        ok &= (on < np.take_along_axis(caps, heavy, 1)[:, :, None])[:, :, None, :]
-    after = np.where(ok & active[:, None, None, None], after, np.inf).reshape(num_layers, -1)
-    best = after.argmin(1)
-    i, rest = np.divmod(best, donors.shape[1] * num_ranks)
-    k, r = np.divmod(rest, num_ranks)
-    return after[rows, best], r, slot_of[rows, k, r], heavy[rows, i]
-
-
-def _best_on_heaviest(layout: packing.Layout, held: np.ndarray, max_count: int, active: np.ndarray):
-    """Per layer, the best rewrite of a replica on the heaviest rank (of an expert with spare
-    ones) into the lightest-share expert the rank does not hold. Returns as ``_best_rewrite``."""
-    rows = layout.rows
-    load, counts, loads = layout.load, layout.counts, layout.loads
-    shrink, grow = _grow_and_shrink(layout, max_count)
-    h = loads.argmax(1)
-    on_h = layout.slot_expert[rows, h]  # (L, S)
-    light_share = np.where(held[rows, :, h] | np.isnan(shrink), np.inf, load / (counts + 1))
-    if layout.constraints.num_nodes > 1:
-        node = layout.constraints.node[h]
-        caps = -(-(counts + 1) // layout.constraints.num_nodes)
-        light_share = np.where(layout.on_node[rows, :, node] < caps, light_share, np.inf)
-    e = light_share.argmin(1)
-    held_e = held[rows, e]  # (L, R)
-    held_f = np.take_along_axis(held, on_h[:, :, None], 1)  # (L, S, R)
-    new = loads[:, None, :] + np.nan_to_num(shrink[rows, e])[:, None, None] * held_e[:, None, :]
-    new = new + np.nan_to_num(np.take_along_axis(grow, on_h, 1))[:, :, None] * held_f
-    at_h = loads[rows, h][:, None] - np.take_along_axis(load / counts, on_h, 1) + light_share[rows, e][:, None]
-    new[rows[:, None], np.arange(on_h.shape[1])[None, :], h[:, None]] = at_h
-    after = new.max(2)
-    ok = (
-        ~np.isnan(np.take_along_axis(grow, on_h, 1))
-        & ~layout.fixed[rows, h]
-        & np.isfinite(light_share[rows, e])[:, None]
-    )
-    after = np.where(ok & active[:, None], after, np.inf)
-    s = after.argmin(1)
-    return after[rows, s], h, s, e
-
-
-def _descend(layout: packing.Layout, target_peak: np.ndarray, max_count: int) -> None:
-    """Greedy moves, all layers in step, until each layer reaches ``target_peak`` or stalls."""
-    rows = layout.rows
+def _exchange_down(layout: packing.Layout, target_peak: np.ndarray) -> None:
+    """Exchanges of a replica on the heaviest rank with one elsewhere, each the one that lowers
+    the heavier of the two most, all layers in step, until a layer is within ``target_peak`` or
+    no exchange lowers it. In balance_mode 0 rank order decides the shares, so an exchange can
+    make another rank heavier than estimated; the next step sees the exact sizes and the caller
+    checks the bound (undoing such a step instead stopped layers a step later would have fixed)."""
     active = layout.peak > target_peak
-    for _ in range(_MAX_STEPS):
+    for _ in range(_MAX_EXCHANGES):
         if not active.any():
             return
-        held = _held(layout)
-        peak = layout.peak
-        rewrite = _best_rewrite(layout, held, max_count, active)
-        on_heaviest = _best_on_heaviest(layout, held, max_count, active)
-        gain_rewrite = np.maximum(peak - rewrite[0], peak - on_heaviest[0])
-        use_first = rewrite[0] <= on_heaviest[0]
-        value = np.where(use_first, rewrite[0], on_heaviest[0])
-        r = np.where(use_first, rewrite[1], on_heaviest[1])
-        s = np.where(use_first, rewrite[2], on_heaviest[2])
-        e = np.where(use_first, rewrite[3], on_heaviest[3])
-        before = layout.snapshot()
-        counts_before, caps_before = layout.counts.copy(), layout.caps.copy()
-        # An exchange costs two slots: it wins only when it gains more than twice as much.
-        swapped = packing.best_with_heaviest(layout, active)
+        changed = packing.best_with_heaviest(layout, active)
         layout.rescore()
-        gain_swap = np.where(swapped, peak - layout.peak, 0.0)
-        use_swap = swapped & (gain_swap > 2 * np.maximum(gain_rewrite, 0)) & (gain_swap > 0)
-        undo_swap = np.nonzero(swapped & ~use_swap)[0]
-        if undo_swap.size:
-            layout.restore(before, undo_swap)
-        use_rewrite = active & ~use_swap & np.isfinite(value) & (value < peak * _IMPROVES)
-        layers = rows[use_rewrite]
-        if layers.size:
-            old = layout.slot_expert[layers, r[layers], s[layers]]
-            layout.slot_expert[layers, r[layers], s[layers]] = e[layers]
-            layout.counts[layers, old] -= 1
-            layout.counts[layers, e[layers]] += 1
-            layout.caps = -(-layout.counts // layout.constraints.num_nodes)
-            layout.rescore(force=True)
-        # The exact split (balance_mode 0's rank order) may disagree with the even model: undo.
-        worse = (use_rewrite | use_swap) & (layout.peak >= peak * _IMPROVES)
-        if worse.any():
-            undo = np.nonzero(worse)[0]
-            layout.restore(before, undo)
-            layout.counts[undo], layout.caps[undo] = counts_before[undo], caps_before[undo]
-            layout.rescore(force=True)
-        active &= (use_rewrite | use_swap) & ~worse & (layout.peak > target_peak)
+        active &= changed & (layout.peak > target_peak)
+
+
+def _recounted(problem, current: packing.Layout, counts: np.ndarray) -> packing.Layout:
+    """The current slots with the replica counts changed to ``counts`` (L, E): an expert with
+    fewer replicas gives up those on the heaviest ranks (never its pin), and the freed slots take
+    the new replicas, heaviest first onto the lightest ranks. The slots kept stay as they are."""
+    num_layers, num_ranks, slots = current.slot_expert.shape
+    expert = current.slot_expert.reshape(num_layers, -1)
+    weight = np.repeat(current.loads, slots, axis=1)
+    weight = np.where(current.fixed.reshape(num_layers, -1), -np.inf, weight)
+    # Each expert's replicas, heaviest rank first: the first ``drop`` of them go.
+    order = np.lexsort((-weight, expert), axis=-1)
+    sorted_expert = np.take_along_axis(expert, order, 1)
+    starts = np.cumsum(current.counts, 1) - current.counts
+    position = np.arange(expert.shape[1])[None, :] - np.take_along_axis(starts, sorted_expert, 1)
+    drop = np.maximum(current.counts - counts, 0)
+    keep = np.empty(expert.shape, dtype=bool)
+    np.put_along_axis(keep, order, position >= np.take_along_axis(drop, sorted_expert, 1), 1)
+    keep = keep.reshape(current.slot_expert.shape)
+    preset = np.where(keep, current.slot_expert, -1)
+    layout = packing.place(counts, problem.load, problem.weights, problem.constraints, preset)
+    pins = layout.fixed
+    layout.fixed = pins | keep
+    if not layout.valid().all():
+        packing.repair(layout)
+    layout.fixed = pins
+    return layout
+
+
+def _nearest_counts(problem, counts: np.ndarray, target_peak: np.ndarray) -> np.ndarray:
+    """(L, E) the counts nearest ``counts`` whose largest shares leave a rank room within
+    ``target_peak``: experts below the fewest replicas that allows gain them, and the slots
+    that takes come from the replicas whose removal leaves the smallest share."""
+    load, weights = problem.load, problem.weights
+    max_count = weights.shape[1]
+    smallest = np.sort(load, axis=1)[:, : max(1, load.shape[1] // 2)].mean(1)
+    bound = np.maximum(target_peak - (problem.slots_per_rank - 1) * smallest, 0.5 * target_peak)
+    fits = load[:, :, None] * weights[None, 1:, 0] <= bound[:, None, None]  # (L, E, count - 1)
+    need = np.where(fits.any(2), fits.argmax(2) + 1, max_count)
+    new = np.maximum(counts, need)
+    excess = new.sum(1) - counts.sum(1)
+    # Taking a replica from an expert at j + 1 replicas leaves shares load * w[j, 0] (j >= need).
+    j = np.arange(max_count)[None, None, :]
+    shares = load[:, :, None] * weights[:max_count, 0][None, None, :]
+    removable = (j >= np.maximum(need, 1)[:, :, None]) & (j < new[:, :, None])
+    shares = np.where(removable, shares, np.inf).reshape(load.shape[0], -1)
+    order = np.argsort(shares, axis=1, kind="stable")
+    take = np.arange(shares.shape[1])[None, :] < excess[:, None]
+    taken = np.zeros(shares.shape, dtype=bool)
+    np.put_along_axis(taken, order, take & np.isfinite(np.take_along_axis(shares, order, 1)), 1)
+    return new - taken.reshape(load.shape + (max_count,)).sum(2)
 
 
 def _matched(scratch: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -200,48 +131,6 @@ def _matched(scratch: np.ndarray, prior: np.ndarray) -> np.ndarray:
     layer, rank, j = np.nonzero(use)
     result[layer, rank, free_slots[layer, rank, j]] = moved[layer, rank, arrivals[layer, rank, j]]
     return result
-
-
-def _repacked(problem, prior: packing.Layout, counts: np.ndarray, target_peak: np.ndarray) -> packing.Layout:
-    """The prior slots with the replica counts changed to ``counts`` (L, E): an expert with fewer
-    replicas gives up those on the heaviest ranks (never its pin), the freed slots take the new
-    replicas heaviest first onto the lightest ranks, and exchanges among slots that change anyway
-    balance them. While a layer is above ``target_peak``, a few more slots are let go: the largest
-    replicas of its heaviest rank and the smallest of its lightest, then exchanges again."""
-    num_layers, num_ranks, slots = prior.slot_expert.shape
-    expert = prior.slot_expert.reshape(num_layers, -1)
-    weight = np.repeat(prior.loads, slots, axis=1)
-    weight = np.where(prior.fixed.reshape(num_layers, -1), -np.inf, weight)
-    order = np.lexsort((-weight, expert), axis=-1)
-    sorted_expert = np.take_along_axis(expert, order, 1)
-    starts = np.cumsum(prior.counts, 1) - prior.counts
-    position = np.arange(expert.shape[1])[None, :] - np.take_along_axis(starts, sorted_expert, 1)
-    drop = np.maximum(prior.counts - counts, 0)
-    keep = np.empty(expert.shape, dtype=bool)
-    np.put_along_axis(keep, order, position >= np.take_along_axis(drop, sorted_expert, 1), 1)
-    keep = keep.reshape(prior.slot_expert.shape)
-    layout = packing.place(
-        counts, problem.load, problem.weights, problem.constraints, np.where(keep, prior.slot_expert, -1)
-    )
-    pins = layout.fixed
-    layout.fixed = pins | keep
-    if not layout.valid().all():
-        packing.repair(layout)
-    packing.improve_by_swaps(layout, _FREE_SWAP_ROUNDS)
-    rows = layout.rows
-    for _ in range(_RELEASE_STEPS):
-        above = layout.peak > target_peak
-        if not above.any():
-            break
-        for rank, sign in ((layout.loads.argmax(1), 1), (layout.loads.argmin(1), -1)):
-            size = np.where(layout.fixed[rows, rank] & ~pins[rows, rank], sign * layout.size[rows, rank], -np.inf)
-            chosen = np.argsort(-size, axis=1, kind="stable")[:, :_RELEASED]
-            release = np.take_along_axis(np.isfinite(size), chosen, 1) & above[:, None]
-            layers, j = np.nonzero(release)
-            layout.fixed[layers, rank[layers], chosen[layers, j]] = False
-        packing.improve_by_swaps(layout, _FREE_SWAP_ROUNDS, good_enough=target_peak)
-    layout.fixed = pins
-    return layout
 
 
 def _fewer_moves(layout: packing.Layout, prior: np.ndarray, target_peak: np.ndarray) -> None:
@@ -292,27 +181,41 @@ def replan(problem, prior: np.ndarray, scratch_phy2log: np.ndarray, target: np.n
     against ``prior`` (L, P) whose balancedness is >= ``target`` (L,)."""
     num_layers = prior.shape[0]
     shape = (num_layers, problem.num_ranks, problem.slots_per_rank)
-    max_count = problem.weights.shape[1]
-
-    def make(slots):
-        return packing.Layout(slots.reshape(shape), problem.load, problem.weights, problem.constraints)
-
+    prior_slots = prior.reshape(shape)
     mean = problem.load.sum(1) / problem.num_ranks
     target_peak = mean / np.maximum(target, 1e-12)
-    scratch, current = make(scratch_phy2log), make(prior)
-    descent = make(prior)
-    _descend(descent, target_peak, max_count)
-    repacked = _repacked(problem, current, scratch.counts, target_peak)
-    matched = make(_matched(scratch.slot_expert, prior.reshape(shape)))
-    for layout in (matched, repacked):
-        _fewer_moves(layout, prior.reshape(shape), target_peak)
-    candidates = [current, descent, repacked, matched, scratch]
-    best_moves = np.full(num_layers, np.iinfo(np.int64).max)
-    chosen = scratch.slot_expert.copy()
-    loads = scratch.loads.copy()
-    for layout in candidates:
-        moves = (layout.slot_expert.reshape(num_layers, -1) != prior).sum(1)
-        ok = layout.valid() & (layout.peak <= target_peak * (1 + 1e-9)) & (moves < best_moves)
-        best_moves = np.where(ok, moves, best_moves)
-        chosen[ok], loads[ok] = layout.slot_expert[ok], layout.loads[ok]
+    scratch = packing.Layout(scratch_phy2log.reshape(shape), problem.load, problem.weights, problem.constraints)
+    chosen, loads = scratch.slot_expert.copy(), scratch.loads.copy()
+    best_moves = (chosen != prior_slots).sum((1, 2))
+
+    def offer(layout: packing.Layout, layers: np.ndarray) -> None:
+        moves = (layout.slot_expert != prior_slots[layers]).sum((1, 2))
+        ok = layout.valid() & (layout.peak <= target_peak[layers] * (1 + 1e-9)) & (moves < best_moves[layers])
+        best_moves[layers[ok]] = moves[ok]
+        chosen[layers[ok]], loads[layers[ok]] = layout.slot_expert[ok], layout.loads[ok]
+
+    every = np.arange(num_layers)
+
+    def layout(slots: np.ndarray) -> packing.Layout:
+        return packing.Layout(slots, problem.load, problem.weights, problem.constraints)
+
+    current = layout(prior_slots)
+    offer(current, every)
+    # Exchanges alone (noisy loads: the counts still fit), then with the counts changed first
+    # to the from-scratch plan's and to the nearest counts the bound allows (hot experts moved).
+    exchanged = layout(prior_slots)
+    candidates = [exchanged]
+    for counts in (scratch.counts, _nearest_counts(problem, current.counts, target_peak)):
+        candidates.append(_recounted(problem, current, counts))
+    for candidate in candidates:
+        _exchange_down(candidate, target_peak)
+        offer(candidate, every)
+    relabelled = _matched(scratch.slot_expert, prior_slots)
+    layers = np.nonzero((relabelled != prior_slots).sum((1, 2)) - _MOST_SAVED < best_moves)[0]
+    if layers.size:
+        sub = problem.subset(layers)
+        matched = packing.Layout(relabelled[layers], sub.load, problem.weights, sub.constraints)
+        _exchange_down(matched, target_peak[layers])
+        _fewer_moves(matched, prior_slots[layers], target_peak[layers])
+        offer(matched, layers)
     return chosen.reshape(num_layers, -1), loads
