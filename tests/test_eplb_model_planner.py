@@ -289,14 +289,16 @@ def test_drift_moves_far_fewer_replicas_than_replanning():
 def test_noisy_loads_move_few_replicas(mode):
     """Measured loads are noisy: +-5% on every expert leaves the counts right and a few ranks
     over the bound. A from-scratch plan rewrites nearly every slot; the move-aware one exchanges
-    replicas between the heavy ranks and others (before: 211-282 of 288 slots on 5 of 6 layers)."""
+    replicas between the heavy ranks and others (before: 211-282 of 288 slots on 5 of 6 layers),
+    choosing among exchanges that are enough the one that changes fewest slots (before that: up
+    to 54 slots a layer, more than a sixth of the from-scratch moves)."""
     setup = {"num_ranks": 32, "slots_per_rank": 9, "balance_mode": mode}
     loads = _zipf_layers(6, 256, 1.2)
     previous = plan_model(loads, **setup)
     noisy = loads * np.random.default_rng(3).uniform(0.95, 1.05, loads.shape)
     aware = plan_model(noisy, **setup, previous=previous.eplb_tables)
     scratch = plan_model(noisy, **setup)
-    assert (aware.moved * 4 <= (scratch.phy2log != previous.phy2log).sum(1)).all(), aware.moved
+    assert (aware.moved * 6 <= (scratch.phy2log != previous.phy2log).sum(1)).all(), aware.moved
     assert (aware.balancedness >= aware.scratch_balancedness - 0.002 - 1e-12).all()
 
 

@@ -12,6 +12,7 @@ Loops run over slot rounds or search rounds, never over layers or experts.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -533,9 +534,18 @@ def improve_by_swaps(layout: Layout, max_rounds: int, with_heaviest: bool = True
         stalled = np.where(changed & ~worse, 0, stalled + 1)
 
 
-def best_with_heaviest(layout: Layout, active: np.ndarray) -> np.ndarray:
+def best_with_heaviest(
+    layout: Layout,
+    active: np.ndarray,
+    prior: Optional[np.ndarray] = None,
+    target_peak: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """The one exchange between the heaviest rank and any other that lowers the heavier of the
-    two the most (per layer). Returns (L,) whether the layer changed."""
+    two the most (per layer). With ``prior`` (L, R, S) slots and ``target_peak`` (L,): where some
+    exchange brings both ranks within the target, the one that changes fewest slots against
+    ``prior`` instead (then the lowest): each slot changed is a weight copy, and the exchange
+    that lowers the most is seldom the only one that is enough. Returns (L,) whether the layer
+    changed."""
     num_layers, num_ranks, slots = layout.slot_expert.shape
     rows = layout.rows
     h = layout.loads.argmax(1)
@@ -556,6 +566,14 @@ def best_with_heaviest(layout: Layout, active: np.ndarray) -> np.ndarray:
     ok &= ~layout.fixed[rows, h][:, :, None, None] & ~layout.fixed[:, None]
     after = np.where(ok & active[:, None, None, None], after, np.inf).reshape(num_layers, -1)
     best = after.argmin(1)
+    if prior is not None and target_peak is not None:
+        was_a, was_b = prior[rows, h][:, :, None, None], prior[:, None, :, :]
+        # Slots changed against prior after the exchange, less before it.
+        changes = (eb != was_a).astype(np.int64) + (ea != was_b) - (ea != was_a) - (eb != was_b)
+        enough = after <= target_peak[:, None]
+        changes = np.where(enough, changes.reshape(num_layers, -1), np.iinfo(np.int64).max)
+        fewest = changes == changes.min(1, keepdims=True)
+        best = np.where(enough.any(1), np.where(fewest, after, np.inf).argmin(1), best)
     take = after[rows, best] < layout.loads[rows, h] * _IMPROVES
     i, rest = np.divmod(best, num_ranks * slots)
     rb, sb_index = np.divmod(rest, slots)

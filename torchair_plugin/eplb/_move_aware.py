@@ -5,8 +5,8 @@ between devices, so a plan that moves few is worth a little balance.
 Per layer, the cheapest of (in moves) whichever reach the bound:
 1. the current slots, unchanged;
 2. the current slots with exchanges between the heaviest rank and another (two slots each) until
-   the layer is within the bound: what noisy loads need (the counts still fit, a few ranks are
-   over);
+   the layer is within the bound, the exchange that is enough with fewest slots changed where
+   there is one: what noisy loads need (the counts still fit, a few ranks are over);
 3. the same after changing the counts first (``_recounted``), to the from-scratch plan's or to
    the nearest the bound allows (``_nearest_counts``): what a shift in which experts are hot
    needs, with noise on top;
@@ -39,17 +39,19 @@ def _held(layout: packing.Layout) -> np.ndarray:
     return held
 
 
-def _exchange_down(layout: packing.Layout, target_peak: np.ndarray) -> None:
-    """Exchanges of a replica on the heaviest rank with one elsewhere, each the one that lowers
-    the heavier of the two most, all layers in step, until a layer is within ``target_peak`` or
-    no exchange lowers it. In balance_mode 0 rank order decides the shares, so an exchange can
-    make another rank heavier than estimated; the next step sees the exact sizes and the caller
-    checks the bound (undoing such a step instead stopped layers a step later would have fixed)."""
+def _exchange_down(layout: packing.Layout, target_peak: np.ndarray, prior: np.ndarray) -> None:
+    """Exchanges of a replica on the heaviest rank with one elsewhere, all layers in step, until
+    a layer is within ``target_peak`` or no exchange lowers it: each the one that lowers the
+    heavier of the two most, or where some exchange is enough for both, the one of those that
+    changes fewest slots against ``prior`` (L, R, S). In balance_mode 0 rank order decides the
+    shares, so an exchange can make another rank heavier than estimated; the next step sees the
+    exact sizes and the caller checks the bound (undoing such a step instead stopped layers a step
+    later would have fixed)."""
     active = layout.peak > target_peak
     for _ in range(_MAX_EXCHANGES):
         if not active.any():
             return
-        changed = packing.best_with_heaviest(layout, active)
+        changed = packing.best_with_heaviest(layout, active, prior, target_peak)
         layout.rescore()
         active &= changed & (layout.peak > target_peak)
 
@@ -208,14 +210,14 @@ def replan(problem, prior: np.ndarray, scratch_phy2log: np.ndarray, target: np.n
     for counts in (scratch.counts, _nearest_counts(problem, current.counts, target_peak)):
         candidates.append(_recounted(problem, current, counts))
     for candidate in candidates:
-        _exchange_down(candidate, target_peak)
+        _exchange_down(candidate, target_peak, prior_slots)
         offer(candidate, every)
     relabelled = _matched(scratch.slot_expert, prior_slots)
     layers = np.nonzero((relabelled != prior_slots).sum((1, 2)) - _MOST_SAVED < best_moves)[0]
     if layers.size:
         sub = problem.subset(layers)
         matched = packing.Layout(relabelled[layers], sub.load, problem.weights, sub.constraints)
-        _exchange_down(matched, target_peak[layers])
+        _exchange_down(matched, target_peak[layers], prior_slots[layers])
         _fewer_moves(matched, prior_slots[layers], target_peak[layers])
         offer(matched, layers)
     return chosen.reshape(num_layers, -1), loads
