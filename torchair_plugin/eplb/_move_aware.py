@@ -186,7 +186,11 @@ def replan(problem, prior: np.ndarray, scratch_phy2log: np.ndarray, target: np.n
     prior_slots = prior.reshape(shape)
     mean = problem.load.sum(1) / problem.num_ranks
     target_peak = mean / np.maximum(target, 1e-12)
-    scratch = packing.Layout(scratch_phy2log.reshape(shape), problem.load, problem.weights, problem.constraints)
+
+    def make_layout(slots: np.ndarray) -> packing.Layout:
+        return packing.Layout(slots, problem.load, problem.weights, problem.constraints)
+
+    scratch = make_layout(scratch_phy2log.reshape(shape))
     chosen, loads = scratch.slot_expert.copy(), scratch.loads.copy()
     best_moves = (chosen != prior_slots).sum((1, 2))
 
@@ -197,15 +201,11 @@ def replan(problem, prior: np.ndarray, scratch_phy2log: np.ndarray, target: np.n
         chosen[layers[ok]], loads[layers[ok]] = layout.slot_expert[ok], layout.loads[ok]
 
     every = np.arange(num_layers)
-
-    def layout(slots: np.ndarray) -> packing.Layout:
-        return packing.Layout(slots, problem.load, problem.weights, problem.constraints)
-
-    current = layout(prior_slots)
+    current = make_layout(prior_slots)
     offer(current, every)
     # Exchanges alone (noisy loads: the counts still fit), then with the counts changed first
     # to the from-scratch plan's and to the nearest counts the bound allows (hot experts moved).
-    exchanged = layout(prior_slots)
+    exchanged = make_layout(prior_slots)
     candidates = [exchanged]
     for counts in (scratch.counts, _nearest_counts(problem, current.counts, target_peak)):
         candidates.append(_recounted(problem, current, counts))
